@@ -1,0 +1,40 @@
+# Two commands do all set-up on a fresh Debian/Ubuntu box: `make demo` and `make test`.
+SHELL := /bin/bash
+VENV ?= .venv
+PY := $(VENV)/bin/python
+# Tests and CI read LIBERO's scene assets from the shared folder beside the checkout.
+SHARED_ASSETS := $(abspath ../shared/libero/assets)
+export GRPO_VLA_LIBERO_ASSETS ?= $(if $(wildcard $(SHARED_ASSETS)),$(SHARED_ASSETS),)
+export MUJOCO_GL ?= egl
+export PYOPENGL_PLATFORM ?= egl
+export HF_HUB_OFFLINE ?= 1
+export TOKENIZERS_PARALLELISM ?= false
+DEMO_OUT ?= demo-out
+
+.PHONY: install test demo lint bench clean
+
+$(VENV)/.installed: pyproject.toml constraints.txt scripts/install.sh
+	bash scripts/install.sh $(VENV)
+	touch $@
+
+install: $(VENV)/.installed
+
+test: install
+	$(VENV)/bin/ruff check grpo_cli tests benchmarks
+	$(VENV)/bin/pytest -q
+
+demo: install
+	$(VENV)/bin/grpo-vla rollout --policy tiny --suite libero_10 --tasks 0 --init-states 0 \
+	    --num-generations 2 --max-steps 60 --out $(DEMO_OUT)/rollout.h5 --overwrite
+	$(VENV)/bin/grpo-vla eval --policy tiny --suite libero_10 --tasks 0,1 --episodes-per-task 2 \
+	    --max-steps 60 --out $(DEMO_OUT)/eval.h5 --overwrite
+
+lint: install
+	$(VENV)/bin/ruff check grpo_cli tests benchmarks
+	$(VENV)/bin/ruff format --check grpo_cli tests benchmarks
+
+bench: install
+	$(PY) benchmarks/env_throughput.py
+
+clean:
+	rm -rf $(DEMO_OUT) .pytest_cache .ruff_cache

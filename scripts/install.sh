@@ -1,0 +1,34 @@
+#!/usr/bin/env bash
+# One install script for every runtime: `make`, CI, the Dockerfile and apptainer.def all call it.
+#   scripts/install.sh [VENV_DIR]     (default .venv; VENV_DIR=system installs into the current python)
+# As root on Debian/Ubuntu it also installs the system libraries (EGL/Mesa for headless MuJoCo).
+set -euo pipefail
+here="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+venv="${1:-${GRPO_VLA_VENV:-$here/.venv}}"
+python="${PYTHON:-python3.11}"
+
+if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+  pkgs="libegl1 libegl-mesa0 libgl1 libgl1-mesa-dri libglib2.0-0 libosmesa6"
+  missing=""
+  for p in $pkgs; do dpkg -s "$p" >/dev/null 2>&1 || missing="$missing $p"; done
+  if [ -n "$missing" ]; then
+    echo "install.sh: apt-get install$missing"
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $missing
+  fi
+fi
+
+if [ "$venv" = system ]; then
+  pip="$python -m pip"
+else
+  if [ ! -x "$venv/bin/python" ]; then
+    command -v "$python" >/dev/null || { echo "install.sh: $python not found (grpo-vla needs Python 3.11)" >&2; exit 1; }
+    "$python" -m venv "$venv"
+  fi
+  pip="$venv/bin/python -m pip"
+fi
+
+# Exact pins (constraints.txt) make every install resolve the same; lerobot's own pins stay authoritative.
+$pip install -q --upgrade pip >/dev/null
+$pip install -q -c "$here/constraints.txt" -e "$here[dev]"
+$pip check
+echo "install.sh: ok ($($pip --version | cut -d' ' -f1-2), grpo-vla in ${venv})"
