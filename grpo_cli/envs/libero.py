@@ -1,0 +1,246 @@
+"""LIBERO environments, offline and in lerobot's conventions, rendering only when the policy looks.
+
+Conventions (lerobot's LIBERO env + `LiberoProcessorStep`, which SmolVLA checkpoints were trained on):
+- cameras `agentview_image` -> `observation.images.image`, `robot0_eye_in_hand_image` ->
+  `observation.images.image2`, both rotated by 180 degrees; uint8 (H, W, 3);
+- `observation.state` (8,) = eef position (3) + eef axis-angle (3) + gripper qpos (2), float32;
+- actions (7,) in [-1, 1]: OSC_POSE deltas + gripper (-1 open, +1 close);
+- after `set_init_state`, 10 no-op steps let objects settle; max steps per suite as lerobot's.
+
+Construction is lazy and belongs inside the worker process that steps the env (EGL contexts do not
+survive fork; use the spawn start method). `configure_libero()` must run before anything imports
+`libero.libero`: it writes LIBERO's config yaml so the import never prompts on stdin.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+import os
+import tempfile
+from dataclasses import dataclass
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import yaml
+
+from grpo_cli.errors import UserError
+
+ASSETS_ENV_VAR = "GRPO_VLA_LIBERO_ASSETS"
+SUITES = ("libero_10", "libero_spatial", "libero_object", "libero_goal", "libero_90")
+# lerobot.envs.libero.TASK_SUITE_MAX_STEPS (copied so that listing suites needs no LIBERO import).
+SUITE_MAX_STEPS = {"libero_spatial": 280, "libero_object": 280, "libero_goal": 300, "libero_10": 520,
+                   "libero_90": 400}
+NUM_SETTLE_STEPS = 10
+NOOP_ACTION = np.array([0, 0, 0, 0, 0, 0, -1], dtype=np.float64)
+CAMERAS = {"agentview_image": "observation.images.image",
+           "robot0_eye_in_hand_image": "observation.images.image2"}
+STATE_KEY = "observation.state"
+ACTION_DIM = 7
+STATE_DIM = 8
+
+
+@cache
+def configure_libero(assets: str | None = None) -> Path | None:
+    """Make `import libero.libero` work offline and non-interactively; return the assets folder.
+
+    Writes `config.yaml` into `$LIBERO_CONFIG_PATH` (default: a grpo-vla cache folder) unless one is
+    there, pointing at the installed package's BDDL and init-state files. The assets come from
+    `assets`, else `$GRPO_VLA_LIBERO_ASSETS`, else LIBERO's own lookup (its package folder, then a hub
+    download) for users with network.
+    """
+    spec = importlib.util.find_spec("libero")
+    if spec is None or not spec.submodule_search_locations:
+        raise UserError("LIBERO is not installed: run `make install` (it installs hf-libero)")
+    package_root = Path(next(iter(spec.submodule_search_locations))) / "libero"
+    config_dir = Path(os.environ.setdefault(
+        "LIBERO_CONFIG_PATH", str(Path.home() / ".cache" / "grpo-vla" / "libero")))
+    config_file = config_dir / "config.yaml"
+    if not config_file.exists():
+        config_dir.mkdir(parents=True, exist_ok=True)
+        paths = {"benchmark_root": str(package_root), "bddl_files": str(package_root / "bddl_files"),
+                 "init_states": str(package_root / "init_files"),
+                 "datasets": str(package_root.parent / "datasets"), "assets": str(package_root / "assets")}
+        # Several workers may start at once: write a temp file, then rename (atomic).
+        fd, tmp = tempfile.mkstemp(dir=config_dir, suffix=".yaml.tmp")
+        with os.fdopen(fd, "w") as f:
+            yaml.safe_dump(paths, f)
+        os.replace(tmp, config_file)
+
+    assets = assets or os.environ.get(ASSETS_ENV_VAR) or None
+    if assets is not None:
+        assets_path = Path(assets).expanduser().resolve()
+        if not (assets_path / "scenes").is_dir():
+            raise UserError(f"LIBERO assets not found in {assets_path} (expected a 'scenes' folder): point "
+                            f"{ASSETS_ENV_VAR} at LIBERO's assets folder, or unset it to let LIBERO "
+                            "download them from the Hugging Face hub")
+    logging.getLogger("robosuite").setLevel(logging.ERROR)
+    import libero.libero as libero_pkg
+
+    if assets is not None:
+        libero_pkg._assets_path_cache = str(assets_path)  # its yaml key is ignored; this is the hook
+        return assets_path
+    found = Path(libero_pkg.get_assets_path())
+    if not (found / "scenes").is_dir():
+        raise UserError(f"LIBERO assets not found (looked in {found}; the hub is unreachable): set "
+                        f"{ASSETS_ENV_VAR} to a folder holding LIBERO's assets")
+    return found
+
+
+@dataclass(frozen=True)
+class TaskSpec:
+    """One LIBERO task, resolved from a suite name and an index."""
+
+    suite: str
+    task_id: int
+    name: str
+    language: str
+    bddl_file: str
+    num_init_states: int
+    max_steps: int
+
+
+def _benchmark(suite: str) -> Any:
+    if suite not in SUITES:
+        raise UserError(f"unknown LIBERO suite {suite!r}; choose one of {', '.join(SUITES)}")
+    configure_libero()
+    from libero.libero import benchmark
+
+    return benchmark.get_benchmark_dict()[suite]()
+
+
+def num_tasks(suite: str) -> int:
+    return _benchmark(suite).get_num_tasks()
+
+
+def task_spec(suite: str, task_id: int) -> TaskSpec:
+    """Resolve a task by index (an int or a decimal string) or by its LIBERO name."""
+    bench = _benchmark(suite)
+    names = bench.get_task_names()
+    if isinstance(task_id, str) and not task_id.isdigit():
+        if task_id not in names:
+            raise UserError(f"unknown task {task_id!r} in {suite} (it has tasks 0..{len(names) - 1})")
+        task_id = names.index(task_id)
+    task_id = int(task_id)
+    if not 0 <= task_id < len(names):
+        raise UserError(f"task {task_id} is out of range: {suite} has tasks 0..{len(names) - 1}")
+    from libero.libero import get_libero_path
+
+    task = bench.get_task(task_id)
+    bddl = os.path.join(get_libero_path("bddl_files"), task.problem_folder, task.bddl_file)
+    return TaskSpec(suite=suite, task_id=task_id, name=task.name, language=task.language, bddl_file=bddl,
+                    num_init_states=len(bench.get_task_init_states(task_id)),
+                    max_steps=SUITE_MAX_STEPS[suite])
+
+
+def load_init_states(spec: TaskSpec) -> np.ndarray:
+    """The task's fixed initial MuJoCo states, (num_init_states, state_dim)."""
+    return np.asarray(_benchmark(spec.suite).get_task_init_states(spec.task_id))
+
+
+def quat_to_axis_angle(quat_xyzw: np.ndarray) -> np.ndarray:
+    """Axis-angle (3,) of a unit quaternion (x, y, z, w), as lerobot's LIBERO processor computes it."""
+    w = float(np.clip(quat_xyzw[3], -1.0, 1.0))
+    den = np.sqrt(max(1.0 - w * w, 0.0))
+    if den <= 1e-10:
+        return np.zeros(3, dtype=np.float32)
+    return (quat_xyzw[:3] / den * 2.0 * np.arccos(w)).astype(np.float32)
+
+
+class LiberoEnv:
+    """One LIBERO task scene that renders its cameras only on steps whose observation is read.
+
+    robosuite samples camera observables during `step()` (at the first physics substep of a control
+    step). Disabling them skips rendering; re-enabling them with the sampling phase copied from an
+    always-on low-dim observable yields images bit-identical to rendering every step.
+    """
+
+    def __init__(self, spec: TaskSpec, image_size: int = 256, images: bool = True,
+                 render_every_step: bool = False, hard_reset: bool = False):
+        configure_libero()
+        from libero.libero.envs import OffScreenRenderEnv
+
+        self.spec = spec
+        self.images = images
+        self.render_every_step = render_every_step and images
+        self.hard_reset = hard_reset
+        self._env = OffScreenRenderEnv(bddl_file_name=spec.bddl_file, camera_heights=image_size,
+                                       camera_widths=image_size, hard_reset=hard_reset,
+                                       use_camera_obs=images)
+        self._init_states = load_init_states(spec)
+        self._raw = self._env.env
+        self._cameras = [self._raw._observables[name] for name in CAMERAS] if images else []
+        self._clock = self._raw._observables["robot0_eef_pos"]
+        self._env.reset()
+        self.steps = 0
+
+    # --- rendering control -------------------------------------------------------------------------
+    def _set_cameras(self, on: bool) -> None:
+        for cam in self._cameras:
+            if cam.is_enabled() == on:
+                continue
+            cam.set_enabled(on)  # also resets the observable's sampling clock
+            if on:
+                # Copy the sampling phase so the frame is taken exactly when always-render takes it.
+                cam._time_since_last_sample = self._clock._time_since_last_sample
+                cam._sampled = self._clock._sampled
+                cam._current_delay = self._clock._current_delay
+
+    def _observation(self, raw: dict[str, np.ndarray], with_images: bool) -> dict[str, np.ndarray]:
+        state = np.concatenate([raw["robot0_eef_pos"], quat_to_axis_angle(raw["robot0_eef_quat"]),
+                                raw["robot0_gripper_qpos"]]).astype(np.float32)
+        obs = {STATE_KEY: state}
+        if with_images:
+            for name, key in CAMERAS.items():
+                obs[key] = np.ascontiguousarray(raw[name][::-1, ::-1])  # lerobot's 180 degree rotation
+        return obs
+
+    # --- episode API -------------------------------------------------------------------------------
+    def reset(self, init_state: int) -> dict[str, np.ndarray]:
+        """Reset to fixed init state `init_state`, settle with no-ops, return the first observation."""
+        if not 0 <= init_state < len(self._init_states):
+            raise UserError(f"init state {init_state} is out of range: task {self.spec.task_id} of "
+                            f"{self.spec.suite} has init states 0..{len(self._init_states) - 1}")
+        self._set_cameras(False)
+        self._env.reset()
+        self._env.set_init_state(self._init_states[init_state])
+        # A soft reset keeps state that a hard reset (which rebuilds the model) starts from zero: the
+        # Panda gripper's integrated command and MuJoCo's solver warm-start. Zero both so that soft and
+        # hard resets give the same trajectory.
+        for robot in self._env.robots:
+            robot.gripper.current_action = np.zeros_like(robot.gripper.current_action)
+        self.sim.data.qacc_warmstart[:] = 0
+        self.steps = 0
+        for i in range(NUM_SETTLE_STEPS):
+            obs, _, _, _ = self.step(NOOP_ACTION, render=i == NUM_SETTLE_STEPS - 1, count=False)
+        return obs
+
+    def step(self, action: np.ndarray, render: bool = True, count: bool = True
+             ) -> tuple[dict[str, np.ndarray], float, bool, dict[str, Any]]:
+        """Apply one 7-dim action; images are in the observation only when `render` is true.
+
+        Returns (obs, reward, success, info). `success` is LIBERO's goal check after this step.
+        """
+        look = self.images and (render or self.render_every_step)
+        self._set_cameras(look or self.render_every_step)
+        raw, reward, _, info = self._env.step(np.asarray(action, dtype=np.float64))
+        if count:
+            self.steps += 1
+        return self._observation(raw, look), float(reward), bool(self._env.check_success()), info
+
+    def success(self) -> bool:
+        return bool(self._env.check_success())
+
+    @property
+    def sim(self) -> Any:
+        return self._env.sim
+
+    @property
+    def raw_env(self) -> Any:
+        """The underlying LIBERO/robosuite env (BDDL predicates, object poses)."""
+        return self._raw
+
+    def close(self) -> None:
+        self._env.close()
