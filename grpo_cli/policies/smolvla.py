@@ -1,0 +1,275 @@
+"""SmolVLA adapter: the only module that knows lerobot's SmolVLA internals (lerobot 0.4.4).
+
+Dimension legend
+    B   batch (members of a group, or several groups)      H    chunk size (50)
+    Dm  max_action_dim (32, zero padded)                    Da   real action dims (7 on LIBERO)
+    K   denoising steps of a member (1, 8, 9, 10, 100, ...)  L    prefix length (images + text + state)
+
+Flow convention (lerobot): x_t = t*noise + (1-t)*action, v ~ noise - action; sampling integrates from
+t = 1 (x_K = noise z) to t = 0 (x_0 = normalised action chunk) with Euler steps x <- x - (1/K) v.
+A chain is the list x_K, ..., x_0, shape (K+1, H, Dm): with it a likelihood can be recomputed later.
+
+Policy sources: `tiny[:SEED]` (built offline from lerobot's classes with a generated SmolVLM
+directory), a local lerobot `save_pretrained` directory, or a hub id.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import io
+import json
+import os
+import shutil
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from grpo_cli.errors import UserError
+from grpo_cli.policies.offline_vlm import TinyVLMSpec, write_tiny_vlm
+
+DEFAULT_HUB_POLICY = "HuggingFaceVLA/smolvla_libero"
+VLM_SUBDIR = "vlm"  # a saved policy carries its VLM config/tokenizer here, so it can be moved
+IMAGE_KEYS = ("observation.images.image", "observation.images.image2")
+STATE_KEY = "observation.state"
+TINY_STATE_DIM = 8
+TINY_ACTION_DIM = 7
+
+
+def _cache_dir() -> Path:
+    return Path(os.environ.get("GRPO_VLA_CACHE", Path.home() / ".cache" / "grpo-vla"))
+
+
+@dataclass
+class Prefix:
+    """Encoded observation prefix, computed once per query and reused by every denoising step.
+
+    pad_masks (B, L) bool; kv: lerobot's cache {layer: {key_states, value_states: (B, L, Hkv, Dh)}}.
+    """
+
+    pad_masks: torch.Tensor
+    kv: dict[int, dict[str, torch.Tensor]]
+
+    def select(self, index: torch.Tensor) -> Prefix:
+        """The prefix of a subset of the batch (index: (B',) long)."""
+        kv = {layer: {name: t.index_select(0, index) for name, t in cache.items()}
+              for layer, cache in self.kv.items()}
+        return Prefix(self.pad_masks.index_select(0, index), kv)
+
+
+class SmolVLAAdapter:
+    """What GRPO needs from a SmolVLA: prefix encoding, chains from given noise, unnormalisation."""
+
+    def __init__(self, policy: Any, preprocessor: Any, postprocessor: Any, identity: dict[str, Any]):
+        self.policy = policy.eval()
+        self.model = policy.model  # VLAFlowMatching
+        self.config = policy.config
+        self.preprocessor = preprocessor
+        self.postprocessor = postprocessor
+        self.identity = identity
+        self.chunk_size: int = self.config.chunk_size
+        self.max_action_dim: int = self.config.max_action_dim
+        self.action_dim: int = self.config.output_features["action"].shape[0]
+        self.image_keys = [k for k in IMAGE_KEYS if k in self.config.input_features]
+
+    # --- loading ---------------------------------------------------------------------------------------
+    @classmethod
+    def load(cls, source: str, device: str = "cpu") -> SmolVLAAdapter:
+        """Load from `tiny[:SEED]`, a local directory, or a hub id (errors explain what to pass instead)."""
+        if source == "tiny" or source.startswith("tiny:"):
+            seed = int(source.split(":", 1)[1]) if ":" in source else 0
+            return build_tiny(seed=seed, device=device)
+        path = Path(source).expanduser()
+        if path.exists():
+            if not (path / "config.json").is_file():
+                raise UserError(f"{path} is not a lerobot policy directory (no config.json); pass a "
+                                "directory written by `save_pretrained`, a hub id, or `tiny`")
+            return _load_pretrained(str(path.resolve()), device, local_vlm=path / VLM_SUBDIR)
+        if source.count("/") != 1 or source.startswith((".", "/")):
+            raise UserError(f"policy {source!r} is neither a local directory nor a hub id (owner/name); "
+                            "pass a directory, a hub id, or `tiny`")
+        return _load_pretrained(source, device, local_vlm=None)
+
+    def save_pretrained(self, directory: str | Path) -> Path:
+        """lerobot's `save_pretrained` layout, plus the VLM directory under `vlm/` with relative paths."""
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        vlm_source = Path(self.config.vlm_model_name)
+        self.policy.save_pretrained(directory)
+        self.preprocessor.save_pretrained(directory)
+        self.postprocessor.save_pretrained(directory)
+        if vlm_source.is_dir() and vlm_source.resolve() != (directory / VLM_SUBDIR).resolve():
+            shutil.copytree(vlm_source, directory / VLM_SUBDIR, dirs_exist_ok=True)
+        if vlm_source.is_dir():  # relocatable: no absolute path of this machine in the saved JSON
+            _rewrite_json(directory / "config.json", lambda c: c.update(vlm_model_name=VLM_SUBDIR))
+            _rewrite_json(directory / "policy_preprocessor.json", _relative_tokenizer)
+        (directory / "grpo_vla_identity.json").write_text(json.dumps(self.identity, indent=1))
+        return directory
+
+    # --- observation -> model batch -------------------------------------------------------------------
+    def preprocess(self, observations: Sequence[dict[str, np.ndarray]], tasks: Sequence[str]
+                   ) -> dict[str, Any]:
+        """Env observations (uint8 HWC images, (8,) state) -> normalised, tokenised model batch."""
+        batch: dict[str, Any] = {"task": list(tasks)}
+        for key in self.image_keys:
+            images = np.stack([o[key] for o in observations])  # (B, h, w, 3) uint8
+            batch[key] = torch.from_numpy(images).permute(0, 3, 1, 2).float().div_(255.0)
+        batch[STATE_KEY] = torch.from_numpy(np.stack([o[STATE_KEY] for o in observations])).float()
+        return self.preprocessor(batch)
+
+    @torch.no_grad()
+    def encode_prefix(self, batch: dict[str, Any]) -> Prefix:
+        """Run the VLM over images + language + state once; the KV cache serves all denoising steps."""
+        from lerobot.policies.smolvla.modeling_smolvla import make_att_2d_masks
+
+        policy, model = self.policy, self.model
+        images, img_masks = policy.prepare_images(batch)
+        state = policy.prepare_state(batch)
+        embs, pad_masks, att_masks = model.embed_prefix(
+            images, img_masks, batch["observation.language.tokens"],
+            batch["observation.language.attention_mask"], state=state)
+        att_2d = make_att_2d_masks(pad_masks, att_masks)
+        position_ids = torch.cumsum(pad_masks, dim=1) - 1
+        _, kv = model.vlm_with_expert.forward(attention_mask=att_2d, position_ids=position_ids,
+                                              past_key_values=None, inputs_embeds=[embs, None],
+                                              use_cache=True, fill_kv_cache=True)
+        return Prefix(pad_masks, kv)
+
+    def velocity(self, prefix: Prefix, x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        """v_theta(x_t, t | prefix): x_t (B, H, Dm), t (B,) -> (B, H, Dm) float32 (differentiable)."""
+        return self.model.denoise_step(prefix_pad_masks=prefix.pad_masks, past_key_values=prefix.kv,
+                                       x_t=x_t, timestep=t)
+
+    @torch.no_grad()
+    def denoise(self, prefix: Prefix, noise: torch.Tensor, num_steps: Sequence[int]) -> list[torch.Tensor]:
+        """Deterministic Euler chains from the given noise, one K per batch member.
+
+        noise (B, H, Dm); num_steps (B,) ints. Returns B chains, chain b of shape (K_b+1, H, Dm), with
+        chain[0] = noise and chain[-1] = the normalised action chunk. Members sharing a K run as one
+        batch over the shared prefix cache, with exactly lerobot's time grid (t_k = 1 - k/K).
+        """
+        if noise.shape[1:] != (self.chunk_size, self.max_action_dim) or len(num_steps) != noise.shape[0]:
+            raise ValueError(f"noise must be (B, {self.chunk_size}, {self.max_action_dim}) with one K each")
+        chains: list[torch.Tensor | None] = [None] * noise.shape[0]
+        for k in sorted(set(int(s) for s in num_steps)):
+            if k < 1:
+                raise ValueError(f"denoising steps must be >= 1, got {k}")
+            index = torch.tensor([b for b, s in enumerate(num_steps) if int(s) == k], dtype=torch.long)
+            sub = prefix.select(index) if len(index) < noise.shape[0] else prefix
+            x = noise.index_select(0, index)
+            dt = -1.0 / k
+            steps = [x]
+            for step in range(k):
+                t = torch.tensor(1.0 + step * dt, dtype=torch.float32).expand(len(index))
+                x = x + dt * self.velocity(sub, x, t)
+                steps.append(x)
+            stacked = torch.stack(steps, dim=1)  # (B_k, K+1, H, Dm)
+            for j, b in enumerate(index.tolist()):
+                chains[b] = stacked[j]
+        return chains  # type: ignore[return-value]
+
+    def unnormalize(self, x0: torch.Tensor) -> np.ndarray:
+        """Normalised chunk (B, H, Dm) -> env actions (B, H, Da), float32, as lerobot's postprocessor."""
+        return self.postprocessor(x0[..., : self.action_dim]).numpy().astype(np.float32)
+
+    def sample_noise(self, generator: torch.Generator, batch: int = 1) -> torch.Tensor:
+        """z ~ N(0, I) of shape (batch, H, Dm) from a caller-owned generator (reproducible per stream)."""
+        return torch.randn((batch, self.chunk_size, self.max_action_dim), generator=generator)
+
+
+def _quiet() -> contextlib.AbstractContextManager:
+    """lerobot prints progress lines on stdout while building; keep our stdout for results."""
+    return contextlib.redirect_stdout(io.StringIO())
+
+
+def _rewrite_json(path: Path, edit: Any) -> None:
+    if path.exists():
+        data = json.loads(path.read_text())
+        edit(data)
+        path.write_text(json.dumps(data, indent=4))
+
+
+def _relative_tokenizer(pipeline: dict[str, Any]) -> None:
+    for step in pipeline.get("steps", []):
+        if step.get("registry_name") == "tokenizer_processor":
+            step.setdefault("config", {})["tokenizer_name"] = VLM_SUBDIR
+
+
+def _load_pretrained(source: str, device: str, local_vlm: Path | None) -> SmolVLAAdapter:
+    from lerobot.configs.policies import PreTrainedConfig
+    from lerobot.policies.factory import make_pre_post_processors
+    from lerobot.policies.smolvla.modeling_smolvla import SmolVLAPolicy
+
+    overrides: dict[str, Any] = {"device_processor": {"device": device}}
+    try:
+        config = PreTrainedConfig.from_pretrained(source)
+        if local_vlm is not None and local_vlm.is_dir():
+            config.vlm_model_name = str(local_vlm.resolve())
+            overrides["tokenizer_processor"] = {"tokenizer_name": str(local_vlm.resolve())}
+        config.device = device
+        with _quiet():
+            policy = SmolVLAPolicy.from_pretrained(source, config=config)
+        pre, post = make_pre_post_processors(config, pretrained_path=source,
+                                             preprocessor_overrides=overrides,
+                                             postprocessor_overrides={})
+    except UserError:
+        raise
+    except OSError as err:  # hub unreachable, repo missing, files missing
+        offline = os.environ.get("HF_HUB_OFFLINE") == "1"
+        raise UserError(f"cannot load policy {source!r} ({'hub is offline' if offline else err.__class__.__name__}): "
+                        "pass a local lerobot policy directory with --policy PATH, or --policy tiny") from None
+    identity = {"source": source, "kind": "pretrained", "params_sha1": params_digest(policy)}
+    saved = Path(source) / "grpo_vla_identity.json"
+    if saved.is_file():
+        identity["lineage"] = json.loads(saved.read_text())
+    return SmolVLAAdapter(policy, pre, post, identity)
+
+
+def tiny_config(vlm_dir: Path, device: str = "cpu", image_size: int = 64) -> Any:
+    """A small SmolVLA config for LIBERO's observation/action spaces (CPU-friendly)."""
+    from lerobot.configs.types import FeatureType, PolicyFeature
+    from lerobot.policies.smolvla.configuration_smolvla import SmolVLAConfig
+
+    spec = TinyVLMSpec()
+    inputs = {key: PolicyFeature(FeatureType.VISUAL, (3, image_size, image_size)) for key in IMAGE_KEYS}
+    inputs[STATE_KEY] = PolicyFeature(FeatureType.STATE, (TINY_STATE_DIM,))
+    return SmolVLAConfig(vlm_model_name=str(vlm_dir), load_vlm_weights=False, num_vlm_layers=spec.text_layers,
+                         resize_imgs_with_padding=(spec.image_size, spec.image_size), device=device,
+                         input_features=inputs,
+                         output_features={"action": PolicyFeature(FeatureType.ACTION, (TINY_ACTION_DIM,))})
+
+
+def build_tiny(seed: int = 0, device: str = "cpu", stats: dict[str, dict[str, Any]] | None = None
+               ) -> SmolVLAAdapter:
+    """SmolVLA from lerobot's real classes with a generated SmolVLM directory and seeded random weights.
+
+    `stats` are lerobot-style normalisation statistics; by default identity (mean 0, std 1).
+    """
+    from lerobot.policies.smolvla.modeling_smolvla import SmolVLAPolicy
+    from lerobot.policies.smolvla.processor_smolvla import make_smolvla_pre_post_processors
+
+    vlm_dir = write_tiny_vlm(_cache_dir() / "tiny-smolvlm")
+    config = tiny_config(vlm_dir, device=device)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        with _quiet():
+            policy = SmolVLAPolicy(config)
+    if stats is None:
+        stats = {STATE_KEY: {"mean": torch.zeros(TINY_STATE_DIM), "std": torch.ones(TINY_STATE_DIM)},
+                 "action": {"mean": torch.zeros(TINY_ACTION_DIM), "std": torch.ones(TINY_ACTION_DIM)}}
+    pre, post = make_smolvla_pre_post_processors(config, dataset_stats=stats)
+    identity = {"source": f"tiny:{seed}", "kind": "tiny", "params_sha1": params_digest(policy)}
+    return SmolVLAAdapter(policy, pre, post, identity)
+
+
+def params_digest(policy: torch.nn.Module) -> str:
+    """SHA-1 over parameter names and values: tells two policies apart in trajectory files."""
+    digest = hashlib.sha1()
+    for name, tensor in sorted(policy.state_dict().items()):
+        digest.update(name.encode())
+        digest.update(tensor.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
