@@ -69,8 +69,13 @@ def _tokenizer(directory: Path) -> None:
 
 def write_tiny_vlm(directory: str | Path, spec: TinyVLMSpec = TinyVLMSpec()) -> Path:
     """Write a loadable SmolVLM config/tokenizer/processor directory; idempotent and atomic."""
-    from transformers import (AutoTokenizer, SmolVLMConfig, SmolVLMImageProcessor, SmolVLMProcessor,
-                              SmolVLMVideoProcessor)
+    from transformers import (
+        AutoTokenizer,
+        SmolVLMConfig,
+        SmolVLMImageProcessor,
+        SmolVLMProcessor,
+        SmolVLMVideoProcessor,
+    )
 
     directory = Path(directory)
     stamp = directory / "grpo_vla_tiny_spec.json"

@@ -1,0 +1,219 @@
+"""The `grpo-vla` command: each subcommand parses, resolves its config, and calls one library function."""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import click
+
+from grpo_cli.errors import UserError
+
+
+def _int_list(value: str | None, what: str) -> tuple[int, ...] | None:
+    """'0,2,5-7' -> (0, 2, 5, 6, 7)."""
+    if value is None or value == "all":
+        return None
+    out: list[int] = []
+    try:
+        for part in value.split(","):
+            lo, _, hi = part.strip().partition("-")
+            out += list(range(int(lo), int(hi) + 1)) if hi else [int(lo)]
+    except ValueError:
+        raise UserError(f"bad {what} {value!r}: use comma-separated integers or ranges, e.g. 0,2,5-7") from None
+    if not out or min(out) < 0:
+        raise UserError(f"bad {what} {value!r}: integers must be >= 0")
+    return tuple(out)
+
+
+def _setup_runtime() -> None:
+    """One torch thread per process (more threads on a shared box made CPU work 10-100x slower)."""
+    os.environ.setdefault("MUJOCO_GL", "egl")
+    os.environ.setdefault("PYOPENGL_PLATFORM", os.environ["MUJOCO_GL"])
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    import torch
+
+    torch.set_num_threads(int(os.environ.get("GRPO_VLA_TORCH_THREADS", "1")))
+
+
+def _interactive() -> bool:
+    return sys.stderr.isatty() and "SLURM_JOB_ID" not in os.environ
+
+
+@contextmanager
+def progress(total: int, label: str) -> Iterator[Callable[[str], None]]:
+    """A rich progress bar on a terminal; plain log lines when piped or inside SLURM."""
+    if _interactive():
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+        with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                      TimeElapsedColumn(), TextColumn("{task.fields[last]}"), transient=False) as bar:
+            task = bar.add_task(label, total=total, last="")
+            yield lambda msg: bar.update(task, advance=1, last=msg)
+    else:
+        done = [0]
+
+        def log(msg: str) -> None:
+            done[0] += 1
+            click.echo(f"[{label}] {done[0]}/{total} {msg}", err=True)
+
+        yield log
+
+
+def _load_policy(source: str, device: str) -> Any:
+    from grpo_cli.policies.smolvla import SmolVLAAdapter
+
+    return SmolVLAAdapter.load(source, device=device)
+
+
+_common = [
+    click.option("--policy", default="tiny", show_default=True,
+                 help="`tiny[:SEED]`, a local lerobot policy directory, or a hub id"),
+    click.option("--suite", default="libero_10", show_default=True, help="LIBERO suite"),
+    click.option("--max-steps", type=int, default=None, help="episode limit (default: the suite's)"),
+    click.option("--n-action-steps", type=int, default=None,
+                 help="actions executed per chunk (default: the policy's)"),
+    click.option("--image-size", type=int, default=256, show_default=True, help="camera resolution"),
+    click.option("--seed", type=int, default=0, show_default=True, help="seeds every noise stream"),
+    click.option("--device", default="cpu", show_default=True),
+    click.option("--out", required=True, type=click.Path(dir_okay=False), help="HDF5 file to write"),
+    click.option("--overwrite", is_flag=True, help="replace an existing --out"),
+]
+
+
+def common_options(fn: Callable) -> Callable:
+    for option in reversed(_common):
+        fn = option(fn)
+    return fn
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="grpo-vla")
+def cli() -> None:
+    """GRPO fine-tuning of flow-matching VLA policies (SmolVLA) on LIBERO."""
+
+
+@cli.command()
+@common_options
+@click.option("--tasks", default="0", show_default=True, help="task ids, e.g. 0,3,5-7, or 'all'")
+@click.option("--init-states", default="0", show_default=True, help="init-state indices; one group each")
+@click.option("--num-generations", type=int, default=6, show_default=True, help="trajectories per group")
+@click.option("--denoise-tiers", default="10", show_default=True,
+              help="denoising steps per member: 1x1,5x10 (two-tier), 1x8,1x9,1x10, or a uniform K")
+@click.option("--num-envs", type=int, default=0, show_default=True,
+              help="envs in lockstep sharing each policy call (0 = one per group member)")
+@click.option("--no-images", is_flag=True, help="store low-dim data only")
+def rollout(policy: str, suite: str, max_steps: int | None, n_action_steps: int | None, image_size: int,
+            seed: int, device: str, out: str, overwrite: bool, tasks: str, init_states: str,
+            num_generations: int, denoise_tiers: str, num_envs: int, no_images: bool) -> None:
+    """Sample groups of trajectories that differ only in their initial flow noise; write HDF5."""
+    from grpo_cli.config import RolloutConfig
+    from grpo_cli.evaluate import resolve_tasks
+    from grpo_cli.rollout import LocalEnvSlots, group_episodes, run_episodes
+    from grpo_cli.storage import check_output_path, write_rollout
+
+    cfg = RolloutConfig(policy=policy, suite=suite, tasks=_int_list(tasks, "--tasks") or (),
+                        init_states=_int_list(init_states, "--init-states") or (),
+                        num_generations=num_generations, denoise_tiers=denoise_tiers, max_steps=max_steps,
+                        n_action_steps=n_action_steps, image_size=image_size, store_images=not no_images,
+                        seed=seed, num_envs=num_envs, device=device)
+    check_output_path(out, overwrite)
+    _setup_runtime()
+    task_specs = resolve_tasks(cfg.suite, cfg.tasks or None)
+    for task in task_specs:
+        bad = [i for i in cfg.init_states if i >= task.num_init_states]
+        if bad or not cfg.init_states:
+            raise UserError(f"bad --init-states: task {task.task_id} has init states "
+                            f"0..{task.num_init_states - 1}")
+    adapter = _load_policy(cfg.policy, cfg.device)
+    episodes = group_episodes(task_specs, cfg.init_states, cfg.steps_per_member, cfg.seed)
+    slots = LocalEnvSlots(cfg.num_envs or cfg.num_generations, image_size=cfg.image_size)
+    try:
+        with progress(len(episodes), "rollout") as tick:
+            trajs = run_episodes(adapter, slots, episodes, max_steps=cfg.max_steps,
+                                 n_action_steps=cfg.n_action_steps, keep_images=cfg.store_images,
+                                 on_episode=lambda t: tick(f"task {t.spec.task.task_id} init {t.spec.init_state}"
+                                                           f" K={t.spec.denoise_steps} "
+                                                           f"{'success' if t.success else 'fail'}"))
+    finally:
+        slots.close()
+    env_args = {"suite": cfg.suite, "image_size": cfg.image_size, "control_freq": 20,
+                "max_steps": cfg.max_steps, "n_action_steps": cfg.n_action_steps or adapter.config.n_action_steps}
+    write_rollout(out, trajs, cfg.to_json(), adapter.identity, env_args)
+    wins = sum(t.success for t in trajs)
+    click.echo(f"wrote {out}: {len(trajs)} trajectories in {len(trajs) // cfg.num_generations} groups, "
+               f"{wins} successes, {sum(t.length for t in trajs)} env steps")
+
+
+@cli.command("eval")
+@common_options
+@click.option("--tasks", default="all", show_default=True, help="task ids, e.g. 0,3,5-7, or 'all'")
+@click.option("--episodes-per-task", type=int, default=20, show_default=True,
+              help="episode i starts from init state i (mod 50)")
+@click.option("--denoise-steps", type=int, default=10, show_default=True)
+@click.option("--num-envs", type=int, default=1, show_default=True,
+              help="envs in lockstep sharing each policy call")
+def eval_cmd(policy: str, suite: str, max_steps: int | None, n_action_steps: int | None, image_size: int,
+             seed: int, device: str, out: str, overwrite: bool, tasks: str, episodes_per_task: int,
+             denoise_steps: int, num_envs: int) -> None:
+    """Evaluate a policy with the seed's protocol; print per-task success with Wilson intervals."""
+    from grpo_cli.config import EvalConfig
+    from grpo_cli.evaluate import resolve_tasks, run_eval, summarize
+    from grpo_cli.storage import check_output_path, write_eval
+
+    cfg = EvalConfig(policy=policy, suite=suite, tasks=_int_list(tasks, "--tasks"),
+                     episodes_per_task=episodes_per_task, denoise_steps=denoise_steps, max_steps=max_steps,
+                     n_action_steps=n_action_steps, image_size=image_size, seed=seed, num_envs=num_envs,
+                     device=device)
+    check_output_path(out, overwrite)
+    _setup_runtime()
+    task_specs = resolve_tasks(cfg.suite, cfg.tasks)
+    adapter = _load_policy(cfg.policy, cfg.device)
+    with progress(len(task_specs) * cfg.episodes_per_task, "eval") as tick:
+        episodes = run_eval(cfg, adapter, task_specs, on_episode=lambda t: tick(
+            f"task {t.spec.task.task_id} init {t.spec.init_state} {'success' if t.success else 'fail'}"))
+    tasks_table = [{"task_id": t.task_id, "name": t.name, "language": t.language} for t in task_specs]
+    write_eval(out, episodes, tasks_table, cfg.suite, cfg.to_json(), adapter.identity)
+    print_eval_table(summarize(episodes, tasks_table), title=f"{cfg.suite} - {adapter.identity['source']}")
+    click.echo(f"wrote {out}")
+
+
+def print_eval_table(results: list[Any], title: str) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    from grpo_cli.evaluate import mean_over_tasks
+
+    table = Table(title=title)
+    for col, justify in [("task", "right"), ("name", "left"), ("success %", "right"), ("95% CI (Wilson)", "right"),
+                         ("n", "right"), ("mean length", "right")]:
+        table.add_column(col, justify=justify)
+    for r in results:
+        lo, hi = r.interval
+        table.add_row(str(r.task_id), r.name[:60], f"{100 * r.rate:.1f}", f"[{100 * lo:.1f}, {100 * hi:.1f}]",
+                      str(r.episodes), f"{r.mean_length:.1f}")
+    mean, (lo, hi) = mean_over_tasks(results)
+    table.add_row("", "[bold]mean over tasks[/bold]", f"[bold]{100 * mean:.1f}[/bold]",
+                  f"[{100 * lo:.1f}, {100 * hi:.1f}]", str(sum(r.episodes for r in results)), "")
+    Console(width=max(120, Console().width)).print(table)
+
+
+def main() -> None:
+    """Entry point: user errors become one line on stderr and exit code 2, never a traceback."""
+    try:
+        cli(standalone_mode=False)
+    except click.exceptions.Abort:
+        click.echo("aborted", err=True)
+        sys.exit(130)
+    except click.ClickException as err:
+        err.show()
+        sys.exit(err.exit_code)
+    except UserError as err:
+        click.echo(f"error: {err}", err=True)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        click.echo("interrupted", err=True)
+        sys.exit(130)
