@@ -5,8 +5,16 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from grpo_cli.envs.libero import (CAMERAS, NOOP_ACTION, STATE_KEY, SUITES, LiberoEnv, num_tasks,
-                                  quat_to_axis_angle, task_spec)
+from grpo_cli.envs.libero import (
+    CAMERAS,
+    NOOP_ACTION,
+    STATE_KEY,
+    SUITES,
+    LiberoEnv,
+    num_tasks,
+    quat_to_axis_angle,
+    task_spec,
+)
 from grpo_cli.errors import UserError
 
 

@@ -1,0 +1,113 @@
+"""The real `grpo-vla` command: rollout and eval files, tables, and one-line errors."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+
+CLI = [sys.executable, "-m", "grpo_cli.cli"]
+
+
+def run(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run([*CLI, *args], capture_output=True, text=True, timeout=600,
+                          env={**os.environ, **(env or {})})
+
+
+@pytest.fixture(scope="module")
+def rollout_file(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("rollout") / "groups.h5"
+    proc = run("rollout", "--tasks", "0", "--init-states", "2", "--num-generations", "2", "--denoise-tiers",
+               "1x1,1x10", "--max-steps", "15", "--n-action-steps", "10", "--image-size", "64",
+               "--num-envs", "1", "--out", str(out))
+    assert proc.returncode == 0, proc.stderr
+    assert "2 trajectories in 1 groups" in proc.stdout
+    return out
+
+
+def test_rollout_file_has_the_documented_schema(rollout_file: Path) -> None:
+    with h5py.File(rollout_file) as f:
+        assert f.attrs["kind"] == "rollout" and f.attrs["schema_version"] == 1
+        config = json.loads(f.attrs["config"])
+        assert config["denoise_tiers"] == "1x1,1x10" and config["init_states"] == [2]
+        assert json.loads(f.attrs["policy"])["source"] == "tiny:0"
+        assert json.loads(f.attrs["versions"])["lerobot"] == "0.4.4"
+        assert len(f.attrs["git_commit"]) > 0
+        data = f["data"]
+        assert json.loads(data.attrs["env_args"])["suite"] == "libero_10"
+        assert data.attrs["total"] == 30 and data.attrs["num_groups"] == 1
+        assert sorted(data) == ["demo_0", "demo_1"]
+        for i, k in enumerate([1, 10]):
+            d = data[f"demo_{i}"]
+            a = d.attrs
+            assert (a["task_id"], a["init_state"], a["group"], a["member"], a["denoise_steps"]) == (0, 2, 0, i, k)
+            assert a["num_samples"] == a["episode_length"] == 15 and not a["success"]
+            assert "alphabet soup" in a["language"] and a["noise_seed"] > 0
+            assert d["actions"].shape == (15, 7) and d["actions"].dtype == np.float32
+            assert d["rewards"].shape == (15,) and d["dones"][()].tolist() == [0] * 14 + [1]
+            assert d["obs/state"].shape == (15, 8)
+            assert d["policy/query_steps"][()].tolist() == [0, 10]
+            assert d["policy/noise"].shape == (2, 50, 32) and d["policy/state"].shape == (2, 8)
+            assert d["policy/chains"].shape == (2, k + 1, 50, 32)
+            np.testing.assert_array_equal(d["policy/chains"][:, 0], d["policy/noise"][()])
+            for cam in ("image", "image2"):
+                img = d[f"policy/images/{cam}"]
+                assert img.shape == (2, 64, 64, 3) and img.dtype == np.uint8 and img.compression == "gzip"
+        assert not np.array_equal(data["demo_0/actions"][()], data["demo_1/actions"][()])
+
+
+def test_eval_prints_table_and_stores_episodes(tmp_path: Path) -> None:
+    out = tmp_path / "eval.h5"
+    proc = run("eval", "--tasks", "0,1", "--episodes-per-task", "2", "--max-steps", "10", "--image-size", "64",
+               "--num-envs", "2", "--out", str(out))
+    assert proc.returncode == 0, proc.stderr
+    assert "95% CI (Wilson)" in proc.stdout and "mean over tasks" in proc.stdout
+    assert "[0.0, 65.8]" in proc.stdout  # 0 of 2 successes
+    from grpo_cli.storage import read_eval
+
+    ev = read_eval(out)
+    assert ev["episodes"]["task_id"].tolist() == [0, 0, 1, 1]
+    assert ev["episodes"]["init_state"].tolist() == [0, 1, 0, 1]
+    assert ev["episodes"]["episode_length"].tolist() == [10] * 4
+    assert [t["task_id"] for t in ev["tasks"]] == [0, 1] and ev["suite"] == "libero_10"
+    assert ev["config"]["episodes_per_task"] == 2
+
+
+@pytest.mark.parametrize("args, env, message", [
+    (["eval", "--suite", "libero_11"], {}, "unknown LIBERO suite 'libero_11'"),
+    (["eval", "--tasks", "10"], {}, "task 10 is out of range: libero_10 has tasks 0..9"),
+    (["rollout", "--init-states", "50"], {}, "bad --init-states: task 0 has init states 0..49"),
+    (["rollout", "--init-states", "x"], {}, "bad --init-states 'x'"),
+    (["rollout", "--denoise-tiers", "1x1,5x10", "--num-generations", "4"], {}, "give 6 members"),
+    (["eval", "--policy", "HuggingFaceVLA/smolvla_libero"], {}, "pass a local lerobot policy directory"),
+    (["eval"], {"GRPO_VLA_LIBERO_ASSETS": "/nonexistent"}, "LIBERO assets not found in /nonexistent"),
+    (["eval", "--out", "/proc/denied/x.h5"], {}, "cannot"),
+    (["eval", "--episodes-per-task", "0"], {}, "episodes_per_task must be >= 1"),
+])
+def test_bad_inputs_exit_nonzero_with_one_line(tmp_path: Path, args, env, message) -> None:
+    if "--out" not in args:
+        args = [*args, "--out", str(tmp_path / "x.h5")]
+    proc = run(*args, env=env)
+    assert proc.returncode == 2, proc.stderr
+    assert message in proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert not (tmp_path / "x.h5").exists()
+
+
+def test_existing_output_is_kept_without_overwrite(rollout_file: Path) -> None:
+    before = rollout_file.read_bytes()
+    proc = run("rollout", "--out", str(rollout_file))
+    assert proc.returncode == 2 and "exists: pass --overwrite" in proc.stderr
+    assert rollout_file.read_bytes() == before
+
+
+def test_help_lists_only_real_commands() -> None:
+    proc = run("--help")
+    assert proc.returncode == 0
+    assert "rollout" in proc.stdout and "eval" in proc.stdout

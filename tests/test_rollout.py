@@ -1,0 +1,64 @@
+"""Rollout engine: noise-diverse groups from a shared init state, deterministic per seed."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from grpo_cli.config import RolloutConfig, parse_tiers
+from grpo_cli.errors import UserError
+from grpo_cli.rollout import LocalEnvSlots, episode_seed, group_episodes, run_episodes
+
+
+def test_parse_tiers() -> None:
+    assert parse_tiers("1x1,5x10", None) == [1, 10, 10, 10, 10, 10]
+    assert parse_tiers("1x8,1x9,1x10", 3) == [8, 9, 10]
+    assert parse_tiers("10", 4) == [10] * 4
+    assert parse_tiers(None, 2) == [10, 10]
+    for bad in ("1x0", "ax3", "2x10,x"):
+        with pytest.raises(UserError):
+            parse_tiers(bad, None)
+    with pytest.raises(UserError, match="num_generations is 5"):
+        parse_tiers("1x1,5x10", 5)
+    assert RolloutConfig(num_generations=6, denoise_tiers="1x1,5x10").steps_per_member[0] == 1
+
+
+def test_episode_seeds_are_distinct_and_stable() -> None:
+    seeds = {episode_seed(0, t, i, m) for t in range(3) for i in range(3) for m in range(6)}
+    assert len(seeds) == 54
+    assert episode_seed(7, 1, 2, 3) == episode_seed(7, 1, 2, 3) != episode_seed(8, 1, 2, 3)
+
+
+@pytest.fixture(scope="module")
+def group(tiny, task0):
+    episodes = group_episodes([task0], [4], [1, 10, 10], seed=0)
+    slots = LocalEnvSlots(3, image_size=64)
+    try:
+        first = run_episodes(tiny, slots, episodes, max_steps=25, n_action_steps=10)
+        again = run_episodes(tiny, slots, episodes, max_steps=25, n_action_steps=10)
+    finally:
+        slots.close()
+    return episodes, first, again
+
+
+def test_group_members_share_init_state_and_differ_by_noise(group) -> None:
+    episodes, trajs, _ = group
+    assert {e.init_state for e in episodes} == {4} and {e.group for e in episodes} == {0}
+    assert [e.member for e in episodes] == [0, 1, 2]
+    np.testing.assert_array_equal(trajs[0].states[0], trajs[1].states[0])
+    assert np.abs(np.asarray(trajs[1].actions) - np.asarray(trajs[2].actions)).max() > 1e-3
+    for traj, k in zip(trajs, [1, 10, 10], strict=True):
+        assert traj.length == 25 and traj.query_steps == [0, 10, 20]
+        assert [c.shape for c in traj.chains] == [(k + 1, 50, 32)] * 3
+        np.testing.assert_array_equal(traj.chains[0][0], traj.noise[0])
+        assert len(traj.states) == len(traj.rewards) == 25
+        assert traj.query_images["observation.images.image"][0].shape == (64, 64, 3)
+        # executed actions are the first n_action_steps of the chunk each query produced
+        np.testing.assert_array_equal(traj.states[10], traj.query_states[1])
+
+
+def test_rollout_is_deterministic_per_seed(group) -> None:
+    _, first, again = group
+    for a, b in zip(first, again, strict=True):
+        np.testing.assert_array_equal(np.asarray(a.actions), np.asarray(b.actions))
+        np.testing.assert_array_equal(np.asarray(a.states), np.asarray(b.states))
