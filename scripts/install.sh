@@ -28,7 +28,6 @@ else
 fi
 
 # Exact pins (constraints.txt) make every install resolve the same; lerobot's own pins stay authoritative.
-$pip install -q --upgrade pip >/dev/null
 $pip install -q -c "$here/constraints.txt" -e "$here[dev]"
 $pip check
 echo "install.sh: ok ($($pip --version | cut -d' ' -f1-2), grpo-vla in ${venv})"

@@ -1,0 +1,75 @@
+"""Env steps/s on one LIBERO task, measured side by side in one run (the machine is noisy).
+
+    python benchmarks/env_throughput.py [--task 0] [--steps 200] [--image-size 256]
+
+Modes: physics only (no cameras), always-render (both cameras every step, lerobot's env behaviour),
+and grpo-vla's rollout with the tiny policy querying every 10 and every 50 steps (rendering only those
+frames). Ratios are to physics only. One torch thread, one process.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import time
+
+os.environ.setdefault("MUJOCO_GL", "egl")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+from grpo_cli.envs.libero import LiberoEnv, task_spec  # noqa: E402
+from grpo_cli.policies.smolvla import SmolVLAAdapter  # noqa: E402
+from grpo_cli.rollout import EpisodeSpec, LocalEnvSlots, run_episodes  # noqa: E402
+
+
+def bare(spec, steps: int, image_size: int, render_every_step: bool, images: bool) -> float:
+    env = LiberoEnv(spec, image_size=image_size, images=images, render_every_step=render_every_step)
+    actions = np.random.default_rng(0).uniform(-0.3, 0.3, (steps, 7))
+    env.reset(0)
+    start = time.perf_counter()
+    for a in actions:
+        env.step(a, render=False)
+    elapsed = time.perf_counter() - start
+    env.close()
+    return steps / elapsed
+
+
+def ours(spec, steps: int, image_size: int, every: int, adapter: SmolVLAAdapter) -> float:
+    slots = LocalEnvSlots(1, image_size=image_size)
+    slots.reset(0, spec, 0)  # build outside the timed region, as the other modes do
+    episode = EpisodeSpec(spec, 0, 10, noise_seed=0)
+    start = time.perf_counter()
+    trajs = run_episodes(adapter, slots, [episode], max_steps=steps, n_action_steps=every)
+    elapsed = time.perf_counter() - start
+    slots.close()
+    return trajs[0].length / elapsed
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--task", type=int, default=0)
+    parser.add_argument("--steps", type=int, default=200)
+    parser.add_argument("--image-size", type=int, default=256)
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+    spec = task_spec("libero_10", args.task)
+    adapter = SmolVLAAdapter.load("tiny")
+    results = {
+        "physics only": bare(spec, args.steps, args.image_size, False, images=False),
+        "always-render (2 cameras/step)": bare(spec, args.steps, args.image_size, True, images=True),
+        "grpo-vla rollout, query every 10": ours(spec, args.steps, args.image_size, 10, adapter),
+        "grpo-vla rollout, query every 50": ours(spec, args.steps, args.image_size, 50, adapter),
+    }
+    base = results["physics only"]
+    print(f"libero_10 task {args.task}, {args.steps} steps/mode, {args.image_size}px, tiny policy, "
+          f"{platform.node()} ({os.cpu_count()} cores)")
+    print(f"{'mode':36s} {'steps/s':>9s} {'x physics':>10s}")
+    for name, rate in results.items():
+        print(f"{name:36s} {rate:9.1f} {rate / base:10.3f}")
+
+
+if __name__ == "__main__":
+    main()
