@@ -1,0 +1,130 @@
+"""GRPO math as pure functions: no I/O, no env, no policy. Equation numbers are the seed report's.
+
+Dimension legend
+    G   groups in a batch             n   members per group (num_generations)
+    B   flattened samples (G*n or chunks)
+    K   denoising steps               H   chunk size       Da  real action dims (masked)
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+SCALE_REWARDS = ("group", "batch", "none")
+
+
+def tiered_rewards(success: torch.Tensor, tier_weights: torch.Tensor) -> torch.Tensor:
+    """Eq. 4: each member's reward scaled by its slot weight.
+
+    success (G, n) in {0, 1}; tier_weights (n,), e.g. [0.1, 1, 1, 1, 1, 1] for the seed's two-tier
+    group (slot 1 is the 1-step trajectory). Returns (G, n).
+    """
+    if tier_weights.shape != success.shape[-1:]:
+        raise ValueError(f"tier_weights {tuple(tier_weights.shape)} must match group size {success.shape[-1]}")
+    return success.to(torch.float32) * tier_weights.to(torch.float32)
+
+
+def composite_horizon_reward(success: torch.Tensor, horizon_weights: torch.Tensor) -> torch.Tensor:
+    """E1: one composite reward from the members run at several horizons (K = 8, 9, 10).
+
+    success (G, n) with member j run at horizon j; horizon_weights (n,) (seed: 0.1, 0.2, 0.7).
+    Returns (G,) = sum_j w_j r_j / sum_j w_j, a weighted mean in [0, 1].
+    """
+    w = horizon_weights.to(torch.float32)
+    return (success.to(torch.float32) * w).sum(-1) / w.sum()
+
+
+def group_advantages(rewards: torch.Tensor, scale_rewards: str = "group", eps: float = 1e-4) -> torch.Tensor:
+    """Eq. 1: A_i = (r_i - mean(r)) / (std(r) + eps) within each group.
+
+    rewards (G, n). `scale_rewards`: `group` divides by each group's std, `batch` by the std of the
+    whole batch, `none` only centres (Dr. GRPO). An all-equal group gives exactly 0, never NaN.
+    Std is the population std (unbiased=False): a 2-member group [0, 1] gives advantages [-1, 1].
+    """
+    centred = rewards - rewards.mean(dim=-1, keepdim=True)
+    if scale_rewards == "group":
+        scale = rewards.std(dim=-1, keepdim=True, unbiased=False)
+    elif scale_rewards == "batch":
+        scale = rewards.std(unbiased=False).expand_as(rewards[..., :1])
+    elif scale_rewards == "none":
+        return centred
+    else:
+        raise ValueError(f"scale_rewards must be one of {SCALE_REWARDS}, got {scale_rewards!r}")
+    return centred / (scale + eps)
+
+
+def zero_std_groups(rewards: torch.Tensor) -> torch.Tensor:
+    """(G,) bool: groups whose rewards are all equal (no GRPO signal; TRL's frac_reward_zero_std)."""
+    return rewards.amax(dim=-1) == rewards.amin(dim=-1)
+
+
+def clipped_surrogate(logratio: torch.Tensor, advantages: torch.Tensor, epsilon: float,
+                      epsilon_high: float | None = None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """Eq. 5's policy term: -mean(min(rho A, clip(rho, 1 - eps, 1 + eps_high) A)).
+
+    logratio (B,) = log pi_theta - log pi_old per sample (chunk or trajectory); advantages (B,).
+    Returns (loss, metrics) with TRL's clip metrics: `clip_ratio/low_mean` (rho < 1 - eps where A < 0),
+    `clip_ratio/high_mean` (rho > 1 + eps_high where A > 0), `clip_ratio/region_mean` (either).
+    """
+    eps_high = epsilon if epsilon_high is None else epsilon_high
+    ratio = torch.exp(logratio)
+    clipped = torch.clamp(ratio, 1 - epsilon, 1 + eps_high)
+    loss = -torch.min(ratio * advantages, clipped * advantages).mean()
+    with torch.no_grad():
+        low = ((ratio < 1 - epsilon) & (advantages < 0)).float()
+        high = ((ratio > 1 + eps_high) & (advantages > 0)).float()
+        metrics = {"clip_ratio/low_mean": low.mean(), "clip_ratio/high_mean": high.mean(),
+                   "clip_ratio/region_mean": (low + high).clamp(max=1).mean(),
+                   "ratio/mean": ratio.mean(), "ratio/min": ratio.min(), "ratio/max": ratio.max()}
+    return loss, metrics
+
+
+# --- Flow-SDE: the denoising chain as a Gaussian MDP (flow-likelihood.md) ------------------------------
+
+def sde_sigma(t: torch.Tensor, dt: float, noise_level: float) -> torch.Tensor:
+    """sigma_t = a * sqrt(t / (1 - t)), with t clamped to <= 1 - dt (sigma is infinite at t = 1).
+
+    t (B,) current times; dt > 0 the step size 1/K. Returns (B,).
+    """
+    t_eff = torch.clamp(t, max=1.0 - dt)
+    return noise_level * torch.sqrt(t_eff / (1.0 - t_eff))
+
+
+def sde_step_mean(x_t: torch.Tensor, v: torch.Tensor, t: torch.Tensor, dt: float, sigma: torch.Tensor
+                  ) -> torch.Tensor:
+    """Mean of x_{t-dt} under the reverse SDE with the ODE's marginals (Euler-Maruyama).
+
+    mu = x_t - dt v - dt sigma^2 / (2t) eps_hat, eps_hat = x_t + (1 - t) v (the predicted noise).
+    x_t, v (B, H, Dm); t, sigma (B,). With sigma = 0 this is exactly the Euler step x_t - dt v.
+    """
+    t_ = t.view(-1, 1, 1)
+    s2 = (sigma ** 2).view(-1, 1, 1)
+    eps_hat = x_t + (1.0 - t_) * v
+    return x_t - dt * v - dt * s2 / (2.0 * t_) * eps_hat
+
+
+def gaussian_logprob(x: torch.Tensor, mean: torch.Tensor, std: torch.Tensor, mask: torch.Tensor | None = None
+                     ) -> torch.Tensor:
+    """log N(x; mean, std^2 I) summed over the last two dims (H, Dm), counting only `mask`ed dims.
+
+    x, mean (B, H, Dm); std (B,); mask (Dm,) bool (the real action dims). Returns (B,).
+    """
+    std_ = std.view(-1, 1, 1)
+    logp = -0.5 * ((x - mean) / std_) ** 2 - torch.log(std_) - 0.5 * math.log(2 * math.pi)
+    if mask is not None:
+        logp = logp * mask.to(logp.dtype)
+    return logp.sum(dim=(-2, -1))
+
+
+def gaussian_kl_same_std(mean_p: torch.Tensor, mean_q: torch.Tensor, std: torch.Tensor,
+                         mask: torch.Tensor | None = None) -> torch.Tensor:
+    """KL(N(mean_p, std^2) || N(mean_q, std^2)) = |mean_p - mean_q|^2 / (2 std^2), summed over (H, Dm).
+
+    mean_p, mean_q (B, H, Dm); std (B,); mask (Dm,). Returns (B,).
+    """
+    kl = (mean_p - mean_q) ** 2 / (2 * std.view(-1, 1, 1) ** 2)
+    if mask is not None:
+        kl = kl * mask.to(kl.dtype)
+    return kl.sum(dim=(-2, -1))

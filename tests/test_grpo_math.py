@@ -1,0 +1,96 @@
+"""Hand-worked checks of the GRPO math (grpo_cli/grpo.py)."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from grpo_cli import grpo
+
+
+def test_group_advantages_hand_worked() -> None:
+    # mixed, all-success, all-fail, and a tiered group (1-step success x 0.1, 10-step success)
+    r = torch.tensor([[0.0, 1.0], [1.0, 1.0], [0.0, 0.0], [0.1, 1.0]])
+    adv = grpo.group_advantages(r, "group", eps=1e-4)
+    torch.testing.assert_close(adv[0], torch.tensor([-1.0, 1.0]) / (1 + 2e-4), atol=1e-3, rtol=0)
+    assert torch.equal(adv[1], torch.zeros(2)) and torch.equal(adv[2], torch.zeros(2))  # zero std, no NaN
+    assert not torch.isnan(adv).any()
+    torch.testing.assert_close(adv[3], torch.tensor([-0.45, 0.45]) / (0.45 + 1e-4))
+    torch.testing.assert_close(grpo.group_advantages(r, "none"), r - r.mean(-1, keepdim=True))
+    batch = grpo.group_advantages(r, "batch")
+    torch.testing.assert_close(batch, (r - r.mean(-1, keepdim=True)) / (r.std(unbiased=False) + 1e-4))
+    with pytest.raises(ValueError, match="scale_rewards"):
+        grpo.group_advantages(r, "grouped")
+
+
+def test_zero_std_groups() -> None:
+    r = torch.tensor([[0.0, 0.0, 0.0], [1.0, 1.0, 1.0], [0.0, 1.0, 0.0]])
+    assert grpo.zero_std_groups(r).tolist() == [True, True, False]
+
+
+def test_tiered_and_composite_rewards() -> None:
+    success = torch.tensor([[1, 0, 1, 1, 0, 1], [1, 0, 0, 0, 0, 0]])
+    weights = torch.tensor([0.1, 1, 1, 1, 1, 1])
+    assert grpo.tiered_rewards(success, weights).tolist() == [
+        pytest.approx([0.1, 0, 1, 1, 0, 1]), pytest.approx([0.1, 0, 0, 0, 0, 0])]
+    e1 = grpo.composite_horizon_reward(torch.tensor([[1, 0, 1], [0, 0, 1], [1, 1, 1]]), torch.tensor([0.1, 0.2, 0.7]))
+    torch.testing.assert_close(e1, torch.tensor([0.8, 0.7, 1.0]))
+    with pytest.raises(ValueError):
+        grpo.tiered_rewards(success, torch.ones(5))
+
+
+@pytest.mark.parametrize("adv", [1.0, -1.0])
+def test_clipping_at_epsilon_for_both_signs(adv: float) -> None:
+    eps = 0.2
+    ratios = torch.tensor([0.5, 0.9, 1.0, 1.1, 1.5], requires_grad=True)
+    logratio = torch.log(ratios)
+    a = torch.full((5,), adv)
+    loss, m = grpo.clipped_surrogate(logratio, a, eps)
+    loss.backward()
+    grad = ratios.grad
+    # gradient flows only where the min picks the unclipped term
+    if adv > 0:  # clipped above 1 + eps: ratio 1.5 gets no gradient; 0.5 (below 1 - eps) still does
+        assert grad[4] == 0 and grad[0] != 0
+        assert m["clip_ratio/high_mean"].item() == pytest.approx(0.2) and m["clip_ratio/low_mean"] == 0
+    else:  # A < 0: clipped below 1 - eps
+        assert grad[0] == 0 and grad[4] != 0
+        assert m["clip_ratio/low_mean"].item() == pytest.approx(0.2) and m["clip_ratio/high_mean"] == 0
+    assert m["clip_ratio/region_mean"].item() == pytest.approx(0.2)
+    expected = -torch.min(ratios * a, torch.clamp(ratios, 1 - eps, 1 + eps) * a).mean()
+    assert loss.item() == pytest.approx(expected.item())
+
+
+def test_epsilon_high_is_asymmetric() -> None:
+    _, m = grpo.clipped_surrogate(torch.log(torch.tensor([1.25, 1.25])), torch.tensor([1.0, 1.0]), 0.2, 0.3)
+    assert m["clip_ratio/high_mean"] == 0
+
+
+def test_gaussian_logprob_matches_torch_distributions() -> None:
+    g = torch.Generator().manual_seed(0)
+    x, mean = torch.randn(3, 4, 5, generator=g), torch.randn(3, 4, 5, generator=g)
+    std = torch.tensor([0.3, 1.0, 2.0])
+    mask = torch.tensor([True, True, False, True, False])
+    ref = torch.distributions.Normal(mean, std.view(-1, 1, 1)).log_prob(x)[..., mask].sum(dim=(-2, -1))
+    torch.testing.assert_close(grpo.gaussian_logprob(x, mean, std, mask), ref)
+
+
+def test_kl_closed_form_matches_monte_carlo() -> None:
+    g = torch.Generator().manual_seed(1)
+    mp, mq = torch.randn(1, 2, 3, generator=g), torch.randn(1, 2, 3, generator=g)
+    std = torch.tensor([0.7])
+    closed = grpo.gaussian_kl_same_std(mp, mq, std)
+    p = torch.distributions.Normal(mp, 0.7)
+    samples = p.sample((200_000,))
+    mc = (p.log_prob(samples) - torch.distributions.Normal(mq, 0.7).log_prob(samples)).sum(dim=(-2, -1)).mean()
+    assert closed.item() == pytest.approx(mc.item(), rel=0.02)
+
+
+def test_sde_step_reduces_to_euler_without_noise() -> None:
+    x, v, t = torch.randn(2, 3, 4), torch.randn(2, 3, 4), torch.tensor([1.0, 0.5])
+    mu = grpo.sde_step_mean(x, v, t, 0.1, torch.zeros(2))
+    torch.testing.assert_close(mu, x - 0.1 * v)
+    sigma = grpo.sde_sigma(torch.tensor([1.0, 0.5]), 0.1, 0.5)
+    assert torch.isfinite(sigma).all()
+    assert sigma[1].item() == pytest.approx(0.5) and sigma[0].item() == pytest.approx(0.5 * math.sqrt(9.0))
