@@ -29,6 +29,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from grpo_cli import grpo
 from grpo_cli.errors import UserError
 from grpo_cli.policies.offline_vlm import TinyVLMSpec, write_tiny_vlm
 
@@ -145,32 +146,78 @@ class SmolVLAAdapter:
                                        x_t=x_t, timestep=t)
 
     @torch.no_grad()
-    def denoise(self, prefix: Prefix, noise: torch.Tensor, num_steps: Sequence[int]) -> list[torch.Tensor]:
-        """Deterministic Euler chains from the given noise, one K per batch member.
+    def denoise(self, prefix: Prefix, noise: torch.Tensor, num_steps: Sequence[int], sde_noise: float = 0.0,
+                generators: Sequence[torch.Generator] | None = None) -> list[torch.Tensor]:
+        """Denoising chains from the given noise, one K per batch member.
 
         noise (B, H, Dm); num_steps (B,) ints. Returns B chains, chain b of shape (K_b+1, H, Dm), with
         chain[0] = noise and chain[-1] = the normalised action chunk. Members sharing a K run as one
         batch over the shared prefix cache, with exactly lerobot's time grid (t_k = 1 - k/K).
+
+        sde_noise = 0: lerobot's deterministic Euler sampler. sde_noise = a > 0: Flow-SDE, each step
+        x_{t-dt} ~ N(mu_theta, sigma_t^2 dt) (see grpo.sde_step_mean), the Gaussian draws taken from
+        `generators[b]` so a member's chain does not depend on the rest of the batch.
         """
         if noise.shape[1:] != (self.chunk_size, self.max_action_dim) or len(num_steps) != noise.shape[0]:
             raise ValueError(f"noise must be (B, {self.chunk_size}, {self.max_action_dim}) with one K each")
+        if sde_noise > 0 and (generators is None or len(generators) != noise.shape[0]):
+            raise ValueError("Flow-SDE sampling needs one generator per batch member")
         chains: list[torch.Tensor | None] = [None] * noise.shape[0]
         for k in sorted(set(int(s) for s in num_steps)):
             if k < 1:
                 raise ValueError(f"denoising steps must be >= 1, got {k}")
-            index = torch.tensor([b for b, s in enumerate(num_steps) if int(s) == k], dtype=torch.long)
+            members = [b for b, s in enumerate(num_steps) if int(s) == k]
+            index = torch.tensor(members, dtype=torch.long)
             sub = prefix.select(index) if len(index) < noise.shape[0] else prefix
             x = noise.index_select(0, index)
-            dt = -1.0 / k
             steps = [x]
             for step in range(k):
-                t = torch.tensor(1.0 + step * dt, dtype=torch.float32).expand(len(index))
-                x = x + dt * self.velocity(sub, x, t)
+                t = torch.tensor(1.0 + step * (-1.0 / k), dtype=torch.float32).expand(len(index))  # lerobot's grid
+                v = self.velocity(sub, x, t)
+                if sde_noise > 0:
+                    sigma = grpo.sde_sigma(t, 1.0 / k, sde_noise)
+                    xi = torch.stack([torch.randn(x.shape[1:], generator=generators[b]) for b in members])
+                    x = grpo.sde_step_mean(x, v, t, 1.0 / k, sigma) + (sigma * (1.0 / k) ** 0.5).view(-1, 1, 1) * xi
+                else:
+                    x = x + (-1.0 / k) * v  # lerobot's update, bit for bit
                 steps.append(x)
             stacked = torch.stack(steps, dim=1)  # (B_k, K+1, H, Dm)
-            for j, b in enumerate(index.tolist()):
+            for j, b in enumerate(members):
                 chains[b] = stacked[j]
         return chains  # type: ignore[return-value]
+
+    def chain_logprob(self, prefix: Prefix, chains: torch.Tensor, likelihood: str, sde_noise: float = 0.5,
+                      ode_sigma: float = 0.1) -> torch.Tensor:
+        """Log-likelihood of stored chains under the current parameters (differentiable).
+
+        prefix for B samples; chains (B, K+1, H, Dm), all with the same K. Only the real action dims
+        (the first Da of Dm) count. Returns (B,).
+        - `sde`: sum over the K steps of log N(x_{k+1}; mu_theta(x_k, t_k), sigma_k^2 dt), the exact
+          density of a chain sampled with `denoise(..., sde_noise)`.
+        - `ode`: the seed's reading. Re-run the deterministic Euler sampler from the stored noise and
+          score the stored chunk under N(f_theta(z), ode_sigma^2). At theta = theta_old f_theta(z)
+          equals the stored chunk, so the log-prob sits at its maximum and its gradient is exactly 0.
+        """
+        k = chains.shape[1] - 1
+        dt = 1.0 / k
+        mask = torch.arange(self.max_action_dim) < self.action_dim
+        batch = chains.shape[0]
+        if likelihood == "sde":
+            total = torch.zeros(batch)
+            for step in range(k):
+                t = torch.full((batch,), 1.0 + step * (-dt))
+                x_t = chains[:, step]
+                sigma = grpo.sde_sigma(t, dt, sde_noise)
+                mean = grpo.sde_step_mean(x_t, self.velocity(prefix, x_t, t), t, dt, sigma)
+                total = total + grpo.gaussian_logprob(chains[:, step + 1], mean, sigma * dt**0.5, mask)
+            return total
+        if likelihood == "ode":
+            x = chains[:, 0]
+            for step in range(k):
+                t = torch.full((batch,), 1.0 + step * (-dt))
+                x = x - dt * self.velocity(prefix, x, t)
+            return grpo.gaussian_logprob(chains[:, -1], x, torch.full((batch,), ode_sigma), mask)
+        raise ValueError(f"likelihood must be 'sde' or 'ode', got {likelihood!r}")
 
     def unnormalize(self, x0: torch.Tensor) -> np.ndarray:
         """Normalised chunk (B, H, Dm) -> env actions (B, H, Da), float32, as lerobot's postprocessor."""
