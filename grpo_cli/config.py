@@ -115,3 +115,86 @@ class EvalConfig:
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), sort_keys=True)
+
+
+LIKELIHOODS = ("ode", "sde")
+RATIO_LEVELS = ("chunk", "trajectory")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """A GRPO run. Presets e1-e6 (presets.py) are diffs from these defaults; `--set key=value` overrides."""
+
+    exp: str = "base"
+    """preset name, recorded for reports"""
+    policy: str = "HuggingFaceVLA/smolvla_libero"
+    """the SFT policy to fine-tune (hub id, local directory, or `tiny`)"""
+    suite: str = "libero_10"
+    tasks: tuple[int, ...] = tuple(range(10))
+    """tasks sampled from, uniformly"""
+    tasks_per_step: int = 1
+    """groups (one task + init state each) per GRPO step; the seed used 1"""
+    num_generations: int = 6
+    denoise_tiers: str = "10"
+    tier_weights: tuple[float, ...] = ()
+    """Eq. 4 reward weight per member; () = all 1.0"""
+    fallback_steps: int = 0
+    """E5: when a group is all-fail, run one extra trajectory with this K (0 = off)"""
+    fallback_success_reward: float = 1.0
+    fallback_failure_reward: float = 0.05
+    replay_pool: bool = False
+    """E6: inject a cached success into all-fail groups; skip the step when the pool is empty"""
+    replay_pool_size: int = 16
+    """successes kept per (task, init state); oldest pruned first"""
+    likelihood: str = "ode"
+    """`ode` (the seed's reading: zero first-order gradient at theta_old) or `sde` (Flow-SDE)"""
+    sde_noise: float = 0.5
+    ode_sigma: float = 0.1
+    ratio_level: str = "chunk"
+    scale_rewards: str = "group"
+    epsilon: float = 0.2
+    epsilon_high: float | None = None
+    beta: float = 0.0
+    """KL weight to the SFT reference; 0 loads no reference"""
+    lr_head: float = 1e-5
+    lr_backbone: float = 1e-6
+    train_backbone: bool = False
+    """lerobot freezes the VLM by default; True trains it with lr_backbone"""
+    weight_decay: float = 0.0
+    max_grad_norm: float = 1.0
+    num_iterations: int = 1
+    """inner epochs over each step's samples (TRL's name)"""
+    minibatch_size: int = 16
+    """chunks per backward pass; memory stays flat as groups grow"""
+    steps: int = 6000
+    save_every: int = 100
+    max_steps: int | None = None
+    n_action_steps: int | None = None
+    image_size: int = 256
+    seed: int = 0
+    num_envs: int = 0
+    device: str = "cpu"
+
+    def __post_init__(self) -> None:
+        if self.likelihood not in LIKELIHOODS:
+            raise UserError(f"likelihood must be one of {', '.join(LIKELIHOODS)}, got {self.likelihood!r}")
+        if self.ratio_level not in RATIO_LEVELS:
+            raise UserError(f"ratio_level must be one of {', '.join(RATIO_LEVELS)}, got {self.ratio_level!r}")
+        if self.scale_rewards not in ("group", "batch", "none"):
+            raise UserError(f"scale_rewards must be group, batch or none, got {self.scale_rewards!r}")
+        steps = parse_tiers(self.denoise_tiers, self.num_generations)
+        if self.tier_weights and len(self.tier_weights) != len(steps):
+            raise UserError(f"tier_weights has {len(self.tier_weights)} entries but the group has "
+                            f"{len(steps)} members")
+        for name in ("tasks_per_step", "num_iterations", "minibatch_size", "steps", "save_every"):
+            if getattr(self, name) < 1:
+                raise UserError(f"{name} must be >= 1")
+        if self.epsilon <= 0 or self.beta < 0 or self.sde_noise <= 0:
+            raise UserError("epsilon and sde_noise must be > 0 and beta >= 0")
+
+    @property
+    def steps_per_member(self) -> list[int]:
+        return parse_tiers(self.denoise_tiers, self.num_generations)
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), sort_keys=True)
