@@ -84,11 +84,12 @@ def clipped_surrogate(logratio: torch.Tensor, advantages: torch.Tensor, epsilon:
 # --- Flow-SDE: the denoising chain as a Gaussian MDP (flow-likelihood.md) ------------------------------
 
 def sde_sigma(t: torch.Tensor, dt: float, noise_level: float) -> torch.Tensor:
-    """sigma_t = a * sqrt(t / (1 - t)), with t clamped to <= 1 - dt (sigma is infinite at t = 1).
+    """sigma_t = a * sqrt(t / (1 - t)), with t clamped to <= 1 - dt/2 (sigma is infinite at t = 1).
 
-    t (B,) current times; dt > 0 the step size 1/K. Returns (B,).
+    Clamping at the first step's midpoint keeps every step stochastic for every K >= 1 (K = 1 too,
+    where it gives sigma = a). t (B,) current times; dt > 0 the step size 1/K. Returns (B,).
     """
-    t_eff = torch.clamp(t, max=1.0 - dt)
+    t_eff = torch.clamp(t, max=1.0 - dt / 2)
     return noise_level * torch.sqrt(t_eff / (1.0 - t_eff))
 
 

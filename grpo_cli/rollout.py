@@ -104,9 +104,12 @@ class LocalEnvSlots:
 
 def run_episodes(adapter: SmolVLAAdapter, slots: LocalEnvSlots, episodes: Sequence[EpisodeSpec],
                  max_steps: int | None = None, n_action_steps: int | None = None,
-                 keep_images: bool = True,
+                 keep_images: bool = True, sde_noise: float = 0.0,
                  on_episode: Callable[[Trajectory], None] | None = None) -> list[Trajectory]:
     """Run episodes in waves of `slots.size`; inside a wave all slots share each policy call.
+
+    sde_noise > 0 samples chunks with Flow-SDE steps (their Gaussian draws come from the episode's
+    own noise stream too); 0 is lerobot's deterministic sampler.
 
     Returns trajectories in the order of `episodes`.
     """
@@ -124,7 +127,8 @@ def run_episodes(adapter: SmolVLAAdapter, slots: LocalEnvSlots, episodes: Sequen
             batch = adapter.preprocess([obs[i] for i in active], [wave[i].task.language for i in active])
             prefix = adapter.encode_prefix(batch)
             noise = torch.cat([adapter.sample_noise(gens[i]) for i in active])  # (B, H, Dm)
-            chains = adapter.denoise(prefix, noise, [wave[i].denoise_steps for i in active])
+            chains = adapter.denoise(prefix, noise, [wave[i].denoise_steps for i in active], sde_noise=sde_noise,
+                                     generators=[gens[i] for i in active])
             actions = adapter.unnormalize(torch.stack([c[-1] for c in chains]))  # (B, H, Da)
             still_active = []
             for b, i in enumerate(active):

@@ -188,3 +188,75 @@ def read_eval(path: str | Path) -> dict[str, Any]:
                                        strict=True)]
         return {"episodes": episodes, "tasks": tasks, "suite": f.attrs["suite"],
                 "config": json.loads(f.attrs["config"]), "policy": json.loads(f.attrs["policy"])}
+
+
+def read_demo(g: h5py.Group, task: Any) -> Trajectory:
+    """A `demo_i` group back into a Trajectory (task: the TaskSpec of its `task_id`)."""
+    from grpo_cli.rollout import EpisodeSpec
+
+    a = g.attrs
+    spec = EpisodeSpec(task, int(a["init_state"]), int(a["denoise_steps"]), int(a["noise_seed"]),
+                       group=int(a["group"]), member=int(a["member"]))
+    p = g["policy"]
+    images = {f"observation.images.{k}": list(p["images"][k][()]) for k in p.get("images", {})}
+    return Trajectory(spec, actions=list(g["actions"][()]), states=list(g["obs/state"][()]),
+                      rewards=list(g["rewards"][()]), query_steps=p["query_steps"][()].tolist(),
+                      query_states=list(p["state"][()]), query_images=images, noise=list(p["noise"][()]),
+                      chains=list(p["chains"][()]), success=bool(a["success"]))
+
+
+# --- checkpoints --------------------------------------------------------------------------------------
+
+def write_checkpoint(path: str | Path, *, step: int, params: dict[str, Any], optimizer_state: dict[str, Any],
+                     param_names: list[str], config_json: str, policy: dict[str, Any],
+                     reference: dict[str, Any] | None, replay: dict[str, list[Trajectory]],
+                     extra: dict[str, Any]) -> Path:
+    """Parameters by name, AdamW state, step, config, identities and the replay pool; atomic."""
+    import torch
+
+    path = Path(path)
+    with atomic_h5(path) as f:
+        _common_attrs(f, "checkpoint", config_json, policy)
+        f.attrs["step"] = step
+        f.attrs["reference"] = json.dumps(reference, sort_keys=True)
+        f.attrs["extra"] = json.dumps(extra, sort_keys=True)
+        pg = f.create_group("params")
+        for name, tensor in params.items():
+            pg.create_dataset(name, data=tensor.detach().cpu().numpy())
+        og = f.create_group("optimizer")
+        og.attrs["param_groups"] = json.dumps(optimizer_state["param_groups"])
+        og.attrs["param_names"] = json.dumps(param_names)
+        for idx, state in optimizer_state["state"].items():
+            sg = og.create_group(f"state/{idx}")
+            for key, value in state.items():
+                sg.create_dataset(key, data=value.detach().cpu().numpy() if torch.is_tensor(value) else value)
+        f.create_dataset("rng/torch", data=torch.get_rng_state().numpy())
+        rg = f.create_group("replay")
+        n = 0
+        for key, trajs in replay.items():
+            for traj in trajs:
+                _write_demo(rg.create_group(f"demo_{n}"), traj)
+                rg[f"demo_{n}"].attrs["pool_key"] = key
+                n += 1
+    return path
+
+
+def read_checkpoint(path: str | Path, task_lookup: Any = None) -> dict[str, Any]:
+    """Everything `write_checkpoint` stored; `task_lookup(task_id)` rebuilds replay trajectories."""
+    import torch
+
+    with open_kind(path, "checkpoint") as f:
+        params = {name: torch.from_numpy(ds[()]) for name, ds in f["params"].items()}
+        og = f["optimizer"]
+        state = {int(idx): {k: torch.as_tensor(v[()]) for k, v in g.items()} for idx, g in og.get("state", {}).items()}
+        replay: dict[str, list[Trajectory]] = {}
+        if task_lookup is not None:
+            for name in sorted(f["replay"], key=lambda s: int(s.split("_")[1])):
+                g = f["replay"][name]
+                replay.setdefault(g.attrs["pool_key"], []).append(read_demo(g, task_lookup(int(g.attrs["task_id"]))))
+        return {"step": int(f.attrs["step"]), "params": params,
+                "optimizer": {"state": state, "param_groups": json.loads(og.attrs["param_groups"])},
+                "param_names": json.loads(og.attrs["param_names"]), "config": json.loads(f.attrs["config"]),
+                "policy": json.loads(f.attrs["policy"]), "reference": json.loads(f.attrs["reference"]),
+                "extra": json.loads(f.attrs["extra"]), "rng_torch": torch.from_numpy(f["rng/torch"][()]),
+                "replay": replay}

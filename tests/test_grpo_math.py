@@ -93,4 +93,5 @@ def test_sde_step_reduces_to_euler_without_noise() -> None:
     torch.testing.assert_close(mu, x - 0.1 * v)
     sigma = grpo.sde_sigma(torch.tensor([1.0, 0.5]), 0.1, 0.5)
     assert torch.isfinite(sigma).all()
-    assert sigma[1].item() == pytest.approx(0.5) and sigma[0].item() == pytest.approx(0.5 * math.sqrt(9.0))
+    assert sigma[1].item() == pytest.approx(0.5) and sigma[0].item() == pytest.approx(0.5 * math.sqrt(19.0))
+    assert grpo.sde_sigma(torch.tensor([1.0]), 1.0, 0.5).item() == pytest.approx(0.5)  # K = 1

@@ -27,10 +27,11 @@ def _sde_chains(ad: SmolVLAAdapter, prefix, k: int, a: float, seed: int = 0):
     return torch.stack(ad.denoise(prefix, noise, [k, k], sde_noise=a, generators=gens))
 
 
-def test_sde_logprob_is_the_density_of_the_sampled_chain() -> None:
+@pytest.mark.parametrize("k", [1, 4])
+def test_sde_logprob_is_the_density_of_the_sampled_chain(k: int) -> None:
     ad = SmolVLAAdapter.load("tiny")
     prefix = ad.encode_prefix(_batch(ad, 2))
-    k, a = 4, 0.5
+    a = 0.5
     chains = _sde_chains(ad, prefix, k, a)
     with torch.no_grad():
         ours = ad.chain_logprob(prefix, chains, "sde", sde_noise=a)

@@ -122,22 +122,25 @@ class SmolVLAAdapter:
         batch[STATE_KEY] = torch.from_numpy(np.stack([o[STATE_KEY] for o in observations])).float()
         return self.preprocessor(batch)
 
-    @torch.no_grad()
-    def encode_prefix(self, batch: dict[str, Any]) -> Prefix:
-        """Run the VLM over images + language + state once; the KV cache serves all denoising steps."""
+    def encode_prefix(self, batch: dict[str, Any], grad: bool = False) -> Prefix:
+        """Run the VLM over images + language + state once; the KV cache serves all denoising steps.
+
+        grad=True keeps the graph, so a trainable backbone (or state projection) gets gradients.
+        """
         from lerobot.policies.smolvla.modeling_smolvla import make_att_2d_masks
 
         policy, model = self.policy, self.model
-        images, img_masks = policy.prepare_images(batch)
-        state = policy.prepare_state(batch)
-        embs, pad_masks, att_masks = model.embed_prefix(
-            images, img_masks, batch["observation.language.tokens"],
-            batch["observation.language.attention_mask"], state=state)
-        att_2d = make_att_2d_masks(pad_masks, att_masks)
-        position_ids = torch.cumsum(pad_masks, dim=1) - 1
-        _, kv = model.vlm_with_expert.forward(attention_mask=att_2d, position_ids=position_ids,
-                                              past_key_values=None, inputs_embeds=[embs, None],
-                                              use_cache=True, fill_kv_cache=True)
+        with torch.set_grad_enabled(grad):
+            images, img_masks = policy.prepare_images(batch)
+            state = policy.prepare_state(batch)
+            embs, pad_masks, att_masks = model.embed_prefix(
+                images, img_masks, batch["observation.language.tokens"],
+                batch["observation.language.attention_mask"], state=state)
+            att_2d = make_att_2d_masks(pad_masks, att_masks)
+            position_ids = torch.cumsum(pad_masks, dim=1) - 1
+            _, kv = model.vlm_with_expert.forward(attention_mask=att_2d, position_ids=position_ids,
+                                                  past_key_values=None, inputs_embeds=[embs, None],
+                                                  use_cache=True, fill_kv_cache=True)
         return Prefix(pad_masks, kv)
 
     def velocity(self, prefix: Prefix, x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
@@ -186,38 +189,50 @@ class SmolVLAAdapter:
                 chains[b] = stacked[j]
         return chains  # type: ignore[return-value]
 
-    def chain_logprob(self, prefix: Prefix, chains: torch.Tensor, likelihood: str, sde_noise: float = 0.5,
-                      ode_sigma: float = 0.1) -> torch.Tensor:
-        """Log-likelihood of stored chains under the current parameters (differentiable).
+    def transitions(self, prefix: Prefix, chains: torch.Tensor, likelihood: str, sde_noise: float = 0.5,
+                    ode_sigma: float = 0.1) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The Gaussian steps that score stored chains under the current parameters (differentiable).
 
-        prefix for B samples; chains (B, K+1, H, Dm), all with the same K. Only the real action dims
-        (the first Da of Dm) count. Returns (B,).
-        - `sde`: sum over the K steps of log N(x_{k+1}; mu_theta(x_k, t_k), sigma_k^2 dt), the exact
-          density of a chain sampled with `denoise(..., sde_noise)`.
-        - `ode`: the seed's reading. Re-run the deterministic Euler sampler from the stored noise and
-          score the stored chunk under N(f_theta(z), ode_sigma^2). At theta = theta_old f_theta(z)
-          equals the stored chunk, so the log-prob sits at its maximum and its gradient is exactly 0.
+        prefix for B samples; chains (B, K+1, H, Dm), all with the same K. Returns (targets, means, stds)
+        with targets and means (B, S, H, Dm) and stds (B, S), S scored steps:
+        - `sde` (S = K): step k is N(x_{k+1}; mu_theta(x_k, t_k), sigma_k^2 dt), the exact transition
+          of a chain sampled with `denoise(..., sde_noise)`.
+        - `ode` (S = 1): the seed's reading. Re-run the deterministic Euler sampler from the stored
+          noise and score the stored chunk under N(f_theta(z), ode_sigma^2). At theta = theta_old
+          f_theta(z) equals the stored chunk: the log-prob sits at its maximum, its gradient is 0.
         """
         k = chains.shape[1] - 1
         dt = 1.0 / k
-        mask = torch.arange(self.max_action_dim) < self.action_dim
         batch = chains.shape[0]
         if likelihood == "sde":
-            total = torch.zeros(batch)
+            means, stds = [], []
             for step in range(k):
                 t = torch.full((batch,), 1.0 + step * (-dt))
                 x_t = chains[:, step]
                 sigma = grpo.sde_sigma(t, dt, sde_noise)
-                mean = grpo.sde_step_mean(x_t, self.velocity(prefix, x_t, t), t, dt, sigma)
-                total = total + grpo.gaussian_logprob(chains[:, step + 1], mean, sigma * dt**0.5, mask)
-            return total
+                means.append(grpo.sde_step_mean(x_t, self.velocity(prefix, x_t, t), t, dt, sigma))
+                stds.append(sigma * dt**0.5)
+            return chains[:, 1:], torch.stack(means, 1), torch.stack(stds, 1)
         if likelihood == "ode":
             x = chains[:, 0]
             for step in range(k):
                 t = torch.full((batch,), 1.0 + step * (-dt))
                 x = x - dt * self.velocity(prefix, x, t)
-            return grpo.gaussian_logprob(chains[:, -1], x, torch.full((batch,), ode_sigma), mask)
+            return chains[:, -1:], x[:, None], torch.full((batch, 1), ode_sigma)
         raise ValueError(f"likelihood must be 'sde' or 'ode', got {likelihood!r}")
+
+    @property
+    def action_mask(self) -> torch.Tensor:
+        """(Dm,) bool: the real action dims; lerobot pads the rest with noise-only targets."""
+        return torch.arange(self.max_action_dim) < self.action_dim
+
+    def chain_logprob(self, prefix: Prefix, chains: torch.Tensor, likelihood: str, sde_noise: float = 0.5,
+                      ode_sigma: float = 0.1) -> torch.Tensor:
+        """log pi_theta(chain) over the real action dims, (B,): the sum of `transitions`' log-densities."""
+        targets, means, stds = self.transitions(prefix, chains, likelihood, sde_noise, ode_sigma)
+        steps = targets.shape[1]
+        flat = grpo.gaussian_logprob(targets.flatten(0, 1), means.flatten(0, 1), stds.flatten(), self.action_mask)
+        return flat.view(-1, steps).sum(1)
 
     def unnormalize(self, x0: torch.Tensor) -> np.ndarray:
         """Normalised chunk (B, H, Dm) -> env actions (B, H, Da), float32, as lerobot's postprocessor."""
@@ -231,6 +246,42 @@ class SmolVLAAdapter:
 def _quiet() -> contextlib.AbstractContextManager:
     """lerobot prints progress lines on stdout while building; keep our stdout for results."""
     return contextlib.redirect_stdout(io.StringIO())
+
+
+HEAD_PREFIXES = ("model.vlm_with_expert.lm_expert.", "model.state_proj.", "model.action_in_proj.",
+                 "model.action_out_proj.", "model.action_time_mlp_in.", "model.action_time_mlp_out.")
+BACKBONE_PREFIX = "model.vlm_with_expert.vlm.model."  # vision + connector + text (lm_head is unused)
+MODULES = {"vision": "model.vlm_with_expert.vlm.model.vision_model.",
+           "connector": "model.vlm_with_expert.vlm.model.connector.",
+           "text": "model.vlm_with_expert.vlm.model.text_model.",
+           "expert": "model.vlm_with_expert.lm_expert.",
+           "heads": HEAD_PREFIXES[1:]}
+
+
+def module_of(name: str) -> str:
+    """Which part of SmolVLA a parameter belongs to (for per-module drift)."""
+    for module, prefixes in MODULES.items():
+        if name.startswith(prefixes):
+            return module
+    return "other"
+
+
+def parameter_groups(policy: torch.nn.Module, train_backbone: bool) -> dict[str, list[torch.nn.Parameter]]:
+    """Set requires_grad explicitly (lerobot 0.4.4's own freeze patterns miss layers) and return groups.
+
+    `head`: action expert + action/state/time projections; `backbone`: the VLM (empty if frozen).
+    """
+    groups: dict[str, list[torch.nn.Parameter]] = {"head": [], "backbone": []}
+    for name, param in policy.named_parameters():
+        if name.startswith(HEAD_PREFIXES):
+            param.requires_grad_(True)
+            groups["head"].append(param)
+        elif train_backbone and name.startswith(BACKBONE_PREFIX):
+            param.requires_grad_(True)
+            groups["backbone"].append(param)
+        else:
+            param.requires_grad_(False)
+    return groups
 
 
 def _rewrite_json(path: Path, edit: Any) -> None:

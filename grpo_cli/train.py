@@ -1,0 +1,337 @@
+"""The GRPO loop, top to bottom: rollout groups -> rewards -> advantages -> inner epochs -> log -> checkpoint.
+
+Dimension legend
+    G   groups in a step (tasks_per_step)      n   members of a group (num_generations, +1 with E5/E6)
+    B   chunks in a minibatch                  K   denoising steps         H, Dm  chunk, padded action dim
+
+Every random choice of step s is derived from (seed, s): which task and init state, every noise
+stream. A resumed run therefore repeats exactly what the uninterrupted run would have done.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from grpo_cli import grpo
+from grpo_cli.config import TrainConfig
+from grpo_cli.drift import drift
+from grpo_cli.envs.libero import task_spec
+from grpo_cli.errors import UserError
+from grpo_cli.policies.smolvla import SmolVLAAdapter, module_of, parameter_groups
+from grpo_cli.rollout import EpisodeSpec, LocalEnvSlots, Trajectory, episode_seed, run_episodes
+from grpo_cli.storage import read_checkpoint, write_checkpoint
+
+
+@dataclass
+class Member:
+    """A trajectory in a group with its reward and origin (natural / fallback / replay)."""
+
+    traj: Trajectory
+    reward: float
+    origin: str = "natural"
+    advantage: float = 0.0
+
+
+class ReplayPool:
+    """E6: successful trajectories per task, newest kept (the seed does not say when it prunes)."""
+
+    def __init__(self, size: int, entries: dict[str, list[Trajectory]] | None = None):
+        self.size = size
+        self.entries: dict[str, list[Trajectory]] = entries or {}
+
+    def add(self, traj: Trajectory) -> None:
+        bucket = self.entries.setdefault(str(traj.spec.task.task_id), [])
+        bucket.append(traj)
+        del bucket[: max(0, len(bucket) - self.size)]
+
+    def sample(self, task_id: int, rng: np.random.Generator) -> Trajectory | None:
+        bucket = self.entries.get(str(task_id), [])
+        return bucket[int(rng.integers(len(bucket)))] if bucket else None
+
+
+def checkpoints(run_dir: Path) -> list[Path]:
+    return sorted((run_dir / "checkpoints").glob("step_*.h5"))
+
+
+class Trainer:
+    """Holds the policy, optimizer and run state; `step()` is one GRPO step."""
+
+    def __init__(self, cfg: TrainConfig, run_dir: Path, log: Callable[[str], None] = print):
+        self.cfg, self.run_dir, self.log = cfg, Path(run_dir), log
+        self.adapter = SmolVLAAdapter.load(cfg.policy, device=cfg.device)
+        self.groups = parameter_groups(self.adapter.policy, cfg.train_backbone)
+        self.names = [n for n, p in self.adapter.policy.named_parameters() if p.requires_grad]
+        self.optimizer = torch.optim.AdamW(
+            [{"params": self.groups["head"], "lr": cfg.lr_head, "name": "head"},
+             {"params": self.groups["backbone"], "lr": cfg.lr_backbone, "name": "backbone"}],
+            weight_decay=cfg.weight_decay)
+        # beta = 0 loads no reference model at all (TRL's rule).
+        self.reference = SmolVLAAdapter.load(cfg.policy, device=cfg.device) if cfg.beta > 0 else None
+        if self.reference is not None:
+            self.reference.policy.requires_grad_(False)
+        self.initial = {n: p.detach().clone() for n, p in self.adapter.policy.named_parameters()}
+        self.pool = ReplayPool(cfg.replay_pool_size)
+        self.step_index = 0
+        self.tasks = [task_spec(cfg.suite, t) for t in cfg.tasks]
+        self.slots = LocalEnvSlots(cfg.num_envs or cfg.num_generations, image_size=cfg.image_size)
+
+    # --- one GRPO step ---------------------------------------------------------------------------------
+    def step(self) -> dict[str, float]:
+        cfg, s = self.cfg, self.step_index
+        rng = np.random.default_rng([cfg.seed, s])
+        t0 = time.perf_counter()
+
+        # 1. Rollout: G groups, each from one (task, init state), members differ only in their noise (Eq. 3).
+        groups = []
+        for g in range(cfg.tasks_per_step):
+            task = self.tasks[int(rng.integers(len(self.tasks)))]
+            init_state = int(rng.integers(task.num_init_states))
+            episodes = [EpisodeSpec(task, init_state, k, episode_seed(cfg.seed, s, g, m), group=g, member=m)
+                        for m, k in enumerate(cfg.steps_per_member)]
+            groups.append(self._run(episodes))
+
+        # 2. Rewards (Eq. 4), E5 fallback and E6 replay for all-fail groups.
+        weights = cfg.tier_weights or (1.0,) * cfg.num_generations
+        counts = {"natural_success": 0, "fallback_success": 0, "fallback_failure": 0, "replay_injected": 0,
+                  "skipped_groups": 0, "all_fail_groups": 0, "all_success_groups": 0}
+        batch: list[list[Member]] = []
+        for g, trajs in enumerate(groups):
+            members = [Member(t, w * float(t.success)) for t, w in zip(trajs, weights, strict=True)]
+            counts["natural_success"] += sum(t.success for t in trajs)
+            if all(t.success for t in trajs):
+                counts["all_success_groups"] += 1
+            if not any(t.success for t in trajs):
+                counts["all_fail_groups"] += 1
+                if cfg.fallback_steps:
+                    spec = EpisodeSpec(trajs[0].spec.task, trajs[0].spec.init_state, cfg.fallback_steps,
+                                       episode_seed(cfg.seed, s, g, len(trajs)), group=g, member=len(trajs))
+                    extra = self._run([spec])[0]
+                    reward = cfg.fallback_success_reward if extra.success else cfg.fallback_failure_reward
+                    counts["fallback_success" if extra.success else "fallback_failure"] += 1
+                    members.append(Member(extra, reward, "fallback"))
+                elif cfg.replay_pool:
+                    cached = self.pool.sample(trajs[0].spec.task.task_id, rng)
+                    if cached is None:
+                        counts["skipped_groups"] += 1
+                        continue
+                    counts["replay_injected"] += 1
+                    members.append(Member(cached, 1.0, "replay"))
+            if cfg.replay_pool:
+                for t in trajs:
+                    if t.success:
+                        self.pool.add(t)
+            batch.append(members)
+
+        # 3. Advantages (Eq. 1), per group; zero-std groups give exactly 0.
+        rewards = [torch.tensor([m.reward for m in members]) for members in batch]
+        batch_std = torch.cat(rewards).std(unbiased=False) if rewards else torch.tensor(0.0)
+        for members, r in zip(batch, rewards, strict=True):
+            if cfg.scale_rewards == "batch":
+                adv = (r - r.mean()) / (batch_std + 1e-4)
+            else:
+                adv = grpo.group_advantages(r[None], cfg.scale_rewards)[0]
+            for m, a in zip(members, adv.tolist(), strict=True):
+                m.advantage = a
+        t_rollout = time.perf_counter() - t0
+
+        # 4. Policy update: num_iterations epochs over minibatches of whole trajectories (Eq. 5).
+        t1 = time.perf_counter()
+        members = [m for group in batch for m in group if m.advantage != 0.0]
+        update = self._update(members, rng) if members else {}
+        t_update = time.perf_counter() - t1
+
+        # 5. Metrics.
+        all_rewards = torch.cat(rewards) if rewards else torch.zeros(0)
+        zero_std = [bool(grpo.zero_std_groups(r[None])[0]) for r in rewards]
+        natural = [t for trajs in groups for t in trajs]
+        d = drift(dict(self.adapter.policy.named_parameters()), self.initial, module_of)
+        env_steps = sum(t.length for t in natural) + sum(m.traj.length for g in batch for m in g
+                                                         if m.origin == "fallback")
+        metrics = {
+            "step": s + 1, "reward": float(all_rewards.mean()) if len(all_rewards) else 0.0,
+            "reward_std": float(all_rewards.std(unbiased=False)) if len(all_rewards) else 0.0,
+            "success_rate": float(np.mean([t.success for t in natural])),
+            "frac_reward_zero_std": float(np.mean(zero_std)) if zero_std else 1.0,
+            "frac_all_fail": counts["all_fail_groups"] / len(groups),
+            "frac_all_success": counts["all_success_groups"] / len(groups),
+            **{f"reward_composition/{k}": v for k, v in counts.items()},
+            "step_skipped": float(not members), "drift_pct": d["total"]["drift_pct"],
+            "drift_rel_l2": d["total"]["rel_l2"],
+            **{f"lr/{g['name']}": g["lr"] for g in self.optimizer.param_groups},
+            "time/rollout": t_rollout, "time/update": t_update, "env_steps": env_steps,
+            "SPS": env_steps / max(t_rollout + t_update, 1e-9), **update,
+        }
+        self.step_index += 1
+        return metrics
+
+    def _run(self, episodes: list[EpisodeSpec]) -> list[Trajectory]:
+        cfg = self.cfg
+        return run_episodes(self.adapter, self.slots, episodes, max_steps=cfg.max_steps,
+                            n_action_steps=cfg.n_action_steps, keep_images=True,
+                            sde_noise=cfg.sde_noise if cfg.likelihood == "sde" else 0.0)
+
+    def _score(self, adapter: SmolVLAAdapter, chunks: list[tuple[Member, int]], grad: bool
+               ) -> tuple[torch.Tensor, list[torch.Tensor], list[torch.Tensor]]:
+        """Log-prob (B,) of the given (member, chunk index) pairs under `adapter`, with each chunk's
+        transition means (S, H, Dm) and stds (S,) for the KL. Chunks sharing K run as one batch."""
+        cfg = self.cfg
+        by_k: dict[int, list[int]] = {}
+        for i, (m, _) in enumerate(chunks):
+            by_k.setdefault(m.traj.spec.denoise_steps, []).append(i)
+        logp = torch.zeros(len(chunks))
+        means: list[torch.Tensor] = [torch.empty(0)] * len(chunks)
+        stds: list[torch.Tensor] = [torch.empty(0)] * len(chunks)
+        for idx in by_k.values():
+            picked = [chunks[i] for i in idx]
+            obs = [{**{key: m.traj.query_images[key][c] for key in adapter.image_keys},
+                    "observation.state": m.traj.query_states[c]} for m, c in picked]
+            batch = adapter.preprocess(obs, [m.traj.spec.task.language for m, _ in picked])
+            chains = torch.from_numpy(np.stack([m.traj.chains[c] for m, c in picked]))  # (B_k, K+1, H, Dm)
+            with torch.set_grad_enabled(grad):
+                prefix = adapter.encode_prefix(batch, grad=grad and cfg.train_backbone)
+                targets, mean, std = adapter.transitions(prefix, chains, cfg.likelihood, cfg.sde_noise,
+                                                         cfg.ode_sigma)
+                steps = targets.shape[1]
+                lp = grpo.gaussian_logprob(targets.flatten(0, 1), mean.flatten(0, 1), std.flatten(),
+                                           adapter.action_mask).view(-1, steps).sum(1)
+            logp = logp.index_put((torch.tensor(idx),), lp)
+            for j, i in enumerate(idx):
+                means[i], stds[i] = mean[j], std[j]
+        return logp, means, stds
+
+    def _update(self, members: list[Member], rng: np.random.Generator) -> dict[str, float]:
+        cfg = self.cfg
+        chunks_of = {id(m): [(m, c) for c in range(len(m.traj.chains))] for m in members}
+        with torch.no_grad():  # pi_old: the policy that sampled (for replayed trajectories: scored now)
+            old = {id(m): self._score(self.adapter, chunks_of[id(m)], grad=False)[0] for m in members}
+        self.adapter.policy.train()
+        stats: dict[str, list[float]] = {}
+        for _ in range(cfg.num_iterations):
+            order = rng.permutation(len(members))
+            minibatches, current = [], []
+            for i in order:
+                current.append(members[i])
+                if sum(len(m.traj.chains) for m in current) >= cfg.minibatch_size:
+                    minibatches.append(current)
+                    current = []
+            minibatches += [current] if current else []
+            for mb in minibatches:
+                chunks = [c for m in mb for c in chunks_of[id(m)]]
+                logp, means, stds = self._score(self.adapter, chunks, grad=True)
+                old_logp = torch.cat([old[id(m)] for m in mb])
+                adv = torch.tensor([m.advantage for m, _ in chunks])
+                logratio = logp - old_logp
+                if cfg.ratio_level == "trajectory":
+                    sizes = [len(chunks_of[id(m)]) for m in mb]
+                    logratio = torch.stack([part.sum() for part in logratio.split(sizes)])
+                    adv = torch.tensor([m.advantage for m in mb])
+                policy_loss, clip = grpo.clipped_surrogate(logratio, adv, cfg.epsilon, cfg.epsilon_high)
+                kl = torch.zeros(())
+                if self.reference is not None:
+                    with torch.no_grad():
+                        _, ref_means, _ = self._score(self.reference, chunks, grad=False)
+                    kl = torch.stack([grpo.gaussian_kl_same_std(m, r, s, self.adapter.action_mask).sum()
+                                      for m, r, s in zip(means, ref_means, stds, strict=True)]).mean()
+                loss = policy_loss + cfg.beta * kl
+                if not torch.isfinite(loss):
+                    stats.setdefault("nonfinite_loss_skipped", []).append(1.0)
+                    self.optimizer.zero_grad(set_to_none=True)
+                    continue
+                params = self.groups["head"] + self.groups["backbone"]
+                self.optimizer.zero_grad(set_to_none=True)
+                if self.reference is not None and cfg.beta > 0:
+                    grads = torch.autograd.grad(policy_loss, params, retain_graph=True, allow_unused=True)
+                    stats.setdefault("grad_norm/policy_term", []).append(_norm(grads))
+                    grads = torch.autograd.grad(cfg.beta * kl, params, retain_graph=True, allow_unused=True)
+                    stats.setdefault("grad_norm/kl_term", []).append(_norm(grads))
+                loss.backward()
+                for name in ("head", "backbone"):
+                    stats.setdefault(f"grad_norm/{name}", []).append(_norm([p.grad for p in self.groups[name]]))
+                torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
+                self.optimizer.step()
+                for key, value in {"loss": loss, "loss/policy": policy_loss, "kl": kl, **clip}.items():
+                    stats.setdefault(key, []).append(float(torch.as_tensor(value).detach()))
+        self.adapter.policy.eval()
+        reduce = {"ratio/max": np.max, "ratio/min": np.min}
+        return {k: float(reduce.get(k, np.mean)(v)) for k, v in stats.items()}
+
+    # --- checkpoints -----------------------------------------------------------------------------------
+    def save(self) -> Path:
+        path = self.run_dir / "checkpoints" / f"step_{self.step_index:06d}.h5"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write_checkpoint(path, step=self.step_index, params=dict(self.adapter.policy.state_dict()),
+                         optimizer_state=self.optimizer.state_dict(), param_names=self.names,
+                         config_json=self.cfg.to_json(), policy=self.adapter.identity,
+                         reference=self.reference.identity if self.reference else None,
+                         replay=self.pool.entries, extra={})
+        return path
+
+    def load(self, path: Path) -> None:
+        ckpt = read_checkpoint(path, task_lookup=lambda t: task_spec(self.cfg.suite, t))
+        missing = self.adapter.policy.load_state_dict(ckpt["params"], strict=True)
+        assert not missing.missing_keys
+        self.optimizer.load_state_dict(ckpt["optimizer"])
+        self.pool = ReplayPool(self.cfg.replay_pool_size, ckpt["replay"])
+        self.step_index = ckpt["step"]
+        torch.set_rng_state(ckpt["rng_torch"])
+
+    def close(self) -> None:
+        self.slots.close()
+
+
+def _norm(grads: Any) -> float:
+    total = sum(float(g.pow(2).sum()) for g in grads if g is not None)
+    return math.sqrt(total)
+
+
+def train(cfg: TrainConfig, run_dir: str | Path, resume: bool = False, log: Callable[[str], None] = print,
+          on_step: Callable[[dict[str, float]], None] | None = None) -> Path:
+    """Run (or resume) a GRPO run in `run_dir`; returns the last checkpoint written."""
+    run_dir = Path(run_dir)
+    config_file = run_dir / "config.json"
+    if resume:
+        if not config_file.is_file():
+            raise UserError(f"{run_dir} holds no run to resume (no config.json)")
+    elif config_file.exists():
+        raise UserError(f"{run_dir} already holds a run: pass --resume to continue it, or choose another --run-dir")
+    run_dir.mkdir(parents=True, exist_ok=True)
+    if not resume:
+        tmp = config_file.with_suffix(".json.tmp")
+        tmp.write_text(json.dumps(json.loads(cfg.to_json()), indent=1))
+        tmp.replace(config_file)
+    trainer = Trainer(cfg, run_dir, log)
+    metrics_file = run_dir / "metrics.jsonl"
+    last = None
+    try:
+        found = checkpoints(run_dir)
+        if resume and found:
+            trainer.load(found[-1])
+            last = found[-1]
+            log(f"resumed from {found[-1].name} (step {trainer.step_index})")
+        # Drop metrics of steps after the checkpoint (a step in flight when the run died).
+        if metrics_file.exists():
+            kept = [line for line in metrics_file.read_text().splitlines()
+                    if line.strip() and json.loads(line)["step"] <= trainer.step_index]
+            tmp = metrics_file.with_suffix(".jsonl.tmp")
+            tmp.write_text("".join(line + "\n" for line in kept))
+            tmp.replace(metrics_file)
+        while trainer.step_index < cfg.steps:
+            metrics = trainer.step()
+            with metrics_file.open("a") as f:
+                f.write(json.dumps(metrics) + "\n")
+            if on_step:
+                on_step(metrics)
+            if trainer.step_index % cfg.save_every == 0 or trainer.step_index == cfg.steps:
+                last = trainer.save()
+    finally:
+        trainer.close()
+    return last
