@@ -181,6 +181,103 @@ def eval_cmd(policy: str, suite: str, max_steps: int | None, n_action_steps: int
     click.echo(f"wrote {out}")
 
 
+@cli.command()
+@click.option("--exp", default=None, help="preset: e1 ... e6 (the seed's experiments)")
+@click.option("--config", "config_file", type=click.Path(dir_okay=False), default=None,
+              help="YAML file of settings (applied after the preset, before --set)")
+@click.option("--set", "sets", multiple=True, metavar="KEY=VALUE", help="override one setting (repeatable)")
+@click.option("--policy", default=None, help="shortcut for --set policy=...")
+@click.option("--steps", type=int, default=None, help="shortcut for --set steps=...")
+@click.option("--run-dir", required=True, type=click.Path(file_okay=False), help="run directory")
+@click.option("--resume", is_flag=True, help="continue the run in --run-dir from its latest checkpoint")
+@click.option("--dry-run", is_flag=True, help="print the resolved config and exit")
+def train(exp: str | None, config_file: str | None, sets: tuple[str, ...], policy: str | None, steps: int | None,
+          run_dir: str, resume: bool, dry_run: bool) -> None:
+    """GRPO fine-tuning of the flow head (presets e1-e6 reproduce the seed)."""
+    import json
+    from pathlib import Path
+
+    from grpo_cli.presets import load_yaml, parse_sets, resolve
+
+    if resume:
+        if exp or config_file or sets or policy:
+            raise UserError("--resume takes its settings from the run directory; pass only --run-dir (and --steps)")
+        saved = Path(run_dir) / "config.json"
+        if not saved.is_file():
+            raise UserError(f"{run_dir} holds no run to resume (no config.json)")
+        values = json.loads(saved.read_text())
+        cfg = resolve(None, {**values, **({"steps": steps} if steps else {})})
+    else:
+        overrides = {**(load_yaml(config_file) if config_file else {}), **parse_sets(sets)}
+        if policy:
+            overrides["policy"] = policy
+        if steps:
+            overrides["steps"] = steps
+        cfg = resolve(exp, overrides)
+    if dry_run:
+        click.echo(json.dumps(json.loads(cfg.to_json()), indent=1))
+        return
+    _setup_runtime()
+    from grpo_cli.train import train as run_training
+
+    def show(m: dict) -> None:
+        click.echo(f"step {m['step']}/{cfg.steps} reward {m['reward']:.3f} success {m['success_rate']:.2f} "
+                   f"zero_std {m['frac_reward_zero_std']:.2f} kl {m.get('kl', 0.0):.2e} "
+                   f"clip {m.get('clip_ratio/region_mean', 0.0):.2f} drift {m['drift_pct']:.4f}% "
+                   f"rollout {m['time/rollout']:.1f}s update {m['time/update']:.1f}s", err=True)
+
+    last = run_training(cfg, run_dir, resume=resume, log=lambda msg: click.echo(msg, err=True), on_step=show)
+    click.echo(f"run {run_dir}: last checkpoint {last}")
+
+
+@cli.command("drift")
+@click.argument("checkpoint", type=click.Path(dir_okay=False))
+@click.option("--ref", default=None, help="reference policy (default: the policy the run started from)")
+@click.option("--json", "as_json", is_flag=True, help="print JSON instead of a table")
+def drift_cmd(checkpoint: str, ref: str | None, as_json: bool) -> None:
+    """Weight drift of a checkpoint from its SFT reference (the seed's Table 2), total and per module."""
+    import json
+
+    from grpo_cli.drift import FLOOR, drift
+    from grpo_cli.policies.smolvla import module_of
+
+    _setup_runtime()
+    tuned = _load_policy(checkpoint, "cpu")
+    reference = _load_policy(ref or tuned.identity["lineage"]["source"], "cpu")
+    names = dict(tuned.policy.named_parameters())
+    ref_params = dict(reference.policy.named_parameters())
+    if set(names) != set(ref_params) or any(names[n].shape != ref_params[n].shape for n in names):
+        raise UserError("the reference has a different architecture from the checkpoint")
+    result = drift(names, ref_params, module_of)
+    if as_json:
+        click.echo(json.dumps(result, indent=1))
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"drift of {checkpoint} from {reference.identity['source']} (floor {FLOOR:g})")
+    for col in ("module", "drift %", "L1 ratio %", "relative L2", "parameters"):
+        table.add_column(col, justify="right")
+    for module, r in sorted(result.items(), key=lambda kv: kv[0] != "total"):
+        table.add_row(module, f"{r['drift_pct']:.4f}", f"{r['l1_ratio_pct']:.4f}", f"{r['rel_l2']:.2e}",
+                      f"{r['numel']:,}")
+    Console(width=max(100, Console().width)).print(table)
+
+
+@cli.command()
+@click.argument("checkpoint", type=click.Path(dir_okay=False))
+@click.option("--out", required=True, type=click.Path(file_okay=False), help="directory to write")
+def export(checkpoint: str, out: str) -> None:
+    """Write a training checkpoint in lerobot's save_pretrained format (relocatable)."""
+    from pathlib import Path
+
+    if Path(out).exists() and any(Path(out).iterdir()):
+        raise UserError(f"{out} exists and is not empty")
+    _setup_runtime()
+    _load_policy(checkpoint, "cpu").save_pretrained(out)
+    click.echo(f"wrote {out}")
+
+
 def print_eval_table(results: list[Any], title: str) -> None:
     from rich.console import Console
     from rich.table import Table

@@ -58,7 +58,7 @@ PARENT = {"e1": None, "e2": None, "e3": "e2", "e4": "e3", "e5": "e4", "e6": "e4"
 def preset(name: str) -> dict[str, Any]:
     """The full override dict of a preset (its parents' values first)."""
     if name not in PRESETS:
-        raise UserError(f"unknown experiment {name!r}; choose one of {', '.join(PRESETS)} or 'all'")
+        raise UserError(f"unknown experiment {name!r}; choose one of {', '.join(PRESETS)}")
     parent = PARENT[name]
     return {**(preset(parent) if parent else {}), **PRESETS[name]}
 

@@ -58,6 +58,42 @@ class ReplayPool:
         return bucket[int(rng.integers(len(bucket)))] if bucket else None
 
 
+def assemble_rewards(groups: list[list[Trajectory]], cfg: TrainConfig,
+                     fallback: Callable[[int, Trajectory], Trajectory], pool: ReplayPool, rng: np.random.Generator
+                     ) -> tuple[list[list[Member]], dict[str, int]]:
+    """Members and rewards of each group: Eq. 4's tier weights, then for all-fail groups E5's fallback
+    trajectory (reward 1 on success, 0.05 on failure) or E6's replayed success (reward 1; the group is
+    skipped when the pool has none). Natural successes enter the pool. Returns (groups, counts)."""
+    weights = cfg.tier_weights or (1.0,) * cfg.num_generations
+    counts = {"natural_success": 0, "fallback_success": 0, "fallback_failure": 0, "replay_injected": 0,
+              "skipped_groups": 0, "all_fail_groups": 0, "all_success_groups": 0}
+    batch: list[list[Member]] = []
+    for g, trajs in enumerate(groups):
+        members = [Member(t, w * float(t.success)) for t, w in zip(trajs, weights, strict=True)]
+        counts["natural_success"] += sum(t.success for t in trajs)
+        counts["all_success_groups"] += all(t.success for t in trajs)
+        if cfg.replay_pool:
+            for t in trajs:
+                if t.success:
+                    pool.add(t)
+        if not any(t.success for t in trajs):
+            counts["all_fail_groups"] += 1
+            if cfg.fallback_steps:
+                extra = fallback(g, trajs[0])
+                reward = cfg.fallback_success_reward if extra.success else cfg.fallback_failure_reward
+                counts["fallback_success" if extra.success else "fallback_failure"] += 1
+                members.append(Member(extra, reward, "fallback"))
+            elif cfg.replay_pool:
+                cached = pool.sample(trajs[0].spec.task.task_id, rng)
+                if cached is None:
+                    counts["skipped_groups"] += 1
+                    continue
+                counts["replay_injected"] += 1
+                members.append(Member(cached, 1.0, "replay"))
+        batch.append(members)
+    return batch, counts
+
+
 def checkpoints(run_dir: Path) -> list[Path]:
     return sorted((run_dir / "checkpoints").glob("step_*.h5"))
 
@@ -100,36 +136,12 @@ class Trainer:
             groups.append(self._run(episodes))
 
         # 2. Rewards (Eq. 4), E5 fallback and E6 replay for all-fail groups.
-        weights = cfg.tier_weights or (1.0,) * cfg.num_generations
-        counts = {"natural_success": 0, "fallback_success": 0, "fallback_failure": 0, "replay_injected": 0,
-                  "skipped_groups": 0, "all_fail_groups": 0, "all_success_groups": 0}
-        batch: list[list[Member]] = []
-        for g, trajs in enumerate(groups):
-            members = [Member(t, w * float(t.success)) for t, w in zip(trajs, weights, strict=True)]
-            counts["natural_success"] += sum(t.success for t in trajs)
-            if all(t.success for t in trajs):
-                counts["all_success_groups"] += 1
-            if not any(t.success for t in trajs):
-                counts["all_fail_groups"] += 1
-                if cfg.fallback_steps:
-                    spec = EpisodeSpec(trajs[0].spec.task, trajs[0].spec.init_state, cfg.fallback_steps,
-                                       episode_seed(cfg.seed, s, g, len(trajs)), group=g, member=len(trajs))
-                    extra = self._run([spec])[0]
-                    reward = cfg.fallback_success_reward if extra.success else cfg.fallback_failure_reward
-                    counts["fallback_success" if extra.success else "fallback_failure"] += 1
-                    members.append(Member(extra, reward, "fallback"))
-                elif cfg.replay_pool:
-                    cached = self.pool.sample(trajs[0].spec.task.task_id, rng)
-                    if cached is None:
-                        counts["skipped_groups"] += 1
-                        continue
-                    counts["replay_injected"] += 1
-                    members.append(Member(cached, 1.0, "replay"))
-            if cfg.replay_pool:
-                for t in trajs:
-                    if t.success:
-                        self.pool.add(t)
-            batch.append(members)
+        def fallback(g: int, first: Trajectory) -> Trajectory:
+            spec = EpisodeSpec(first.spec.task, first.spec.init_state, cfg.fallback_steps,
+                               episode_seed(cfg.seed, s, g, cfg.num_generations), group=g, member=cfg.num_generations)
+            return self._run([spec])[0]
+
+        batch, counts = assemble_rewards(groups, cfg, fallback, self.pool, rng)
 
         # 3. Advantages (Eq. 1), per group; zero-std groups give exactly 0.
         rewards = [torch.tensor([m.reward for m in members]) for members in batch]
@@ -211,23 +223,27 @@ class Trainer:
     def _update(self, members: list[Member], rng: np.random.Generator) -> dict[str, float]:
         cfg = self.cfg
         chunks_of = {id(m): [(m, c) for c in range(len(m.traj.chains))] for m in members}
+        # Minibatches of whole trajectories, fixed for the step: pi_old is scored with exactly the batch
+        # composition used later, so at theta = theta_old the ratio is exactly 1 (batched float math differs
+        # in the last bits between batch shapes, and chain log-probs sum thousands of terms).
+        minibatches, current = [], []
+        for i in rng.permutation(len(members)):
+            current.append(members[i])
+            if sum(len(m.traj.chains) for m in current) >= cfg.minibatch_size:
+                minibatches.append(current)
+                current = []
+        minibatches += [current] if current else []
         with torch.no_grad():  # pi_old: the policy that sampled (for replayed trajectories: scored now)
-            old = {id(m): self._score(self.adapter, chunks_of[id(m)], grad=False)[0] for m in members}
+            old = [self._score(self.adapter, [c for m in mb for c in chunks_of[id(m)]], grad=False)[0]
+                   for mb in minibatches]
         self.adapter.policy.train()
         stats: dict[str, list[float]] = {}
         for _ in range(cfg.num_iterations):
-            order = rng.permutation(len(members))
-            minibatches, current = [], []
-            for i in order:
-                current.append(members[i])
-                if sum(len(m.traj.chains) for m in current) >= cfg.minibatch_size:
-                    minibatches.append(current)
-                    current = []
-            minibatches += [current] if current else []
-            for mb in minibatches:
+            for b in rng.permutation(len(minibatches)):
+                mb = minibatches[b]
                 chunks = [c for m in mb for c in chunks_of[id(m)]]
                 logp, means, stds = self._score(self.adapter, chunks, grad=True)
-                old_logp = torch.cat([old[id(m)] for m in mb])
+                old_logp = old[b]
                 adv = torch.tensor([m.advantage for m, _ in chunks])
                 logratio = logp - old_logp
                 if cfg.ratio_level == "trajectory":
@@ -303,12 +319,12 @@ def train(cfg: TrainConfig, run_dir: str | Path, resume: bool = False, log: Call
             raise UserError(f"{run_dir} holds no run to resume (no config.json)")
     elif config_file.exists():
         raise UserError(f"{run_dir} already holds a run: pass --resume to continue it, or choose another --run-dir")
+    trainer = Trainer(cfg, run_dir, log)  # fails early (policy, tasks) before anything is written
     run_dir.mkdir(parents=True, exist_ok=True)
     if not resume:
         tmp = config_file.with_suffix(".json.tmp")
         tmp.write_text(json.dumps(json.loads(cfg.to_json()), indent=1))
         tmp.replace(config_file)
-    trainer = Trainer(cfg, run_dir, log)
     metrics_file = run_dir / "metrics.jsonl"
     last = None
     try:

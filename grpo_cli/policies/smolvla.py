@@ -85,6 +85,8 @@ class SmolVLAAdapter:
             seed = int(source.split(":", 1)[1]) if ":" in source else 0
             return build_tiny(seed=seed, device=device)
         path = Path(source).expanduser()
+        if path.is_file() and path.suffix in (".h5", ".hdf5"):
+            return _load_checkpoint(path, device)
         if path.exists():
             if not (path / "config.json").is_file():
                 raise UserError(f"{path} is not a lerobot policy directory (no config.json); pass a "
@@ -325,6 +327,21 @@ def _load_pretrained(source: str, device: str, local_vlm: Path | None) -> SmolVL
     if saved.is_file():
         identity["lineage"] = json.loads(saved.read_text())
     return SmolVLAAdapter(policy, pre, post, identity)
+
+
+def _load_checkpoint(path: Path, device: str) -> SmolVLAAdapter:
+    """A grpo-vla training checkpoint: its base policy with the checkpoint's parameters."""
+    from grpo_cli.storage import open_kind
+
+    with open_kind(path, "checkpoint") as f:
+        base = json.loads(f.attrs["policy"])
+        params = {name: torch.from_numpy(ds[()]) for name, ds in f["params"].items()}
+        step = int(f.attrs["step"])
+    adapter = SmolVLAAdapter.load(base["source"], device=device)
+    adapter.policy.load_state_dict(params, strict=True)
+    adapter.identity = {"source": str(path), "kind": "checkpoint", "step": step,
+                        "params_sha1": params_digest(adapter.policy), "lineage": base}
+    return adapter
 
 
 def tiny_config(vlm_dir: Path, device: str = "cpu", image_size: int = 64) -> Any:

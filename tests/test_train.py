@@ -1,0 +1,170 @@
+"""GRPO training on the tiny policy: presets, updates, E5/E6 triggers, exact resume, drift."""
+
+from __future__ import annotations
+
+import json
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import torch
+
+from grpo_cli.config import TrainConfig
+from grpo_cli.drift import drift
+from grpo_cli.errors import UserError
+from grpo_cli.policies.smolvla import module_of
+from grpo_cli.presets import PRESETS, resolve
+from grpo_cli.train import Member, ReplayPool, Trainer, assemble_rewards, checkpoints, train
+
+SMOKE = {"policy": "tiny", "tasks": "0", "max_steps": "10", "n_action_steps": "5", "image_size": "64",
+         "num_envs": "1", "save_every": "1"}
+
+
+def smoke(exp: str | None, **extra: str) -> TrainConfig:
+    return resolve(exp, {**SMOKE, **extra})
+
+
+def test_presets_follow_the_seed() -> None:
+    e1, e2, e3, e4, e5, e6 = (resolve(e, {}) for e in ("e1", "e2", "e3", "e4", "e5", "e6"))
+    assert e1.steps_per_member == [8, 9, 10] and e1.tier_weights == (0.1, 0.2, 0.7)
+    assert (e1.lr_head, e1.lr_backbone) == (1e-3, 1e-4)
+    assert e2.steps_per_member == [1] + [10] * 5 and e2.tier_weights[0] == 0.1 and e2.beta == 0
+    assert e3.beta > 0 and e3.lr_head < e2.lr_head and e4.beta == 0 and e4.lr_head == e3.lr_head
+    assert (e5.fallback_steps, e5.fallback_failure_reward) == (100, 0.05) and e6.replay_pool
+    assert all(resolve(e, {}).likelihood == "ode" for e in PRESETS)
+    assert resolve("e5", {"likelihood": "sde"}).likelihood == "sde"
+    with pytest.raises(UserError, match="valid settings"):
+        resolve("e2", {"bogus": "1"})
+    with pytest.raises(UserError, match="tier_weights has 2 entries"):
+        resolve("e2", {"tier_weights": "1,2"})
+
+
+def _fake(success: bool, task_id: int = 0) -> SimpleNamespace:
+    return SimpleNamespace(success=success, spec=SimpleNamespace(task=SimpleNamespace(task_id=task_id), init_state=0))
+
+
+def test_e5_and_e6_trigger_exactly_on_all_fail_groups() -> None:
+    rng = np.random.default_rng(0)
+    groups = [[_fake(False)] * 6, [_fake(True)] + [_fake(False)] * 5, [_fake(False)] * 6]
+    calls = []
+
+    def fallback(g, first):
+        calls.append(g)
+        return _fake(g == 2)  # group 0's fallback fails, group 2's succeeds
+
+    batch, counts = assemble_rewards(groups, resolve("e5", {}), fallback, ReplayPool(4), rng)
+    assert calls == [0, 2]
+    assert [m.reward for m in batch[0]] == [0.0] * 6 + [0.05]
+    assert [m.reward for m in batch[1]] == [0.1] + [0.0] * 5  # Eq. 4: the 1-step slot is weighted 0.1
+    assert batch[2][-1].reward == 1.0 and batch[2][-1].origin == "fallback"
+    assert counts["fallback_failure"] == counts["fallback_success"] == 1 and counts["all_fail_groups"] == 2
+
+    pool = ReplayPool(4)
+    e6 = resolve("e6", {})
+    batch, counts = assemble_rewards([[_fake(False)] * 6], e6, fallback, pool, rng)
+    assert batch == [] and counts["skipped_groups"] == 1  # empty pool: the step has nothing to learn
+    success = _fake(True)
+    batch, counts = assemble_rewards([[success] + [_fake(False)] * 5, [_fake(False)] * 6], e6, fallback, pool, rng)
+    assert counts["replay_injected"] == 1 and batch[1][-1].traj is success and batch[1][-1].reward == 1.0
+    assert len(batch[0]) == 6  # a group with a natural success gets no injection
+
+
+def test_beta_zero_loads_no_reference(tmp_path) -> None:
+    t0 = Trainer(smoke("e4"), tmp_path)
+    t3 = Trainer(smoke("e3"), tmp_path)
+    try:
+        assert t0.reference is None and t3.reference is not None
+    finally:
+        t0.close()
+        t3.close()
+
+
+def _members(tmp_path, likelihood: str) -> list[Member]:
+    """Two trajectories sampled the way `likelihood` samples (SDE steps or the deterministic ODE)."""
+    from grpo_cli.rollout import EpisodeSpec
+
+    trainer = Trainer(smoke("e2", likelihood=likelihood, num_generations="2", denoise_tiers="2x4", tier_weights=""),
+                      tmp_path)
+    trajs = trainer._run([EpisodeSpec(trainer.tasks[0], 0, 4, seed, member=i) for i, seed in enumerate((11, 12))])
+    trainer.close()
+    return [Member(trajs[0], 1.0, advantage=1.0), Member(trajs[1], 0.0, advantage=-1.0)]
+
+
+@pytest.mark.parametrize("likelihood", ["sde", "ode"])
+def test_one_update_moves_exactly_the_trainable_parameters(tmp_path, likelihood: str) -> None:
+    members = _members(tmp_path, likelihood)
+    cfg = smoke("e2", likelihood=likelihood, num_generations="2", denoise_tiers="2x4", tier_weights="",
+                train_backbone="false", minibatch_size="64", lr_head="1e-3")
+    trainer = Trainer(cfg, tmp_path)
+    before = {n: p.detach().clone() for n, p in trainer.adapter.policy.named_parameters()}
+    stats = trainer._update(members, np.random.default_rng(0))
+    trainer.close()
+    assert stats["ratio/min"] == stats["ratio/max"] == 1.0  # first minibatch of the iteration: pi = pi_old
+    after = dict(trainer.adapter.policy.named_parameters())
+    trainable = set(trainer.names)
+    assert trainable and all(n.startswith(("model.vlm_with_expert.lm_expert.", "model.state_proj",
+                                           "model.action_")) for n in trainable)
+    for name, value in after.items():
+        if name not in trainable:
+            assert torch.equal(value, before[name]), name
+    if likelihood == "sde":
+        assert stats["grad_norm/head"] > 1.0
+        moved = [n for n in trainable if not torch.equal(after[n], before[n])]
+        # state_proj feeds only the prefix, which the update does not differentiate with a frozen backbone
+        assert set(moved) == {n for n in trainable if not n.startswith("model.state_proj")}
+    else:
+        # The seed's reading: the stored chunk is f_theta_old(z), so the gradient is zero up to float
+        # rounding (batched recomputation differs in the last bits) -- no learning signal.
+        assert stats["grad_norm/head"] < 1e-2
+
+
+def test_every_preset_runs_end_to_end(tmp_path) -> None:
+    for exp in PRESETS:
+        extra = {"fallback_steps": "20"} if exp == "e5" else {}
+        last = train(smoke(exp, steps="1", **extra), tmp_path / exp)
+        assert last is not None and last.name == "step_000001.h5"
+        metrics = [json.loads(line) for line in (tmp_path / exp / "metrics.jsonl").read_text().splitlines()]
+        assert len(metrics) == 1 and {"frac_reward_zero_std", "reward_composition/fallback_failure",
+                                       "time/rollout", "drift_pct", "SPS"} <= metrics[0].keys()
+        if exp == "e5":
+            assert metrics[0]["reward_composition/fallback_failure"] + metrics[0][
+                "reward_composition/fallback_success"] == 1
+        if exp == "e6":
+            assert metrics[0]["reward_composition/skipped_groups"] == 1
+
+
+def test_resume_is_exact(tmp_path) -> None:
+    cfg = smoke("e5", likelihood="sde", steps="4", num_generations="2", denoise_tiers="2x4", tier_weights="",
+                fallback_steps="4", lr_head="1e-3", train_backbone="false")
+    train(cfg, tmp_path / "straight")
+    train(resolve(None, {**json.loads(cfg.to_json()), "steps": 2}), tmp_path / "split")
+    with pytest.raises(UserError, match="already holds a run"):
+        train(cfg, tmp_path / "split")
+    train(cfg, tmp_path / "split", resume=True)
+    from grpo_cli.storage import read_checkpoint
+
+    a = read_checkpoint(checkpoints(tmp_path / "straight")[-1])
+    b = read_checkpoint(checkpoints(tmp_path / "split")[-1])
+    assert a["step"] == b["step"] == 4
+    for name in a["params"]:
+        torch.testing.assert_close(a["params"][name], b["params"][name], rtol=0, atol=0)
+    first = read_checkpoint(checkpoints(tmp_path / "straight")[0])
+    moved = [n for n in a["params"] if not torch.equal(a["params"][n], first["params"][n])]
+    assert moved  # the run did learn something between step 1 and 4, so equality is not vacuous
+    lines = (tmp_path / "split" / "metrics.jsonl").read_text().splitlines()
+    assert [json.loads(x)["step"] for x in lines] == [1, 2, 3, 4]
+
+
+def test_drift_definitions() -> None:
+    ref = {"model.vlm_with_expert.lm_expert.w": torch.tensor([1.0, -2.0, 4.0]),
+           "model.state_proj.b": torch.tensor([0.5, 0.5])}
+    same = drift(ref, ref, module_of)
+    assert same["total"]["drift_pct"] == 0 and same["total"]["rel_l2"] == 0
+    scaled = {k: v * 1.01 for k, v in ref.items()}
+    d = drift(scaled, ref, module_of)
+    for key in ("total", "expert", "heads"):
+        assert d[key]["drift_pct"] == pytest.approx(1.0) and d[key]["l1_ratio_pct"] == pytest.approx(1.0)
+        assert d[key]["rel_l2"] == pytest.approx(0.01)
+    assert d["expert"]["numel"] == 3 and d["heads"]["numel"] == 2
+    zero = drift({"a": torch.tensor([1e-4])}, {"a": torch.tensor([0.0])}, module_of)
+    assert zero["total"]["drift_pct"] == pytest.approx(10.0)  # |1e-4| / floor 1e-3
