@@ -160,6 +160,8 @@ class TrainConfig:
     lr_backbone: float = 1e-6
     train_backbone: bool = False
     """lerobot freezes the VLM by default; True trains it with lr_backbone"""
+    train_vision_encoder: bool = False
+    """with train_backbone: also train the vision encoder (lerobot's freeze_vision_encoder=True keeps it frozen)"""
     weight_decay: float = 0.0
     max_grad_norm: float = 1.0
     num_iterations: int = 1

@@ -104,7 +104,7 @@ class Trainer:
     def __init__(self, cfg: TrainConfig, run_dir: Path, log: Callable[[str], None] = print):
         self.cfg, self.run_dir, self.log = cfg, Path(run_dir), log
         self.adapter = SmolVLAAdapter.load(cfg.policy, device=cfg.device)
-        self.groups = parameter_groups(self.adapter.policy, cfg.train_backbone)
+        self.groups = parameter_groups(self.adapter.policy, cfg.train_backbone, cfg.train_vision_encoder)
         self.names = [n for n, p in self.adapter.policy.named_parameters() if p.requires_grad]
         self.optimizer = torch.optim.AdamW(
             [{"params": self.groups["head"], "lr": cfg.lr_head, "name": "head"},

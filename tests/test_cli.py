@@ -111,3 +111,41 @@ def test_help_lists_only_real_commands() -> None:
     proc = run("--help")
     assert proc.returncode == 0
     assert "rollout" in proc.stdout and "eval" in proc.stdout
+
+
+def test_train_resume_drift_export_and_eval_of_checkpoint(tmp_path: Path) -> None:
+    run_dir = tmp_path / "run"
+    common = ["--set", "policy=tiny", "--set", "tasks=0", "--set", "max_steps=10", "--set", "n_action_steps=5",
+              "--set", "image_size=64", "--set", "num_envs=1", "--set", "fallback_steps=10",
+              "--set", "save_every=1", "--set", "likelihood=sde", "--set", "lr_head=1e-3"]
+    proc = run("train", "--exp", "e5", *common, "--steps", "1", "--run-dir", str(run_dir))
+    assert proc.returncode == 0, proc.stderr
+    assert "step 1/1" in proc.stderr and "step_000001.h5" in proc.stdout
+    proc = run("train", "--resume", "--run-dir", str(run_dir), "--steps", "2")  # no other flag needed
+    assert proc.returncode == 0, proc.stderr
+    assert "resumed from step_000001.h5 (step 1)" in proc.stderr and "step_000002.h5" in proc.stdout
+    ckpt = run_dir / "checkpoints" / "step_000002.h5"
+
+    proc = run("drift", str(ckpt), "--json")
+    assert proc.returncode == 0, proc.stderr
+    result = json.loads(proc.stdout)
+    assert result["total"]["drift_pct"] > 0 and result["text"]["drift_pct"] > 0  # e5 trains the backbone
+    assert result["vision"]["drift_pct"] == 0  # ...but not the vision encoder (lerobot's default)
+    assert set(result) >= {"total", "vision", "connector", "text", "expert", "heads"}
+
+    export_dir = tmp_path / "exported"
+    assert run("export", str(ckpt), "--out", str(export_dir)).returncode == 0
+    for policy in (str(ckpt), str(export_dir)):
+        proc = run("eval", "--policy", policy, "--tasks", "0", "--episodes-per-task", "1", "--max-steps", "5",
+                   "--image-size", "64", "--out", str(tmp_path / f"eval_{Path(policy).stem}.h5"))
+        assert proc.returncode == 0, proc.stderr
+
+    bad = run("train", "--exp", "e2", "--set", "policy=tiny", "--set", "wat=1", "--run-dir", str(tmp_path / "x"))
+    assert bad.returncode == 2 and "unknown setting 'wat'; valid settings:" in bad.stderr
+    again = run("train", "--exp", "e2", "--set", "policy=tiny", "--set", "tasks=0", "--run-dir", str(run_dir))
+    assert again.returncode == 2 and "already holds a run" in again.stderr
+    offline = run("train", "--exp", "e2", "--run-dir", str(tmp_path / "hub"))
+    assert offline.returncode == 2 and "--policy" in offline.stderr
+    assert not (tmp_path / "hub" / "config.json").exists()
+    dry = run("train", "--exp", "e3", "--dry-run", "--run-dir", str(tmp_path / "dry"))
+    assert dry.returncode == 0 and json.loads(dry.stdout)["beta"] == 0.04

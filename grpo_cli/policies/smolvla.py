@@ -268,17 +268,20 @@ def module_of(name: str) -> str:
     return "other"
 
 
-def parameter_groups(policy: torch.nn.Module, train_backbone: bool) -> dict[str, list[torch.nn.Parameter]]:
+def parameter_groups(policy: torch.nn.Module, train_backbone: bool, train_vision_encoder: bool = False
+                     ) -> dict[str, list[torch.nn.Parameter]]:
     """Set requires_grad explicitly (lerobot 0.4.4's own freeze patterns miss layers) and return groups.
 
-    `head`: action expert + action/state/time projections; `backbone`: the VLM (empty if frozen).
+    `head`: action expert + action/state/time projections; `backbone`: the VLM's connector and text
+    model, plus the vision encoder only if `train_vision_encoder` (lerobot freezes it by default).
     """
     groups: dict[str, list[torch.nn.Parameter]] = {"head": [], "backbone": []}
     for name, param in policy.named_parameters():
         if name.startswith(HEAD_PREFIXES):
             param.requires_grad_(True)
             groups["head"].append(param)
-        elif train_backbone and name.startswith(BACKBONE_PREFIX):
+        elif (train_backbone and name.startswith(BACKBONE_PREFIX)
+              and (train_vision_encoder or not name.startswith(MODULES["vision"]))):
             param.requires_grad_(True)
             groups["backbone"].append(param)
         else:
