@@ -28,6 +28,10 @@ demo: install
 	    --num-generations 2 --max-steps 60 --out $(DEMO_OUT)/rollout.h5 --overwrite
 	$(VENV)/bin/grpo-vla eval --policy tiny --suite libero_10 --tasks 0,1 --episodes-per-task 2 \
 	    --max-steps 60 --out $(DEMO_OUT)/eval.h5 --overwrite
+	rm -rf $(DEMO_OUT)/run-e2
+	$(VENV)/bin/grpo-vla train --exp e2 --policy tiny --steps 2 --run-dir $(DEMO_OUT)/run-e2 \
+	    --set tasks=0 --set max_steps=30 --set n_action_steps=10 --set image_size=128 --set num_envs=2
+	$(VENV)/bin/grpo-vla drift $(DEMO_OUT)/run-e2/checkpoints/step_000002.h5
 
 lint: install
 	$(VENV)/bin/ruff check grpo_cli tests benchmarks

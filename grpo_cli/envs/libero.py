@@ -14,7 +14,9 @@ survive fork; use the spawn start method). `configure_libero()` must run before 
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
+import io
 import logging
 import os
 import tempfile
@@ -76,7 +78,7 @@ def configure_libero(assets: str | None = None) -> Path | None:
             raise UserError(f"LIBERO assets not found in {assets_path} (expected a 'scenes' folder): point "
                             f"{ASSETS_ENV_VAR} at LIBERO's assets folder, or unset it to let LIBERO "
                             "download them from the Hugging Face hub")
-    logging.getLogger("robosuite").setLevel(logging.ERROR)
+    logging.getLogger("robosuite_logs").setLevel(logging.ERROR)  # "no private macro file" at import
     import libero.libero as libero_pkg
 
     if assets is not None:
@@ -108,7 +110,8 @@ def _benchmark(suite: str) -> Any:
     configure_libero()
     from libero.libero import benchmark
 
-    return benchmark.get_benchmark_dict()[suite]()
+    with contextlib.redirect_stdout(io.StringIO()):  # LIBERO prints its task order on every call
+        return benchmark.get_benchmark_dict()[suite]()
 
 
 def num_tasks(suite: str) -> int:
