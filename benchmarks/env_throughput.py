@@ -16,13 +16,16 @@ import time
 
 os.environ.setdefault("MUJOCO_GL", "egl")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+_shared = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "libero", "assets")
+if "GRPO_VLA_LIBERO_ASSETS" not in os.environ and os.path.isdir(_shared):
+    os.environ["GRPO_VLA_LIBERO_ASSETS"] = os.path.abspath(_shared)
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from grpo_cli.envs.libero import LiberoEnv, task_spec  # noqa: E402
 from grpo_cli.policies.smolvla import SmolVLAAdapter  # noqa: E402
-from grpo_cli.rollout import EpisodeSpec, LocalEnvSlots, run_episodes  # noqa: E402
+from grpo_cli.rollout import EpisodeSpec, LocalEnvSlots, make_env_slots, run_episodes  # noqa: E402
 
 
 def bare(spec, steps: int, image_size: int, render_every_step: bool, images: bool) -> float:
@@ -48,6 +51,18 @@ def ours(spec, steps: int, image_size: int, every: int, adapter: SmolVLAAdapter)
     return trajs[0].length / elapsed
 
 
+def two_envs(spec, steps: int, image_size: int, every: int, adapter: SmolVLAAdapter, processes: bool) -> float:
+    """Two episodes in lockstep (one batched policy call per query), envs inline or in 2 processes."""
+    slots = make_env_slots(2, image_size, processes=processes)
+    slots.reset_many([(0, spec, 0), (1, spec, 1)])  # build outside the timed region
+    episodes = [EpisodeSpec(spec, i, 10, noise_seed=i) for i in range(2)]
+    start = time.perf_counter()
+    trajs = run_episodes(adapter, slots, episodes, max_steps=steps, n_action_steps=every)
+    elapsed = time.perf_counter() - start
+    slots.close()
+    return sum(t.length for t in trajs) / elapsed
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--task", type=int, default=0)
@@ -62,13 +77,17 @@ def main() -> None:
         "always-render (2 cameras/step)": bare(spec, args.steps, args.image_size, True, images=True),
         "grpo-vla rollout, query every 10": ours(spec, args.steps, args.image_size, 10, adapter),
         "grpo-vla rollout, query every 50": ours(spec, args.steps, args.image_size, 50, adapter),
+        "2 envs inline, query every 10": two_envs(spec, args.steps, args.image_size, 10, adapter, False),
+        "2 envs in 2 processes, query every 10": two_envs(spec, args.steps, args.image_size, 10, adapter, True),
     }
     base = results["physics only"]
     print(f"libero_10 task {args.task}, {args.steps} steps/mode, {args.image_size}px, tiny policy, "
           f"{platform.node()} ({os.cpu_count()} cores)")
-    print(f"{'mode':36s} {'steps/s':>9s} {'x physics':>10s}")
+    print(f"{'mode':40s} {'steps/s':>9s} {'x physics':>10s}")
     for name, rate in results.items():
-        print(f"{name:36s} {rate:9.1f} {rate / base:10.3f}")
+        print(f"{name:40s} {rate:9.1f} {rate / base:10.3f}")
+    ratio = results["2 envs in 2 processes, query every 10"] / results["2 envs inline, query every 10"]
+    print(f"2 worker processes / inline (same 2 envs): {ratio:.2f}x")
 
 
 if __name__ == "__main__":

@@ -81,6 +81,8 @@ _common = [
     click.option("--device", default="cpu", show_default=True),
     click.option("--out", required=True, type=click.Path(dir_okay=False), help="HDF5 file to write"),
     click.option("--overwrite", is_flag=True, help="replace an existing --out"),
+    click.option("--parallel-envs", is_flag=True,
+                 help="step the envs in spawned worker processes, in parallel (one env per process)"),
 ]
 
 
@@ -107,19 +109,19 @@ def cli() -> None:
               help="envs in lockstep sharing each policy call (0 = one per group member)")
 @click.option("--no-images", is_flag=True, help="store low-dim data only")
 def rollout(policy: str, suite: str, max_steps: int | None, n_action_steps: int | None, image_size: int,
-            seed: int, device: str, out: str, overwrite: bool, tasks: str, init_states: str,
+            seed: int, device: str, out: str, overwrite: bool, parallel_envs: bool, tasks: str, init_states: str,
             num_generations: int, denoise_tiers: str, num_envs: int, no_images: bool) -> None:
     """Sample groups of trajectories that differ only in their initial flow noise; write HDF5."""
     from grpo_cli.config import RolloutConfig
     from grpo_cli.evaluate import resolve_tasks
-    from grpo_cli.rollout import LocalEnvSlots, group_episodes, run_episodes
+    from grpo_cli.rollout import group_episodes, make_env_slots, run_episodes
     from grpo_cli.storage import check_output_path, write_rollout
 
     cfg = RolloutConfig(policy=policy, suite=suite, tasks=_int_list(tasks, "--tasks") or (),
                         init_states=_int_list(init_states, "--init-states") or (),
                         num_generations=num_generations, denoise_tiers=denoise_tiers, max_steps=max_steps,
                         n_action_steps=n_action_steps, image_size=image_size, store_images=not no_images,
-                        seed=seed, num_envs=num_envs, device=device)
+                        seed=seed, num_envs=num_envs, parallel_envs=parallel_envs, device=device)
     check_output_path(out, overwrite)
     _setup_runtime()
     task_specs = resolve_tasks(cfg.suite, cfg.tasks or None)
@@ -130,7 +132,8 @@ def rollout(policy: str, suite: str, max_steps: int | None, n_action_steps: int 
                             f"0..{task.num_init_states - 1}")
     adapter = _load_policy(cfg.policy, cfg.device)
     episodes = group_episodes(task_specs, cfg.init_states, cfg.steps_per_member, cfg.seed)
-    slots = LocalEnvSlots(cfg.num_envs or cfg.num_generations, image_size=cfg.image_size)
+    slots = make_env_slots(cfg.num_envs or cfg.num_generations, cfg.image_size, images=True,
+                           processes=cfg.parallel_envs)
     try:
         with progress(len(episodes), "rollout") as tick:
             trajs = run_episodes(adapter, slots, episodes, max_steps=cfg.max_steps,
@@ -157,7 +160,8 @@ def rollout(policy: str, suite: str, max_steps: int | None, n_action_steps: int 
 @click.option("--num-envs", type=int, default=1, show_default=True,
               help="envs in lockstep sharing each policy call")
 def eval_cmd(policy: str, suite: str, max_steps: int | None, n_action_steps: int | None, image_size: int,
-             seed: int, device: str, out: str, overwrite: bool, tasks: str, episodes_per_task: int,
+             seed: int, device: str, out: str, overwrite: bool, parallel_envs: bool, tasks: str,
+             episodes_per_task: int,
              denoise_steps: int, num_envs: int) -> None:
     """Evaluate a policy with the seed's protocol; print per-task success with Wilson intervals."""
     from grpo_cli.config import EvalConfig
@@ -167,7 +171,7 @@ def eval_cmd(policy: str, suite: str, max_steps: int | None, n_action_steps: int
     cfg = EvalConfig(policy=policy, suite=suite, tasks=_int_list(tasks, "--tasks"),
                      episodes_per_task=episodes_per_task, denoise_steps=denoise_steps, max_steps=max_steps,
                      n_action_steps=n_action_steps, image_size=image_size, seed=seed, num_envs=num_envs,
-                     device=device)
+                     parallel_envs=parallel_envs, device=device)
     check_output_path(out, overwrite)
     _setup_runtime()
     task_specs = resolve_tasks(cfg.suite, cfg.tasks)

@@ -61,6 +61,8 @@ class RolloutConfig:
     seed: int = 0
     num_envs: int = 0
     """envs stepped in lockstep with one batched policy call; 0 = one per group member"""
+    parallel_envs: bool = False
+    """step the envs in spawned worker processes (one env and one torch thread each), in parallel"""
     device: str = "cpu"
 
     def __post_init__(self) -> None:
@@ -101,6 +103,8 @@ class EvalConfig:
     seed: int = 0
     """seeds the flow noise of every episode"""
     num_envs: int = 1
+    parallel_envs: bool = False
+    """step the envs in spawned worker processes (one env and one torch thread each), in parallel"""
     device: str = "cpu"
 
     def __post_init__(self) -> None:
@@ -175,6 +179,8 @@ class TrainConfig:
     image_size: int = 256
     seed: int = 0
     num_envs: int = 0
+    parallel_envs: bool = False
+    """step the envs in spawned worker processes (one env and one torch thread each), in parallel"""
     device: str = "cpu"
 
     def __post_init__(self) -> None:

@@ -12,7 +12,7 @@ from grpo_cli.config import EvalConfig
 from grpo_cli.envs.libero import TaskSpec, num_tasks, task_spec
 from grpo_cli.errors import UserError
 from grpo_cli.policies.smolvla import SmolVLAAdapter
-from grpo_cli.rollout import EpisodeSpec, LocalEnvSlots, Trajectory, episode_seed, run_episodes
+from grpo_cli.rollout import EpisodeSpec, Trajectory, episode_seed, make_env_slots, run_episodes
 from grpo_cli.stats import wilson_interval
 
 
@@ -34,7 +34,7 @@ def eval_episodes(cfg: EvalConfig, tasks: list[TaskSpec]) -> list[EpisodeSpec]:
 def run_eval(cfg: EvalConfig, adapter: SmolVLAAdapter, tasks: list[TaskSpec],
              on_episode: Callable[[Trajectory], None] | None = None) -> dict[str, np.ndarray]:
     """Run the protocol; returns per-episode columns (see storage.EPISODE_FIELDS)."""
-    slots = LocalEnvSlots(cfg.num_envs, image_size=cfg.image_size)
+    slots = make_env_slots(cfg.num_envs, cfg.image_size, processes=cfg.parallel_envs)
     try:
         trajs = run_episodes(adapter, slots, eval_episodes(cfg, tasks), max_steps=cfg.max_steps,
                              n_action_steps=cfg.n_action_steps, keep_images=False, on_episode=on_episode)

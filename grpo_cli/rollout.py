@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import torch
@@ -59,36 +60,33 @@ class Trajectory:
         return len(self.actions)
 
 
-class LocalEnvSlots:
-    """Env slots in this process, one LiberoEnv each, rebuilt only when a slot changes task."""
+ChunkResult = tuple[list[np.ndarray], list[float], bool, dict[str, np.ndarray]]
 
-    def __init__(self, size: int, image_size: int, images: bool = True):
-        self.size = size
-        self.image_size = image_size
-        self.images = images
-        self._envs: list[LiberoEnv | None] = [None] * size
 
-    def reset(self, slot: int, task: TaskSpec, init_state: int) -> dict[str, np.ndarray]:
-        env = self._envs[slot]
-        if env is None or env.spec != task:
-            if env is not None:
-                env.close()
-            env = self._envs[slot] = LiberoEnv(task, image_size=self.image_size, images=self.images)
-        return env.reset(init_state)
+class EnvWorker:
+    """One env slot: a LiberoEnv built lazily and rebuilt only when the slot changes task."""
 
-    def run_chunk(self, slot: int, actions: np.ndarray, steps_left: int
-                  ) -> tuple[list[np.ndarray], list[float], bool, dict[str, np.ndarray]]:
+    def __init__(self, image_size: int, images: bool = True):
+        self.image_size, self.images = image_size, images
+        self.env: LiberoEnv | None = None
+
+    def reset(self, task: TaskSpec, init_state: int) -> dict[str, np.ndarray]:
+        if self.env is None or self.env.spec != task:
+            self.close()
+            self.env = LiberoEnv(task, image_size=self.image_size, images=self.images)
+        return self.env.reset(init_state)
+
+    def run_chunk(self, actions: np.ndarray, steps_left: int) -> ChunkResult:
         """Execute up to len(actions) steps; stop on success or when steps_left run out.
 
         Renders cameras only on the last step (the one whose observation the policy reads next).
         Returns (state after each step, reward of each step, success, last observation).
         """
-        env = self._envs[slot]
-        assert env is not None, "reset a slot before stepping it"
+        assert self.env is not None, "reset a slot before stepping it"
         n = min(len(actions), steps_left)
         states, rewards, success, obs = [], [], False, {}
         for i in range(n):
-            obs, reward, success, _ = env.step(actions[i], render=i == n - 1)
+            obs, reward, success, _ = self.env.step(actions[i], render=i == n - 1)
             states.append(obs[STATE_KEY])
             rewards.append(reward)
             if success:
@@ -96,13 +94,131 @@ class LocalEnvSlots:
         return states, rewards, success, obs
 
     def close(self) -> None:
-        for env in self._envs:
-            if env is not None:
-                env.close()
-        self._envs = [None] * self.size
+        if self.env is not None:
+            self.env.close()
+            self.env = None
 
 
-def run_episodes(adapter: SmolVLAAdapter, slots: LocalEnvSlots, episodes: Sequence[EpisodeSpec],
+class LocalEnvSlots:
+    """Env slots stepped one after another in this process (least memory; no parallelism)."""
+
+    def __init__(self, size: int, image_size: int, images: bool = True):
+        self.size = size
+        self._workers = [EnvWorker(image_size, images) for _ in range(size)]
+
+    def reset_many(self, items: Sequence[tuple[int, TaskSpec, int]]) -> list[dict[str, np.ndarray]]:
+        return [self._workers[slot].reset(task, init) for slot, task, init in items]
+
+    def run_chunks(self, items: Sequence[tuple[int, np.ndarray, int]]) -> list[ChunkResult]:
+        return [self._workers[slot].run_chunk(actions, left) for slot, actions, left in items]
+
+    def reset(self, slot: int, task: TaskSpec, init_state: int) -> dict[str, np.ndarray]:
+        return self.reset_many([(slot, task, init_state)])[0]
+
+    def close(self) -> None:
+        for worker in self._workers:
+            worker.close()
+
+
+def _worker_main(conn: Any, image_size: int, images: bool) -> None:
+    """Loop of one env worker process: one env, one torch thread, commands over a pipe."""
+    import signal
+    import traceback
+
+    import torch
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent handles Ctrl-C and closes us
+    torch.set_num_threads(1)
+    worker = EnvWorker(image_size, images)
+    try:
+        while True:
+            command, args = conn.recv()
+            if command == "close":
+                break
+            try:
+                conn.send(("ok", getattr(worker, command)(*args)))
+            except Exception:  # noqa: BLE001 - report any env failure to the parent, keep serving
+                conn.send(("error", traceback.format_exc()))
+    except (EOFError, KeyboardInterrupt):
+        pass
+    finally:
+        worker.close()
+
+
+class ProcessEnvSlots:
+    """One spawned worker process per slot (EGL contexts do not survive fork), stepped in parallel.
+
+    The policy stays in the parent; each call sends every slot its command, then gathers the replies,
+    so env stepping of all slots overlaps. Trajectories equal LocalEnvSlots' for the same slot count.
+    """
+
+    def __init__(self, size: int, image_size: int, images: bool = True):
+        import multiprocessing as mp
+
+        ctx = mp.get_context("spawn")
+        self.size = size
+        self._conns, self._procs = [], []
+        for _ in range(size):
+            parent, child = ctx.Pipe()
+            proc = ctx.Process(target=_worker_main, args=(child, image_size, images), daemon=True)
+            proc.start()
+            child.close()
+            self._conns.append(parent)
+            self._procs.append(proc)
+
+    def _call(self, items: Sequence[tuple[int, str, tuple]]) -> list[Any]:
+        def died(slot: int) -> RuntimeError:
+            self._procs[slot].join(timeout=1)
+            return RuntimeError(f"env worker {slot} died (exit code {self._procs[slot].exitcode})")
+
+        for slot, command, args in items:
+            try:
+                self._conns[slot].send((command, args))
+            except OSError:
+                raise died(slot) from None
+        results = []
+        for slot, _, _ in items:
+            try:
+                status, value = self._conns[slot].recv()
+            except (EOFError, OSError):
+                raise died(slot) from None
+            if status == "error":
+                raise RuntimeError(f"env worker {slot} failed:\n{value}")
+            results.append(value)
+        return results
+
+    def reset_many(self, items: Sequence[tuple[int, TaskSpec, int]]) -> list[dict[str, np.ndarray]]:
+        return self._call([(slot, "reset", (task, init)) for slot, task, init in items])
+
+    def run_chunks(self, items: Sequence[tuple[int, np.ndarray, int]]) -> list[ChunkResult]:
+        return self._call([(slot, "run_chunk", (actions, left)) for slot, actions, left in items])
+
+    def reset(self, slot: int, task: TaskSpec, init_state: int) -> dict[str, np.ndarray]:
+        return self.reset_many([(slot, task, init_state)])[0]
+
+    def close(self) -> None:
+        for conn in self._conns:
+            try:
+                conn.send(("close", ()))
+            except (BrokenPipeError, OSError):
+                pass
+        for proc in self._procs:
+            proc.join(timeout=10)
+            if proc.is_alive():
+                proc.terminate()
+                proc.join(timeout=5)
+        self._conns, self._procs = [], []
+
+
+EnvSlots = LocalEnvSlots | ProcessEnvSlots
+
+
+def make_env_slots(size: int, image_size: int, images: bool = True, processes: bool = False) -> EnvSlots:
+    """`processes=True`: one spawned worker per slot, stepped in parallel; else all in this process."""
+    return (ProcessEnvSlots if processes else LocalEnvSlots)(size, image_size, images)
+
+
+def run_episodes(adapter: SmolVLAAdapter, slots: EnvSlots, episodes: Sequence[EpisodeSpec],
                  max_steps: int | None = None, n_action_steps: int | None = None,
                  keep_images: bool = True, sde_noise: float = 0.0,
                  on_episode: Callable[[Trajectory], None] | None = None) -> list[Trajectory]:
@@ -119,7 +235,7 @@ def run_episodes(adapter: SmolVLAAdapter, slots: LocalEnvSlots, episodes: Sequen
         wave = list(episodes[start:start + slots.size])
         trajs = [Trajectory(spec) for spec in wave]
         gens = [torch.Generator().manual_seed(spec.noise_seed) for spec in wave]
-        obs = [slots.reset(i, spec.task, spec.init_state) for i, spec in enumerate(wave)]
+        obs = slots.reset_many([(i, spec.task, spec.init_state) for i, spec in enumerate(wave)])
         limits = [max_steps or spec.task.max_steps for spec in wave]
         active = list(range(len(wave)))
         while active:
@@ -130,7 +246,6 @@ def run_episodes(adapter: SmolVLAAdapter, slots: LocalEnvSlots, episodes: Sequen
             chains = adapter.denoise(prefix, noise, [wave[i].denoise_steps for i in active], sde_noise=sde_noise,
                                      generators=[gens[i] for i in active])
             actions = adapter.unnormalize(torch.stack([c[-1] for c in chains]))  # (B, H, Da)
-            still_active = []
             for b, i in enumerate(active):
                 traj = trajs[i]
                 traj.query_steps.append(traj.length)
@@ -140,10 +255,15 @@ def run_episodes(adapter: SmolVLAAdapter, slots: LocalEnvSlots, episodes: Sequen
                         traj.query_images.setdefault(key, []).append(obs[i][key])
                 traj.noise.append(noise[b].numpy())
                 traj.chains.append(chains[b].numpy())
-                chunk = actions[b, :n_exec]
-                after, rewards, success, obs[i] = slots.run_chunk(i, chunk, limits[i] - traj.length)
+            # Every slot executes its chunk (in parallel with ProcessEnvSlots).
+            stepped = slots.run_chunks([(i, actions[b, :n_exec], limits[i] - trajs[i].length)
+                                        for b, i in enumerate(active)])
+            still_active = []
+            for b, (i, (after, rewards, success, last_obs)) in enumerate(zip(active, stepped, strict=True)):
+                traj = trajs[i]
+                obs[i] = last_obs
                 traj.states += [traj.query_states[-1], *after[:-1]]  # observation before each action
-                traj.actions += list(chunk[: len(rewards)])
+                traj.actions += list(actions[b, : len(rewards)])
                 traj.rewards += rewards
                 traj.success = success
                 if success or traj.length >= limits[i]:

@@ -27,7 +27,7 @@ from grpo_cli.drift import drift
 from grpo_cli.envs.libero import task_spec
 from grpo_cli.errors import UserError
 from grpo_cli.policies.smolvla import SmolVLAAdapter, module_of, parameter_groups
-from grpo_cli.rollout import EpisodeSpec, LocalEnvSlots, Trajectory, episode_seed, run_episodes
+from grpo_cli.rollout import EpisodeSpec, Trajectory, episode_seed, make_env_slots, run_episodes
 from grpo_cli.storage import read_checkpoint, write_checkpoint
 
 
@@ -118,7 +118,8 @@ class Trainer:
         self.pool = ReplayPool(cfg.replay_pool_size)
         self.step_index = 0
         self.tasks = [task_spec(cfg.suite, t) for t in cfg.tasks]
-        self.slots = LocalEnvSlots(cfg.num_envs or cfg.num_generations, image_size=cfg.image_size)
+        self.slots = make_env_slots(cfg.num_envs or cfg.num_generations, cfg.image_size,
+                                    processes=cfg.parallel_envs)
 
     # --- one GRPO step ---------------------------------------------------------------------------------
     def step(self) -> dict[str, float]:

@@ -62,3 +62,41 @@ def test_rollout_is_deterministic_per_seed(group) -> None:
     for a, b in zip(first, again, strict=True):
         np.testing.assert_array_equal(np.asarray(a.actions), np.asarray(b.actions))
         np.testing.assert_array_equal(np.asarray(a.states), np.asarray(b.states))
+
+
+def test_process_workers_give_the_same_trajectories(tiny, task0, group) -> None:
+    import multiprocessing as mp
+
+    from grpo_cli.rollout import ProcessEnvSlots
+
+    episodes, inline, _ = group
+    slots = ProcessEnvSlots(3, image_size=64)
+    pids = [p.pid for p in slots._procs]
+    try:
+        parallel = run_episodes(tiny, slots, episodes, max_steps=25, n_action_steps=10)
+    finally:
+        slots.close()
+    for a, b in zip(inline, parallel, strict=True):
+        np.testing.assert_array_equal(np.asarray(a.actions), np.asarray(b.actions))
+        np.testing.assert_array_equal(np.asarray(a.states), np.asarray(b.states))
+        np.testing.assert_array_equal(a.query_images["observation.images.image"][-1],
+                                      b.query_images["observation.images.image"][-1])
+    assert not mp.active_children() and pids  # every worker exited on close
+
+
+def test_worker_errors_surface_and_workers_shut_down(task0) -> None:
+    import multiprocessing as mp
+
+    from grpo_cli.rollout import ProcessEnvSlots
+
+    slots = ProcessEnvSlots(1, image_size=64, images=False)
+    try:
+        with pytest.raises(RuntimeError, match="init state 99 is out of range"):
+            slots.reset(0, task0, 99)
+        assert slots.reset(0, task0, 1)["observation.state"].shape == (8,)  # the worker keeps serving
+        slots._procs[0].kill()
+        with pytest.raises(RuntimeError, match="env worker 0 died"):
+            slots.reset(0, task0, 1)
+    finally:
+        slots.close()
+    assert not mp.active_children()
