@@ -174,6 +174,10 @@ class TrainConfig:
     """chunks per backward pass; memory stays flat as groups grow"""
     steps: int = 6000
     save_every: int = 100
+    log_tensorboard: bool = False
+    """also write metrics as TensorBoard scalars under RUN_DIR/tensorboard"""
+    log_wandb: bool = False
+    """also log to Weights & Biases (offline mode unless WANDB_MODE is set)"""
     max_steps: int | None = None
     n_action_steps: int | None = None
     image_size: int = 256

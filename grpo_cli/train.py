@@ -28,6 +28,7 @@ from grpo_cli.envs.libero import task_spec
 from grpo_cli.errors import UserError
 from grpo_cli.policies.smolvla import SmolVLAAdapter, module_of, parameter_groups
 from grpo_cli.rollout import EpisodeSpec, Trajectory, episode_seed, make_env_slots, run_episodes
+from grpo_cli.sinks import Sinks
 from grpo_cli.storage import read_checkpoint, write_checkpoint
 
 
@@ -328,6 +329,7 @@ def train(cfg: TrainConfig, run_dir: str | Path, resume: bool = False, log: Call
         tmp.replace(config_file)
     metrics_file = run_dir / "metrics.jsonl"
     last = None
+    sinks = Sinks(run_dir, json.loads(cfg.to_json()), cfg.log_tensorboard, cfg.log_wandb, resume)
     try:
         found = checkpoints(run_dir)
         if resume and found:
@@ -345,10 +347,12 @@ def train(cfg: TrainConfig, run_dir: str | Path, resume: bool = False, log: Call
             metrics = trainer.step()
             with metrics_file.open("a") as f:
                 f.write(json.dumps(metrics) + "\n")
+            sinks.log(metrics)
             if on_step:
                 on_step(metrics)
             if trainer.step_index % cfg.save_every == 0 or trainer.step_index == cfg.steps:
                 last = trainer.save()
     finally:
         trainer.close()
+        sinks.close()
     return last

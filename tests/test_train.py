@@ -121,6 +121,8 @@ def test_one_update_moves_exactly_the_trainable_parameters(tmp_path, likelihood:
 def test_every_preset_runs_end_to_end(tmp_path) -> None:
     for exp in PRESETS:
         extra = {"fallback_steps": "20"} if exp == "e5" else {}
+        if exp == "e2":  # the optional sinks, offline
+            extra = {"log_tensorboard": "true", "log_wandb": "true"}
         last = train(smoke(exp, steps="1", **extra), tmp_path / exp)
         assert last is not None and last.name == "step_000001.h5"
         metrics = [json.loads(line) for line in (tmp_path / exp / "metrics.jsonl").read_text().splitlines()]
@@ -131,6 +133,9 @@ def test_every_preset_runs_end_to_end(tmp_path) -> None:
                 "reward_composition/fallback_success"] == 1
         if exp == "e6":
             assert metrics[0]["reward_composition/skipped_groups"] == 1
+        if exp == "e2":
+            assert list((tmp_path / exp / "tensorboard").glob("events.out.tfevents.*"))
+            assert list((tmp_path / exp / "wandb").glob("offline-run-*"))
 
 
 def test_resume_is_exact(tmp_path) -> None:
