@@ -224,13 +224,16 @@ def train(exp: str | None, config_file: str | None, sets: tuple[str, ...], polic
     _setup_runtime()
     from grpo_cli.train import train as run_training
 
-    def show(m: dict) -> None:
-        click.echo(f"step {m['step']}/{cfg.steps} reward {m['reward']:.3f} success {m['success_rate']:.2f} "
-                   f"zero_std {m['frac_reward_zero_std']:.2f} kl {m.get('kl', 0.0):.2e} "
-                   f"clip {m.get('clip_ratio/region_mean', 0.0):.2f} drift {m['drift_pct']:.4f}% "
-                   f"rollout {m['time/rollout']:.1f}s update {m['time/update']:.1f}s", err=True)
+    def summary(m: dict) -> str:
+        return (f"step {m['step']}/{cfg.steps} reward {m['reward']:.3f} success {m['success_rate']:.2f} "
+                f"zero_std {m['frac_reward_zero_std']:.2f} kl {m.get('kl', 0.0):.2e} "
+                f"clip {m.get('clip_ratio/region_mean', 0.0):.2f} drift {m['drift_pct']:.4f}% "
+                f"rollout {m['time/rollout']:.1f}s update {m['time/update']:.1f}s")
 
-    last = run_training(cfg, run_dir, resume=resume, log=lambda msg: click.echo(msg, err=True), on_step=show)
+    # A live rich bar with the latest diagnostics on a terminal; one plain line per step otherwise.
+    with progress(cfg.steps, "train") as tick:
+        last = run_training(cfg, run_dir, resume=resume, log=lambda msg: click.echo(msg, err=True),
+                            on_step=lambda m: tick(summary(m)))
     click.echo(f"run {run_dir}: last checkpoint {last}")
 
 

@@ -120,7 +120,7 @@ def test_train_resume_drift_export_and_eval_of_checkpoint(tmp_path: Path) -> Non
               "--set", "save_every=1", "--set", "likelihood=sde", "--set", "lr_head=1e-3"]
     proc = run("train", "--exp", "e5", *common, "--steps", "1", "--run-dir", str(run_dir))
     assert proc.returncode == 0, proc.stderr
-    assert "step 1/1" in proc.stderr and "step_000001.h5" in proc.stdout
+    assert "step 1/1 reward" in proc.stderr and "step_000001.h5" in proc.stdout
     proc = run("train", "--resume", "--run-dir", str(run_dir), "--steps", "2")  # no other flag needed
     assert proc.returncode == 0, proc.stderr
     assert "resumed from step_000001.h5 (step 1)" in proc.stderr and "step_000002.h5" in proc.stdout
