@@ -25,7 +25,7 @@ import torch  # noqa: E402
 
 from grpo_cli.envs.libero import LiberoEnv, task_spec  # noqa: E402
 from grpo_cli.policies.smolvla import SmolVLAAdapter  # noqa: E402
-from grpo_cli.rollout import EpisodeSpec, LocalEnvSlots, make_env_slots, run_episodes  # noqa: E402
+from grpo_cli.rollout import EpisodeSpec, make_env_slots, run_episodes  # noqa: E402
 
 
 def bare(spec, steps: int, image_size: int, render_every_step: bool, images: bool) -> float:
@@ -40,22 +40,13 @@ def bare(spec, steps: int, image_size: int, render_every_step: bool, images: boo
     return steps / elapsed
 
 
-def ours(spec, steps: int, image_size: int, every: int, adapter: SmolVLAAdapter) -> float:
-    slots = LocalEnvSlots(1, image_size=image_size)
-    slots.reset(0, spec, 0)  # build outside the timed region, as the other modes do
-    episode = EpisodeSpec(spec, 0, 10, noise_seed=0)
-    start = time.perf_counter()
-    trajs = run_episodes(adapter, slots, [episode], max_steps=steps, n_action_steps=every)
-    elapsed = time.perf_counter() - start
-    slots.close()
-    return trajs[0].length / elapsed
-
-
-def two_envs(spec, steps: int, image_size: int, every: int, adapter: SmolVLAAdapter, processes: bool) -> float:
-    """Two episodes in lockstep (one batched policy call per query), envs inline or in 2 processes."""
-    slots = make_env_slots(2, image_size, processes=processes)
-    slots.reset_many([(0, spec, 0), (1, spec, 1)])  # build outside the timed region
-    episodes = [EpisodeSpec(spec, i, 10, noise_seed=i) for i in range(2)]
+def ours(spec, steps: int, image_size: int, every: int, adapter: SmolVLAAdapter, workers: int = 1,
+         processes: bool = False) -> float:
+    """grpo-vla's engine: `workers` episodes in lockstep (one batched policy call per query), envs inline or
+    in spawned processes. Envs are built outside the timed region; each episode's soft reset is inside."""
+    slots = make_env_slots(workers, image_size, processes=processes)
+    slots.reset_many([(i, spec, i) for i in range(workers)])
+    episodes = [EpisodeSpec(spec, i, 10, noise_seed=i) for i in range(workers)]
     start = time.perf_counter()
     trajs = run_episodes(adapter, slots, episodes, max_steps=steps, n_action_steps=every)
     elapsed = time.perf_counter() - start
@@ -77,8 +68,8 @@ def main() -> None:
         "always-render (2 cameras/step)": bare(spec, args.steps, args.image_size, True, images=True),
         "grpo-vla rollout, query every 10": ours(spec, args.steps, args.image_size, 10, adapter),
         "grpo-vla rollout, query every 50": ours(spec, args.steps, args.image_size, 50, adapter),
-        "2 envs inline, query every 10": two_envs(spec, args.steps, args.image_size, 10, adapter, False),
-        "2 envs in 2 processes, query every 10": two_envs(spec, args.steps, args.image_size, 10, adapter, True),
+        "2 envs inline, query every 10": ours(spec, args.steps, args.image_size, 10, adapter, 2, False),
+        "2 envs in 2 processes, query every 10": ours(spec, args.steps, args.image_size, 10, adapter, 2, True),
     }
     base = results["physics only"]
     print(f"libero_10 task {args.task}, {args.steps} steps/mode, {args.image_size}px, tiny policy, "

@@ -26,10 +26,10 @@ if "GRPO_VLA_LIBERO_ASSETS" not in os.environ and os.path.isdir(_shared):
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
+from env_throughput import ours  # noqa: E402  (same folder: the engine's timing helper)
 
 from grpo_cli.envs.libero import LiberoEnv, configure_libero, task_spec  # noqa: E402
 from grpo_cli.policies.smolvla import SmolVLAAdapter  # noqa: E402
-from grpo_cli.rollout import EpisodeSpec, make_env_slots, run_episodes  # noqa: E402
 
 
 def simulator_limit(spec, steps: int, image_size: int, every: int) -> float:
@@ -61,17 +61,6 @@ def lerobot_loop(steps: int, image_size: int, every: int, adapter: SmolVLAAdapte
     return out["action"].shape[1] / elapsed
 
 
-def ours(spec, steps: int, image_size: int, every: int, adapter: SmolVLAAdapter, workers: int) -> float:
-    slots = make_env_slots(workers, image_size, processes=workers > 1)
-    slots.reset_many([(i, spec, i) for i in range(workers)])  # build outside the timed region
-    episodes = [EpisodeSpec(spec, i, 10, noise_seed=i) for i in range(workers)]
-    start = time.perf_counter()
-    trajs = run_episodes(adapter, slots, episodes, max_steps=steps, n_action_steps=every)
-    elapsed = time.perf_counter() - start
-    slots.close()
-    return sum(t.length for t in trajs) / elapsed
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--task", type=int, default=0)
@@ -89,7 +78,7 @@ def main() -> None:
         rates = {"(a) simulator limit": simulator_limit(spec, args.steps, args.image_size, every),
                  "(b) lerobot eval loop": lerobot_loop(args.steps, args.image_size, every, adapter, args.task),
                  "(c) grpo-vla, 1 worker": ours(spec, args.steps, args.image_size, every, adapter, 1),
-                 "(c) grpo-vla, 2 workers": ours(spec, args.steps, args.image_size, every, adapter, 2)}
+                 "(c) grpo-vla, 2 workers": ours(spec, args.steps, args.image_size, every, adapter, 2, True)}
         for name, rate in rates.items():
             print(f"{every:11d} {name:34s} {rate:8.1f} {3600 * rate / 520:10.1f}")
         one, two = rates["(c) grpo-vla, 1 worker"], rates["(c) grpo-vla, 2 workers"]
