@@ -39,6 +39,7 @@ lint: install
 
 bench: install
 	$(PY) benchmarks/env_throughput.py
+	$(PY) benchmarks/rollout_throughput.py
 
 clean:
 	rm -rf $(DEMO_OUT) .pytest_cache .ruff_cache
