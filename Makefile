@@ -35,7 +35,6 @@ demo: install
 
 lint: install
 	$(VENV)/bin/ruff check grpo_cli tests benchmarks
-	$(VENV)/bin/ruff format --check grpo_cli tests benchmarks
 
 bench: install
 	$(PY) benchmarks/env_throughput.py
