@@ -149,3 +149,28 @@ def test_train_resume_drift_export_and_eval_of_checkpoint(tmp_path: Path) -> Non
     assert not (tmp_path / "hub" / "config.json").exists()
     dry = run("train", "--exp", "e3", "--dry-run", "--run-dir", str(tmp_path / "dry"))
     assert dry.returncode == 0 and json.loads(dry.stdout)["beta"] == 0.04
+
+
+def test_ctrl_c_stops_parallel_workers_without_orphans(tmp_path: Path) -> None:
+    import signal
+    import time
+
+    import psutil
+
+    proc = subprocess.Popen([*CLI, "eval", "--tasks", "0", "--episodes-per-task", "2", "--num-envs", "2",
+                             "--parallel-envs", "--image-size", "64", "--out", str(tmp_path / "e.h5")],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    parent = psutil.Process(proc.pid)
+    deadline = time.time() + 120
+    children: list = []
+    while time.time() < deadline and len(children) < 2:  # wait for both spawned env workers
+        time.sleep(0.5)
+        children = [c for c in parent.children(recursive=True) if "spawn" in " ".join(c.cmdline())]
+    assert len(children) >= 2, "env workers did not start"
+    time.sleep(3)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130 and "interrupted" in err and "Traceback" not in err
+    gone, alive = psutil.wait_procs(children, timeout=15)
+    assert not alive, f"orphan env workers: {[p.pid for p in alive]}"
+    assert not (tmp_path / "e.h5").exists()  # nothing half-written under the final name
