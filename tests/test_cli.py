@@ -159,7 +159,9 @@ def test_ctrl_c_stops_parallel_workers_without_orphans(tmp_path: Path) -> None:
 
     proc = subprocess.Popen([*CLI, "eval", "--tasks", "0", "--episodes-per-task", "2", "--num-envs", "2",
                              "--parallel-envs", "--image-size", "64", "--out", str(tmp_path / "e.h5")],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            # a background CI shell starts us with SIGINT ignored, which a child inherits
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     parent = psutil.Process(proc.pid)
     deadline = time.time() + 120
     children: list = []
