@@ -42,6 +42,8 @@ CAMERAS = {"agentview_image": "observation.images.image",
 STATE_KEY = "observation.state"
 ACTION_DIM = 7
 STATE_DIM = 8
+PRIVILEGED_STATE_DIM = STATE_DIM + 6
+"""robot state + world positions of the first goal predicate's object and its target (object or region)"""
 
 
 @cache
@@ -161,7 +163,7 @@ class LiberoEnv:
     """
 
     def __init__(self, spec: TaskSpec, image_size: int = 256, images: bool = True,
-                 render_every_step: bool = False, hard_reset: bool = False):
+                 render_every_step: bool = False, hard_reset: bool = False, privileged_state: bool = False):
         configure_libero()
         from libero.libero.envs import OffScreenRenderEnv
 
@@ -169,6 +171,7 @@ class LiberoEnv:
         self.images = images
         self.render_every_step = render_every_step and images
         self.hard_reset = hard_reset
+        self.privileged_state = privileged_state
         self._env = OffScreenRenderEnv(bddl_file_name=spec.bddl_file, camera_heights=image_size,
                                        camera_widths=image_size, hard_reset=hard_reset,
                                        use_camera_obs=images)
@@ -178,6 +181,9 @@ class LiberoEnv:
         self._clock = self._raw._observables["robot0_eef_pos"]
         self._env.reset()
         self.steps = 0
+        self.goal = [tuple(str(x) for x in p) for p in self._raw.parsed_problem["goal_state"]]
+        self._start_satisfied: list[bool] = []
+        self._start_distance: list[float] = []
 
     # --- rendering control -------------------------------------------------------------------------
     def _set_cameras(self, on: bool) -> None:
@@ -194,6 +200,8 @@ class LiberoEnv:
     def _observation(self, raw: dict[str, np.ndarray], with_images: bool) -> dict[str, np.ndarray]:
         state = np.concatenate([raw["robot0_eef_pos"], quat_to_axis_angle(raw["robot0_eef_quat"]),
                                 raw["robot0_gripper_qpos"]]).astype(np.float32)
+        if self.privileged_state:
+            state = np.concatenate([state, self.goal_positions()]).astype(np.float32)
         obs = {STATE_KEY: state}
         if with_images:
             for name, key in CAMERAS.items():
@@ -218,6 +226,8 @@ class LiberoEnv:
         self.steps = 0
         for i in range(NUM_SETTLE_STEPS):
             obs, _, _, _ = self.step(NOOP_ACTION, render=i == NUM_SETTLE_STEPS - 1, count=False)
+        self._start_satisfied = self.goal_flags()
+        self._start_distance = [self._goal_distance(p) for p in self.goal]
         return obs
 
     def step(self, action: np.ndarray, render: bool = True, count: bool = True
@@ -235,6 +245,43 @@ class LiberoEnv:
 
     def success(self) -> bool:
         return bool(self._env.check_success())
+
+    # --- privileged information: goal predicates and object poses ---------------------------------
+    def position(self, name: str) -> np.ndarray:
+        """World position (3,) of a BDDL object, fixture or region site."""
+        return np.array(self._raw.object_states_dict[name].get_geom_state()["pos"], dtype=np.float64)
+
+    def goal_positions(self) -> np.ndarray:
+        """(6,): positions of the first goal predicate's two arguments (the object twice for unary ones)."""
+        args = self.goal[0][1:3] if len(self.goal[0]) > 2 else self.goal[0][1:2] * 2
+        return np.concatenate([self.position(a) for a in args]).astype(np.float32)
+
+    def goal_flags(self) -> list[bool]:
+        """Which of the BDDL goal predicates hold now."""
+        return [bool(self._raw._eval_predicate(list(p))) for p in self.goal]
+
+    def _goal_distance(self, predicate: tuple[str, ...]) -> float:
+        if len(predicate) < 3:
+            return float("nan")
+        return float(np.linalg.norm(self.position(predicate[1]) - self.position(predicate[2])))
+
+    def progress(self, shaping: float = 0.0) -> float:
+        """Dense progress in [0, 1]: the share of goal predicates satisfied now.
+
+        Predicates that already held after reset are left out (LIBERO-10 task 8 starts with the stove
+        on), unless all did. With `shaping` > 0 an unsatisfied binary predicate earns up to `shaping`
+        for bringing its object closer to its target than at the start: shaping * (1 - d / d_start).
+        """
+        flags = self.goal_flags()
+        keep = [i for i, done in enumerate(self._start_satisfied) if not done] or list(range(len(flags)))
+        score = 0.0
+        for i in keep:
+            if flags[i]:
+                score += 1.0
+            elif shaping > 0 and np.isfinite(self._start_distance[i]) and self._start_distance[i] > 0:
+                closer = 1.0 - self._goal_distance(self.goal[i]) / self._start_distance[i]
+                score += shaping * float(np.clip(closer, 0.0, 1.0))
+        return score / len(keep)
 
     @property
     def sim(self) -> Any:
