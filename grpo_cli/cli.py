@@ -133,6 +133,7 @@ def rollout(policy: str, suite: str, max_steps: int | None, n_action_steps: int 
     adapter = _load_policy(cfg.policy, cfg.device)
     episodes = group_episodes(task_specs, cfg.init_states, cfg.steps_per_member, cfg.seed)
     slots = make_env_slots(cfg.num_envs or cfg.num_generations, cfg.image_size, images=True,
+                           privileged_state=adapter.privileged_state,
                            processes=cfg.parallel_envs)
     try:
         with progress(len(episodes), "rollout") as tick:
@@ -235,6 +236,85 @@ def train(exp: str | None, config_file: str | None, sets: tuple[str, ...], polic
         last = run_training(cfg, run_dir, resume=resume, log=lambda msg: click.echo(msg, err=True),
                             on_step=lambda m: tick(summary(m)))
     click.echo(f"run {run_dir}: last checkpoint {last}")
+
+
+@cli.command()
+@click.option("--suite", default="libero_object", show_default=True, help="LIBERO suite")
+@click.option("--tasks", default="0", show_default=True, help="task ids, e.g. 0,3,5-7, or 'all'")
+@click.option("--init-states", default="0-49", show_default=True, help="init-state indices")
+@click.option("--repeats", type=int, default=1, show_default=True, help="demos per (task, init state)")
+@click.option("--noise-std", type=float, default=0.1, show_default=True,
+              help="Gaussian noise on the executed pose actions (diversity)")
+@click.option("--image-size", type=int, default=64, show_default=True, help="camera resolution")
+@click.option("--privileged-state/--robot-state", default=True, show_default=True,
+              help="record the goal objects' positions too (obs/privileged)")
+@click.option("--workers", type=int, default=1, show_default=True, help="spawned env processes")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--out", required=True, type=click.Path(dir_okay=False), help="HDF5 file to write")
+@click.option("--overwrite", is_flag=True, help="replace an existing --out")
+def demos(suite: str, tasks: str, init_states: str, repeats: int, noise_std: float, image_size: int,
+          privileged_state: bool, workers: int, seed: int, out: str, overwrite: bool) -> None:
+    """Scripted expert demonstrations ("pick up the X and place it in the basket" tasks), LIBERO layout."""
+    import json
+
+    from grpo_cli.envs.libero import num_tasks, task_spec
+    from grpo_cli.expert import collect_demos
+    from grpo_cli.storage import check_output_path, write_demos
+
+    path = check_output_path(out, overwrite)
+    if repeats < 1 or workers < 1 or noise_std < 0 or image_size < 16:
+        raise UserError("repeats and workers must be >= 1, noise-std >= 0, image-size >= 16")
+    task_ids = _int_list(tasks, "--tasks") or tuple(range(num_tasks(suite)))
+    specs = {t: task_spec(suite, t) for t in task_ids}
+    inits = _int_list(init_states, "--init-states") or ()
+    bad = [i for i in inits if any(i >= s.num_init_states for s in specs.values())]
+    if bad or not inits:
+        last = min(s.num_init_states for s in specs.values()) - 1
+        raise UserError(f"bad --init-states: tasks have init states 0..{last}")
+
+    _setup_runtime()
+    total = len(task_ids) * len(inits) * repeats
+    with progress(total, "demos") as tick:
+        done = [0]
+
+        def advance(n: int) -> None:
+            while done[0] < n:
+                done[0] += 1
+                tick("")
+        result = collect_demos(suite, list(task_ids), list(inits), noise_std, image_size, privileged_state,
+                               seed=seed, repeats=repeats, workers=workers, on_demo=advance)
+    config = {"suite": suite, "tasks": task_ids, "init_states": inits, "repeats": repeats, "noise_std": noise_std,
+              "image_size": image_size, "privileged_state": privileged_state, "seed": seed}
+    write_demos(path, result, specs, json.dumps(config), {"image_size": image_size, "suite": suite})
+    ok = sum(d.success for d in result)
+    click.echo(f"expert success {ok}/{len(result)} ({100 * ok / len(result):.1f}%), "
+               f"mean length {sum(d.length for d in result) / len(result):.0f} steps; wrote {path}")
+
+
+@cli.command()
+@click.argument("demo_files", nargs=-1, required=True, type=click.Path(dir_okay=False))
+@click.option("--policy", default="tiny", show_default=True,
+              help="`tiny[:SEED]` (fresh, stats from the demos) or a policy directory / hub id to continue")
+@click.option("--privileged-state", is_flag=True, help="train on robot state + goal object positions")
+@click.option("--steps", type=int, default=2000, show_default=True)
+@click.option("--batch-size", type=int, default=32, show_default=True)
+@click.option("--lr", type=float, default=1e-4, show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--out", required=True, type=click.Path(file_okay=False), help="policy directory to write")
+def sft(demo_files: tuple[str, ...], policy: str, privileged_state: bool, steps: int, batch_size: int, lr: float,
+        seed: int, out: str) -> None:
+    """Behaviour cloning with lerobot's flow-matching loss; writes a policy dir that train/eval accept."""
+    from grpo_cli.sft import SFTConfig
+    from grpo_cli.sft import sft as run_sft
+
+    cfg = SFTConfig(demos=demo_files, policy=policy, privileged_state=privileged_state, steps=steps,
+                    batch_size=batch_size, lr=lr, seed=seed)
+    _setup_runtime()
+    with progress(-(-steps // cfg.log_every), "sft") as tick:
+        summary = run_sft(cfg, out, log=lambda msg: click.echo(msg, err=True),
+                          on_step=lambda m: tick(f"step {m['step']} loss {m['loss']:.4f}"))
+    click.echo(f"loss {summary['loss_before']:.4f} -> {summary['loss_after']:.4f} "
+               f"({summary['train_seconds']:.0f} s); wrote {out}")
 
 
 @cli.command("drift")

@@ -6,6 +6,7 @@ import json
 from dataclasses import asdict, dataclass
 
 from grpo_cli.errors import UserError
+from grpo_cli.grpo import GROUP_FILTERS, REWARDS
 
 
 def parse_tiers(tiers: str | None, num_generations: int | None, default_steps: int = 10) -> list[int]:
@@ -150,6 +151,15 @@ class TrainConfig:
     """E6: inject a cached success into all-fail groups; skip the step when the pool is empty"""
     replay_pool_size: int = 16
     """successes kept per (task, init state); oldest pruned first"""
+    reward: str = "binary"
+    """`binary` (success, the seed), `progress` (BDDL goal progress) or `progress+success`"""
+    progress_shaping: float = 0.0
+    """weight of distance shaping inside goal progress (0 = predicates only)"""
+    group_filter: str = "none"
+    """`none`, `drop_degenerate` (all-equal rewards) or `success_band` (success rate outside the band)"""
+    success_band: tuple[float, ...] = (0.1, 0.9)
+    max_resample_tries: int = 0
+    """extra rollout rounds per step to replace filtered-out groups (keeps the batch full)"""
     likelihood: str = "ode"
     """`ode` (the seed's reading: zero first-order gradient at theta_old) or `sde` (Flow-SDE)"""
     sde_noise: float = 0.5
@@ -194,6 +204,14 @@ class TrainConfig:
             raise UserError(f"ratio_level must be one of {', '.join(RATIO_LEVELS)}, got {self.ratio_level!r}")
         if self.scale_rewards not in ("group", "batch", "none"):
             raise UserError(f"scale_rewards must be group, batch or none, got {self.scale_rewards!r}")
+        if self.reward not in REWARDS:
+            raise UserError(f"reward must be one of {', '.join(REWARDS)}, got {self.reward!r}")
+        if self.group_filter not in GROUP_FILTERS:
+            raise UserError(f"group_filter must be one of {', '.join(GROUP_FILTERS)}, got {self.group_filter!r}")
+        if len(self.success_band) != 2 or not 0 <= self.success_band[0] <= self.success_band[1] <= 1:
+            raise UserError(f"success_band must be two numbers 0 <= lo <= hi <= 1, got {self.success_band}")
+        if self.max_resample_tries < 0 or self.progress_shaping < 0:
+            raise UserError("max_resample_tries and progress_shaping must be >= 0")
         steps = parse_tiers(self.denoise_tiers, self.num_generations)
         if self.tier_weights and len(self.tier_weights) != len(steps):
             raise UserError(f"tier_weights has {len(self.tier_weights)} entries but the group has "

@@ -34,7 +34,8 @@ def eval_episodes(cfg: EvalConfig, tasks: list[TaskSpec]) -> list[EpisodeSpec]:
 def run_eval(cfg: EvalConfig, adapter: SmolVLAAdapter, tasks: list[TaskSpec],
              on_episode: Callable[[Trajectory], None] | None = None) -> dict[str, np.ndarray]:
     """Run the protocol; returns per-episode columns (see storage.EPISODE_FIELDS)."""
-    slots = make_env_slots(cfg.num_envs, cfg.image_size, processes=cfg.parallel_envs)
+    slots = make_env_slots(cfg.num_envs, cfg.image_size, processes=cfg.parallel_envs,
+                           privileged_state=adapter.privileged_state)
     try:
         trajs = run_episodes(adapter, slots, eval_episodes(cfg, tasks), max_steps=cfg.max_steps,
                              n_action_steps=cfg.n_action_steps, keep_images=False, on_episode=on_episode)

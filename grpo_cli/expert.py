@@ -13,6 +13,7 @@ reads ours and the official LIBERO demos alike.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 from scipy.spatial.transform import Rotation
@@ -192,3 +193,42 @@ def run_expert(env: LiberoEnv, init_state: int, noise_std: float, seed: int, max
         demo.success = demo.success or success
     demo.success = env.success()
     return demo
+
+
+def _collect_task(args: tuple[str, int, list[int], float, int, bool, bool, int, int]) -> list[Demo]:
+    """Worker: demos of one task over some init states (one env, one torch thread)."""
+    import torch
+
+    from grpo_cli.envs.libero import task_spec
+
+    suite, task_id, init_states, noise_std, image_size, images, privileged, seed, repeats = args
+    torch.set_num_threads(1)
+    env = LiberoEnv(task_spec(suite, task_id), image_size=image_size, images=images, privileged_state=privileged)
+    try:
+        return [run_expert(env, i, noise_std, seed + r) for r in range(repeats) for i in init_states]
+    finally:
+        env.close()
+
+
+def collect_demos(suite: str, task_ids: list[int], init_states: list[int], noise_std: float, image_size: int,
+                  privileged_state: bool, seed: int = 0, repeats: int = 1, workers: int = 1,
+                  images: bool = True, on_demo: Any = None) -> list[Demo]:
+    """Expert demos for every (task, init state, repeat), over `workers` spawned processes."""
+    import concurrent.futures as cf
+    import multiprocessing as mp
+
+    jobs = [(suite, t, init_states[w::workers], noise_std, image_size, images, privileged_state, seed, repeats)
+            for t in task_ids for w in range(min(workers, len(init_states)))]
+    demos: list[Demo] = []
+    if workers <= 1:
+        for job in jobs:
+            demos += _collect_task(job)
+            if on_demo:
+                on_demo(len(demos))
+    else:
+        with cf.ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn")) as pool:
+            for part in pool.map(_collect_task, jobs):
+                demos += part
+                if on_demo:
+                    on_demo(len(demos))
+    return sorted(demos, key=lambda d: (d.task_id, d.init_state))

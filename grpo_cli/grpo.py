@@ -129,3 +129,41 @@ def gaussian_kl_same_std(mean_p: torch.Tensor, mean_q: torch.Tensor, std: torch.
     if mask is not None:
         kl = kl * mask.to(kl.dtype)
     return kl.sum(dim=(-2, -1))
+
+
+REWARDS = ("binary", "progress", "progress+success")
+GROUP_FILTERS = ("none", "drop_degenerate", "success_band")
+
+
+def base_rewards(success: torch.Tensor, progress: torch.Tensor, mode: str) -> torch.Tensor:
+    """Per-trajectory reward before tier weights. success, progress (G, n) -> (G, n).
+
+    `binary` = success (the seed); `progress` = goal progress in [0, 1] (1 on success);
+    `progress+success` = progress + success, so a success is worth twice a near miss.
+    """
+    s, p = success.to(torch.float32), progress.to(torch.float32)
+    if mode == "binary":
+        return s
+    if mode == "progress":
+        return p
+    if mode == "progress+success":
+        return p + s
+    raise ValueError(f"reward must be one of {REWARDS}, got {mode!r}")
+
+
+def keep_groups(success: torch.Tensor, rewards: torch.Tensor, mode: str, band: tuple[float, float] = (0.1, 0.9)
+                ) -> torch.Tensor:
+    """Which groups carry a learning signal. success, rewards (G, n) -> (G,) bool.
+
+    `none` keeps all; `drop_degenerate` drops groups whose rewards are all equal (zero advantage);
+    `success_band` keeps groups whose success rate lies in [lo, hi] (SimpleVLA-RL / RLinf use
+    [0.1, 0.9]): all-fail and all-success groups go, even when a dense reward varies inside them.
+    """
+    if mode == "none":
+        return torch.ones(success.shape[0], dtype=torch.bool)
+    if mode == "drop_degenerate":
+        return ~zero_std_groups(rewards)
+    if mode == "success_band":
+        rate = success.to(torch.float32).mean(-1)
+        return (rate >= band[0]) & (rate <= band[1])
+    raise ValueError(f"group_filter must be one of {GROUP_FILTERS}, got {mode!r}")

@@ -54,33 +54,38 @@ class Trajectory:
     noise: list[np.ndarray] = field(default_factory=list)  # C x (H, Dm)
     chains: list[np.ndarray] = field(default_factory=list)  # C x (K+1, H, Dm)
     success: bool = False
+    progress: float = 0.0
+    """goal progress at the end (LiberoEnv.progress with the slots' shaping); 1.0 on success"""
 
     @property
     def length(self) -> int:
         return len(self.actions)
 
 
-ChunkResult = tuple[list[np.ndarray], list[float], bool, dict[str, np.ndarray]]
+ChunkResult = tuple[list[np.ndarray], list[float], bool, dict[str, np.ndarray], float]
 
 
 class EnvWorker:
     """One env slot: a LiberoEnv built lazily and rebuilt only when the slot changes task."""
 
-    def __init__(self, image_size: int, images: bool = True):
+    def __init__(self, image_size: int, images: bool = True, privileged_state: bool = False,
+                 progress_shaping: float = 0.0):
         self.image_size, self.images = image_size, images
+        self.privileged_state, self.progress_shaping = privileged_state, progress_shaping
         self.env: LiberoEnv | None = None
 
     def reset(self, task: TaskSpec, init_state: int) -> dict[str, np.ndarray]:
         if self.env is None or self.env.spec != task:
             self.close()
-            self.env = LiberoEnv(task, image_size=self.image_size, images=self.images)
+            self.env = LiberoEnv(task, image_size=self.image_size, images=self.images,
+                                 privileged_state=self.privileged_state)
         return self.env.reset(init_state)
 
     def run_chunk(self, actions: np.ndarray, steps_left: int) -> ChunkResult:
         """Execute up to len(actions) steps; stop on success or when steps_left run out.
 
         Renders cameras only on the last step (the one whose observation the policy reads next).
-        Returns (state after each step, reward of each step, success, last observation).
+        Returns (state after each step, reward of each step, success, last observation, goal progress).
         """
         assert self.env is not None, "reset a slot before stepping it"
         n = min(len(actions), steps_left)
@@ -91,7 +96,7 @@ class EnvWorker:
             rewards.append(reward)
             if success:
                 break
-        return states, rewards, success, obs
+        return states, rewards, success, obs, 1.0 if success else self.env.progress(self.progress_shaping)
 
     def close(self) -> None:
         if self.env is not None:
@@ -102,9 +107,9 @@ class EnvWorker:
 class LocalEnvSlots:
     """Env slots stepped one after another in this process (least memory; no parallelism)."""
 
-    def __init__(self, size: int, image_size: int, images: bool = True):
+    def __init__(self, size: int, image_size: int, images: bool = True, **options: Any):
         self.size = size
-        self._workers = [EnvWorker(image_size, images) for _ in range(size)]
+        self._workers = [EnvWorker(image_size, images, **options) for _ in range(size)]
 
     def reset_many(self, items: Sequence[tuple[int, TaskSpec, int]]) -> list[dict[str, np.ndarray]]:
         return [self._workers[slot].reset(task, init) for slot, task, init in items]
@@ -120,7 +125,7 @@ class LocalEnvSlots:
             worker.close()
 
 
-def _worker_main(conn: Any, image_size: int, images: bool) -> None:
+def _worker_main(conn: Any, image_size: int, images: bool, options: dict[str, Any]) -> None:
     """Loop of one env worker process: one env, one torch thread, commands over a pipe."""
     import signal
     import traceback
@@ -129,7 +134,7 @@ def _worker_main(conn: Any, image_size: int, images: bool) -> None:
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent handles Ctrl-C and closes us
     torch.set_num_threads(1)
-    worker = EnvWorker(image_size, images)
+    worker = EnvWorker(image_size, images, **options)
     try:
         while True:
             command, args = conn.recv()
@@ -152,7 +157,7 @@ class ProcessEnvSlots:
     so env stepping of all slots overlaps. Trajectories equal LocalEnvSlots' for the same slot count.
     """
 
-    def __init__(self, size: int, image_size: int, images: bool = True):
+    def __init__(self, size: int, image_size: int, images: bool = True, **options: Any):
         import multiprocessing as mp
 
         ctx = mp.get_context("spawn")
@@ -160,7 +165,7 @@ class ProcessEnvSlots:
         self._conns, self._procs = [], []
         for _ in range(size):
             parent, child = ctx.Pipe()
-            proc = ctx.Process(target=_worker_main, args=(child, image_size, images), daemon=True)
+            proc = ctx.Process(target=_worker_main, args=(child, image_size, images, options), daemon=True)
             proc.start()
             child.close()
             self._conns.append(parent)
@@ -213,9 +218,14 @@ class ProcessEnvSlots:
 EnvSlots = LocalEnvSlots | ProcessEnvSlots
 
 
-def make_env_slots(size: int, image_size: int, images: bool = True, processes: bool = False) -> EnvSlots:
-    """`processes=True`: one spawned worker per slot, stepped in parallel; else all in this process."""
-    return (ProcessEnvSlots if processes else LocalEnvSlots)(size, image_size, images)
+def make_env_slots(size: int, image_size: int, images: bool = True, processes: bool = False,
+                   privileged_state: bool = False, progress_shaping: float = 0.0) -> EnvSlots:
+    """`processes=True`: one spawned worker per slot, stepped in parallel; else all in this process.
+
+    privileged_state: append the goal objects' positions to the state (policies trained that way);
+    progress_shaping: the distance-shaping weight of each trajectory's goal progress."""
+    return (ProcessEnvSlots if processes else LocalEnvSlots)(
+        size, image_size, images, privileged_state=privileged_state, progress_shaping=progress_shaping)
 
 
 def run_episodes(adapter: SmolVLAAdapter, slots: EnvSlots, episodes: Sequence[EpisodeSpec],
@@ -259,13 +269,14 @@ def run_episodes(adapter: SmolVLAAdapter, slots: EnvSlots, episodes: Sequence[Ep
             stepped = slots.run_chunks([(i, actions[b, :n_exec], limits[i] - trajs[i].length)
                                         for b, i in enumerate(active)])
             still_active = []
-            for b, (i, (after, rewards, success, last_obs)) in enumerate(zip(active, stepped, strict=True)):
+            for b, (i, (after, rewards, success, last_obs, progress)) in enumerate(zip(active, stepped,
+                                                                                      strict=True)):
                 traj = trajs[i]
                 obs[i] = last_obs
                 traj.states += [traj.query_states[-1], *after[:-1]]  # observation before each action
                 traj.actions += list(actions[b, : len(rewards)])
                 traj.rewards += rewards
-                traj.success = success
+                traj.success, traj.progress = success, progress
                 if success or traj.length >= limits[i]:
                     if on_episode:
                         on_episode(traj)

@@ -260,3 +260,85 @@ def read_checkpoint(path: str | Path, task_lookup: Any = None) -> dict[str, Any]
                 "policy": json.loads(f.attrs["policy"]), "reference": json.loads(f.attrs["reference"]),
                 "extra": json.loads(f.attrs["extra"]), "rng_torch": torch.from_numpy(f["rng/torch"][()]),
                 "replay": replay}
+
+
+# --- demonstrations (LIBERO / robomimic layout) ----------------------------------------------------------
+DEMO_IMAGE_KEYS = {"observation.images.image": "agentview_rgb", "observation.images.image2": "eye_in_hand_rgb"}
+
+
+def write_demos(path: str | Path, demos: Sequence[Any], tasks: dict[int, Any], config_json: str,
+                env_args: dict[str, Any]) -> Path:
+    """Scripted demos in the layout of LIBERO's own HDF5 demos: `data/demo_i/{actions, rewards, dones,
+    obs/{agentview_rgb, eye_in_hand_rgb, ee_states, gripper_states}}`, images as the env renders them
+    (not rotated), plus `obs/privileged` (goal object positions) when recorded and per-demo task attrs."""
+    path = Path(path)
+    with atomic_h5(path) as f:
+        _common_attrs(f, "demos", config_json, {"source": "scripted-expert"})
+        data = f.create_group("data")
+        data.attrs["total"] = int(sum(d.length for d in demos))
+        data.attrs["env_args"] = json.dumps(env_args, sort_keys=True)
+        first = tasks[demos[0].task_id] if demos else None
+        if first is not None:  # LIBERO stores one task per file; readers of ours use the per-demo attrs
+            data.attrs["problem_info"] = json.dumps({"language_instruction": first.language,
+                                                     "problem_name": first.name})
+        for i, demo in enumerate(demos):
+            task = tasks[demo.task_id]
+            g = data.create_group(f"demo_{i}")
+            g.attrs.update({"num_samples": demo.length, "task_id": demo.task_id, "task_name": task.name,
+                            "language": task.language, "init_state": demo.init_state,
+                            "success": bool(demo.success)})
+            T = demo.length
+            states = np.asarray(demo.states, dtype=np.float32).reshape(T, -1)
+            g.create_dataset("actions", data=np.asarray(demo.actions, dtype=np.float32).reshape(T, -1))
+            g.create_dataset("rewards", data=np.eye(1, T, T - 1, dtype=np.float32)[0] * float(demo.success))
+            g.create_dataset("dones", data=np.eye(1, T, T - 1, dtype=np.uint8)[0])
+            g.create_dataset("obs/ee_states", data=states[:, :6])
+            g.create_dataset("obs/gripper_states", data=states[:, 6:8])
+            if states.shape[1] > 8:
+                g.create_dataset("obs/privileged", data=states[:, 8:])
+            for key, name in DEMO_IMAGE_KEYS.items():
+                if key in demo.images:
+                    frames = np.asarray(demo.images[key], dtype=np.uint8)[:, ::-1, ::-1]  # back to LIBERO's
+                    g.create_dataset(f"obs/{name}", data=frames, chunks=(1, *frames.shape[1:]),
+                                     compression="gzip", compression_opts=4)
+    return path
+
+
+def read_demos(path: str | Path, privileged_state: bool) -> list[dict[str, Any]]:
+    """Demos from our `demos` files or LIBERO's official HDF5 files, in lerobot's conventions.
+
+    Each item: images {key: (T, h, w, 3) uint8, rotated 180 degrees as lerobot does}, state (T, S),
+    actions (T, 7), language, task_id, success.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"{path}: no such file")
+    try:
+        f = h5py.File(path, "r")
+    except OSError:
+        raise UserError(f"{path} is not an HDF5 file") from None
+    with f:
+        if "data" not in f or not any(k.startswith("demo_") for k in f["data"]):
+            raise UserError(f"{path} holds no demonstrations (expected data/demo_i groups)")
+        info = json.loads(f["data"].attrs.get("problem_info", "{}"))
+        demos = []
+        for name in sorted(f["data"], key=lambda k: int(k.split("_")[-1])):
+            g = f["data"][name]
+            obs = g["obs"]
+            missing = [k for k in ("ee_states", "gripper_states", *DEMO_IMAGE_KEYS.values()) if k not in obs]
+            if missing:
+                raise UserError(f"{path}:{name} lacks obs/{missing[0]} (not a LIBERO-layout demo)")
+            parts = [obs["ee_states"][()][:, :6], obs["gripper_states"][()][:, :2]]
+            if privileged_state:
+                if "privileged" not in obs:
+                    raise UserError(f"{path}:{name} has no obs/privileged; the policy needs privileged state")
+                parts.append(obs["privileged"][()])
+            language = g.attrs.get("language", info.get("language_instruction"))
+            if language is None:
+                raise UserError(f"{path}:{name} names no task (no language attr or problem_info)")
+            demos.append({"images": {key: obs[n][()][:, ::-1, ::-1] for key, n in DEMO_IMAGE_KEYS.items()},
+                          "state": np.concatenate(parts, axis=1).astype(np.float32),
+                          "actions": g["actions"][()].astype(np.float32), "language": str(language),
+                          "task_id": int(g.attrs.get("task_id", -1)),
+                          "success": bool(g.attrs.get("success", True))})
+        return demos

@@ -70,7 +70,9 @@ def assemble_rewards(groups: list[list[Trajectory]], cfg: TrainConfig,
               "skipped_groups": 0, "all_fail_groups": 0, "all_success_groups": 0}
     batch: list[list[Member]] = []
     for g, trajs in enumerate(groups):
-        members = [Member(t, w * float(t.success)) for t, w in zip(trajs, weights, strict=True)]
+        base = grpo.base_rewards(torch.tensor([t.success for t in trajs]),
+                                 torch.tensor([t.progress for t in trajs]), cfg.reward)
+        members = [Member(t, w * float(r)) for t, w, r in zip(trajs, weights, base, strict=True)]
         counts["natural_success"] += sum(t.success for t in trajs)
         counts["all_success_groups"] += all(t.success for t in trajs)
         if cfg.replay_pool:
@@ -120,7 +122,8 @@ class Trainer:
         self.step_index = 0
         self.tasks = [task_spec(cfg.suite, t) for t in cfg.tasks]
         self.slots = make_env_slots(cfg.num_envs or cfg.num_generations, cfg.image_size,
-                                    processes=cfg.parallel_envs)
+                                    processes=cfg.parallel_envs, privileged_state=self.adapter.privileged_state,
+                                    progress_shaping=cfg.progress_shaping)
 
     # --- one GRPO step ---------------------------------------------------------------------------------
     def step(self) -> dict[str, float]:
@@ -129,13 +132,25 @@ class Trainer:
         t0 = time.perf_counter()
 
         # 1. Rollout: G groups, each from one (task, init state), members differ only in their noise (Eq. 3).
-        groups = []
-        for g in range(cfg.tasks_per_step):
-            task = self.tasks[int(rng.integers(len(self.tasks)))]
-            init_state = int(rng.integers(task.num_init_states))
-            episodes = [EpisodeSpec(task, init_state, k, episode_seed(cfg.seed, s, g, m), group=g, member=m)
-                        for m, k in enumerate(cfg.steps_per_member)]
-            groups.append(self._run(episodes))
+        #    With a group filter, groups without signal are dropped and replaced by fresh ones (bounded).
+        groups: list[list[Trajectory]] = []
+        rolled: list[list[Trajectory]] = []
+        for _ in range(1 + cfg.max_resample_tries):
+            episodes = []
+            for g in range(len(rolled), len(rolled) + cfg.tasks_per_step - len(groups)):
+                task = self.tasks[int(rng.integers(len(self.tasks)))]
+                init_state = int(rng.integers(task.num_init_states))
+                episodes += [EpisodeSpec(task, init_state, k, episode_seed(cfg.seed, s, g, m), group=g, member=m)
+                             for m, k in enumerate(cfg.steps_per_member)]
+            trajs = self._run(episodes)
+            fresh = [trajs[i:i + cfg.num_generations] for i in range(0, len(trajs), cfg.num_generations)]
+            rolled += fresh
+            success = torch.tensor([[t.success for t in grp] for grp in fresh])
+            base = grpo.base_rewards(success, torch.tensor([[t.progress for t in grp] for grp in fresh]), cfg.reward)
+            keep = grpo.keep_groups(success, base, cfg.group_filter, tuple(cfg.success_band))
+            groups += [grp for grp, k in zip(fresh, keep.tolist(), strict=True) if k]
+            if len(groups) >= cfg.tasks_per_step:
+                break
 
         # 2. Rewards (Eq. 4), E5 fallback and E6 replay for all-fail groups.
         def fallback(g: int, first: Trajectory) -> Trajectory:
@@ -166,7 +181,7 @@ class Trainer:
         # 5. Metrics.
         all_rewards = torch.cat(rewards) if rewards else torch.zeros(0)
         zero_std = [bool(grpo.zero_std_groups(r[None])[0]) for r in rewards]
-        natural = [t for trajs in groups for t in trajs]
+        natural = [t for trajs in rolled for t in trajs]  # every rollout, filtered-out groups included
         d = drift(dict(self.adapter.policy.named_parameters()), self.initial, module_of)
         env_steps = sum(t.length for t in natural) + sum(m.traj.length for g in batch for m in g
                                                          if m.origin == "fallback")
@@ -175,8 +190,10 @@ class Trainer:
             "reward_std": float(all_rewards.std(unbiased=False)) if len(all_rewards) else 0.0,
             "success_rate": float(np.mean([t.success for t in natural])),
             "frac_reward_zero_std": float(np.mean(zero_std)) if zero_std else 1.0,
-            "frac_all_fail": counts["all_fail_groups"] / len(groups),
-            "frac_all_success": counts["all_success_groups"] / len(groups),
+            "frac_all_fail": counts["all_fail_groups"] / max(len(groups), 1),
+            "frac_all_success": counts["all_success_groups"] / max(len(groups), 1),
+            "frac_groups_filtered": 1 - len(groups) / len(rolled), "groups_rolled_out": len(rolled),
+            "progress": float(np.mean([t.progress for t in natural])),
             **{f"reward_composition/{k}": v for k, v in counts.items()},
             "step_skipped": float(not members), "drift_pct": d["total"]["drift_pct"],
             "drift_rel_l2": d["total"]["rel_l2"],

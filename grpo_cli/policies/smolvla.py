@@ -30,6 +30,7 @@ import numpy as np
 import torch
 
 from grpo_cli import grpo
+from grpo_cli.envs.libero import PRIVILEGED_STATE_DIM
 from grpo_cli.errors import UserError
 from grpo_cli.policies.offline_vlm import TinyVLMSpec, write_tiny_vlm
 
@@ -76,6 +77,12 @@ class SmolVLAAdapter:
         self.max_action_dim: int = self.config.max_action_dim
         self.action_dim: int = self.config.output_features["action"].shape[0]
         self.image_keys = [k for k in IMAGE_KEYS if k in self.config.input_features]
+        self.state_dim: int = self.config.input_features[STATE_KEY].shape[0]
+
+    @property
+    def privileged_state(self) -> bool:
+        """True for policies trained with the goal objects' positions appended to the robot state."""
+        return self.state_dim == PRIVILEGED_STATE_DIM
 
     # --- loading ---------------------------------------------------------------------------------------
     @classmethod
@@ -114,10 +121,14 @@ class SmolVLAAdapter:
         return directory
 
     # --- observation -> model batch -------------------------------------------------------------------
-    def preprocess(self, observations: Sequence[dict[str, np.ndarray]], tasks: Sequence[str]
-                   ) -> dict[str, Any]:
-        """Env observations (uint8 HWC images, (8,) state) -> normalised, tokenised model batch."""
+    def preprocess(self, observations: Sequence[dict[str, np.ndarray]], tasks: Sequence[str],
+                   actions: np.ndarray | None = None) -> dict[str, Any]:
+        """Env observations (uint8 HWC images, (S,) state) -> normalised, tokenised model batch.
+
+        actions (B, H, Da), for training, are normalised into the batch's `action`."""
         batch: dict[str, Any] = {"task": list(tasks)}
+        if actions is not None:
+            batch["action"] = torch.from_numpy(np.asarray(actions, dtype=np.float32))
         for key in self.image_keys:
             images = np.stack([o[key] for o in observations])  # (B, h, w, 3) uint8
             batch[key] = torch.from_numpy(images).permute(0, 3, 1, 2).float().div_(255.0)
@@ -347,22 +358,22 @@ def _load_checkpoint(path: Path, device: str) -> SmolVLAAdapter:
     return adapter
 
 
-def tiny_config(vlm_dir: Path, device: str = "cpu", image_size: int = 64) -> Any:
+def tiny_config(vlm_dir: Path, device: str = "cpu", image_size: int = 64, state_dim: int = TINY_STATE_DIM) -> Any:
     """A small SmolVLA config for LIBERO's observation/action spaces (CPU-friendly)."""
     from lerobot.configs.types import FeatureType, PolicyFeature
     from lerobot.policies.smolvla.configuration_smolvla import SmolVLAConfig
 
     spec = TinyVLMSpec()
     inputs = {key: PolicyFeature(FeatureType.VISUAL, (3, image_size, image_size)) for key in IMAGE_KEYS}
-    inputs[STATE_KEY] = PolicyFeature(FeatureType.STATE, (TINY_STATE_DIM,))
+    inputs[STATE_KEY] = PolicyFeature(FeatureType.STATE, (state_dim,))
     return SmolVLAConfig(vlm_model_name=str(vlm_dir), load_vlm_weights=False, num_vlm_layers=spec.text_layers,
                          resize_imgs_with_padding=(spec.image_size, spec.image_size), device=device,
                          input_features=inputs,
                          output_features={"action": PolicyFeature(FeatureType.ACTION, (TINY_ACTION_DIM,))})
 
 
-def build_tiny(seed: int = 0, device: str = "cpu", stats: dict[str, dict[str, Any]] | None = None
-               ) -> SmolVLAAdapter:
+def build_tiny(seed: int = 0, device: str = "cpu", stats: dict[str, dict[str, Any]] | None = None,
+               state_dim: int = TINY_STATE_DIM) -> SmolVLAAdapter:
     """SmolVLA from lerobot's real classes with a generated SmolVLM directory and seeded random weights.
 
     `stats` are lerobot-style normalisation statistics; by default identity (mean 0, std 1).
@@ -371,13 +382,13 @@ def build_tiny(seed: int = 0, device: str = "cpu", stats: dict[str, dict[str, An
     from lerobot.policies.smolvla.processor_smolvla import make_smolvla_pre_post_processors
 
     vlm_dir = write_tiny_vlm(_cache_dir() / "tiny-smolvlm")
-    config = tiny_config(vlm_dir, device=device)
+    config = tiny_config(vlm_dir, device=device, state_dim=state_dim)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         with _quiet():
             policy = SmolVLAPolicy(config)
     if stats is None:
-        stats = {STATE_KEY: {"mean": torch.zeros(TINY_STATE_DIM), "std": torch.ones(TINY_STATE_DIM)},
+        stats = {STATE_KEY: {"mean": torch.zeros(state_dim), "std": torch.ones(state_dim)},
                  "action": {"mean": torch.zeros(TINY_ACTION_DIM), "std": torch.ones(TINY_ACTION_DIM)}}
     pre, post = make_smolvla_pre_post_processors(config, dataset_stats=stats)
     identity = {"source": f"tiny:{seed}", "kind": "tiny", "params_sha1": params_digest(policy)}
