@@ -32,6 +32,8 @@ demo: install
 	$(VENV)/bin/grpo-vla train --exp e2 --policy tiny --steps 2 --run-dir $(DEMO_OUT)/run-e2 \
 	    --set tasks=0 --set max_steps=30 --set n_action_steps=10 --set image_size=128 --set num_envs=2
 	$(VENV)/bin/grpo-vla drift $(DEMO_OUT)/run-e2/checkpoints/step_000002.h5
+	rm -rf $(DEMO_OUT)/learning
+	$(PY) benchmarks/learning/run.py --quick --out $(DEMO_OUT)/learning
 
 lint: install
 	$(VENV)/bin/ruff check grpo_cli tests benchmarks

@@ -183,6 +183,8 @@ class TrainConfig:
     minibatch_size: int = 16
     """chunks per backward pass; memory stays flat as groups grow"""
     steps: int = 6000
+    env_step_budget: int = 0
+    """stop once the run has taken this many env steps (0 = no limit): compare presets at equal budget"""
     save_every: int = 100
     log_tensorboard: bool = False
     """also write metrics as TensorBoard scalars under RUN_DIR/tensorboard"""

@@ -97,6 +97,26 @@ def assemble_rewards(groups: list[list[Trajectory]], cfg: TrainConfig,
     return batch, counts
 
 
+def filtered_groups(rollout_groups: Callable[[int, int], list[list[Trajectory]]], cfg: TrainConfig
+                    ) -> tuple[list[list[Trajectory]], list[list[Trajectory]]]:
+    """Roll out `tasks_per_step` groups; with a group filter, replace dropped groups with fresh ones for
+    up to `max_resample_tries` extra rounds. `rollout_groups(first_index, count)` runs `count` groups.
+    Returns (kept groups, every group rolled out); a step may end with fewer groups than asked."""
+    kept: list[list[Trajectory]] = []
+    rolled: list[list[Trajectory]] = []
+    for _ in range(1 + cfg.max_resample_tries):
+        fresh = rollout_groups(len(rolled), cfg.tasks_per_step - len(kept))
+        rolled += fresh
+        success = torch.tensor([[t.success for t in grp] for grp in fresh])
+        progress = torch.tensor([[t.progress for t in grp] for grp in fresh])
+        keep = grpo.keep_groups(success, grpo.base_rewards(success, progress, cfg.reward), cfg.group_filter,
+                                tuple(cfg.success_band))
+        kept += [grp for grp, k in zip(fresh, keep.tolist(), strict=True) if k]
+        if len(kept) >= cfg.tasks_per_step:
+            break
+    return kept, rolled
+
+
 def checkpoints(run_dir: Path) -> list[Path]:
     return sorted((run_dir / "checkpoints").glob("step_*.h5"))
 
@@ -133,24 +153,17 @@ class Trainer:
 
         # 1. Rollout: G groups, each from one (task, init state), members differ only in their noise (Eq. 3).
         #    With a group filter, groups without signal are dropped and replaced by fresh ones (bounded).
-        groups: list[list[Trajectory]] = []
-        rolled: list[list[Trajectory]] = []
-        for _ in range(1 + cfg.max_resample_tries):
+        def rollout_groups(first: int, count: int) -> list[list[Trajectory]]:
             episodes = []
-            for g in range(len(rolled), len(rolled) + cfg.tasks_per_step - len(groups)):
+            for g in range(first, first + count):
                 task = self.tasks[int(rng.integers(len(self.tasks)))]
                 init_state = int(rng.integers(task.num_init_states))
                 episodes += [EpisodeSpec(task, init_state, k, episode_seed(cfg.seed, s, g, m), group=g, member=m)
                              for m, k in enumerate(cfg.steps_per_member)]
             trajs = self._run(episodes)
-            fresh = [trajs[i:i + cfg.num_generations] for i in range(0, len(trajs), cfg.num_generations)]
-            rolled += fresh
-            success = torch.tensor([[t.success for t in grp] for grp in fresh])
-            base = grpo.base_rewards(success, torch.tensor([[t.progress for t in grp] for grp in fresh]), cfg.reward)
-            keep = grpo.keep_groups(success, base, cfg.group_filter, tuple(cfg.success_band))
-            groups += [grp for grp, k in zip(fresh, keep.tolist(), strict=True) if k]
-            if len(groups) >= cfg.tasks_per_step:
-                break
+            return [trajs[i:i + cfg.num_generations] for i in range(0, len(trajs), cfg.num_generations)]
+
+        groups, rolled = filtered_groups(rollout_groups, cfg)
 
         # 2. Rewards (Eq. 4), E5 fallback and E6 replay for all-fail groups.
         def fallback(g: int, first: Trajectory) -> Trajectory:
@@ -354,20 +367,25 @@ def train(cfg: TrainConfig, run_dir: str | Path, resume: bool = False, log: Call
             last = found[-1]
             log(f"resumed from {found[-1].name} (step {trainer.step_index})")
         # Drop metrics of steps after the checkpoint (a step in flight when the run died).
+        env_steps = 0
         if metrics_file.exists():
             kept = [line for line in metrics_file.read_text().splitlines()
                     if line.strip() and json.loads(line)["step"] <= trainer.step_index]
+            env_steps = sum(json.loads(line)["env_steps"] for line in kept)
             tmp = metrics_file.with_suffix(".jsonl.tmp")
             tmp.write_text("".join(line + "\n" for line in kept))
             tmp.replace(metrics_file)
-        while trainer.step_index < cfg.steps:
+        while trainer.step_index < cfg.steps and not (cfg.env_step_budget and env_steps >= cfg.env_step_budget):
             metrics = trainer.step()
+            env_steps += metrics["env_steps"]
+            metrics["env_steps_total"] = env_steps
             with metrics_file.open("a") as f:
                 f.write(json.dumps(metrics) + "\n")
             sinks.log(metrics)
             if on_step:
                 on_step(metrics)
-            if trainer.step_index % cfg.save_every == 0 or trainer.step_index == cfg.steps:
+            out_of_budget = bool(cfg.env_step_budget) and env_steps >= cfg.env_step_budget
+            if trainer.step_index % cfg.save_every == 0 or trainer.step_index == cfg.steps or out_of_budget:
                 last = trainer.save()
     finally:
         trainer.close()

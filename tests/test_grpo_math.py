@@ -95,3 +95,21 @@ def test_sde_step_reduces_to_euler_without_noise() -> None:
     assert torch.isfinite(sigma).all()
     assert sigma[1].item() == pytest.approx(0.5) and sigma[0].item() == pytest.approx(0.5 * math.sqrt(19.0))
     assert grpo.sde_sigma(torch.tensor([1.0]), 1.0, 0.5).item() == pytest.approx(0.5)  # K = 1
+
+
+def test_base_rewards_and_group_filters() -> None:
+    success = torch.tensor([[0, 0, 0, 0], [1, 1, 1, 1], [1, 0, 0, 0], [0, 0, 0, 0]])
+    progress = torch.tensor([[0.0, 0.0, 0.0, 0.0], [1, 1, 1, 1], [1, 0.5, 0.2, 0.0], [0.3, 0.1, 0.1, 0.0]])
+    assert torch.equal(grpo.base_rewards(success, progress, "binary"), success.float())
+    assert torch.equal(grpo.base_rewards(success, progress, "progress"), progress)
+    assert torch.equal(grpo.base_rewards(success, progress, "progress+success"), progress + success)
+    dense = grpo.base_rewards(success, progress, "progress")
+    # drop_degenerate keeps an all-fail group whose dense rewards still differ (group 3)
+    assert grpo.keep_groups(success, dense, "drop_degenerate").tolist() == [False, False, True, True]
+    assert grpo.keep_groups(success, success.float(), "drop_degenerate").tolist() == [False, False, True, False]
+    # success_band [0.1, 0.9] drops all-fail and all-success groups whatever their dense reward
+    assert grpo.keep_groups(success, dense, "success_band", (0.1, 0.9)).tolist() == [False, False, True, False]
+    assert grpo.keep_groups(success, dense, "success_band", (0.3, 0.9)).tolist() == [False] * 4
+    assert grpo.keep_groups(success, dense, "none").all()
+    with pytest.raises(ValueError):
+        grpo.keep_groups(success, dense, "bogus")

@@ -14,7 +14,7 @@ from grpo_cli.drift import drift
 from grpo_cli.errors import UserError
 from grpo_cli.policies.smolvla import module_of
 from grpo_cli.presets import PRESETS, resolve
-from grpo_cli.train import Member, ReplayPool, Trainer, assemble_rewards, checkpoints, train
+from grpo_cli.train import Member, ReplayPool, Trainer, assemble_rewards, checkpoints, filtered_groups, train
 
 SMOKE = {"policy": "tiny", "tasks": "0", "max_steps": "10", "n_action_steps": "5", "image_size": "64",
          "num_envs": "1", "save_every": "1"}
@@ -31,7 +31,7 @@ def test_presets_follow_the_seed() -> None:
     assert e2.steps_per_member == [1] + [10] * 5 and e2.tier_weights[0] == 0.1 and e2.beta == 0
     assert e3.beta > 0 and e3.lr_head < e2.lr_head and e4.beta == 0 and e4.lr_head == e3.lr_head
     assert (e5.fallback_steps, e5.fallback_failure_reward) == (100, 0.05) and e6.replay_pool
-    assert all(resolve(e, {}).likelihood == "ode" for e in PRESETS)
+    assert all(resolve(e, {}).likelihood == "ode" for e in PRESETS if e.startswith("e"))
     assert resolve("e5", {"likelihood": "sde"}).likelihood == "sde"
     with pytest.raises(UserError, match="valid settings"):
         resolve("e2", {"bogus": "1"})
@@ -40,7 +40,8 @@ def test_presets_follow_the_seed() -> None:
 
 
 def _fake(success: bool, task_id: int = 0) -> SimpleNamespace:
-    return SimpleNamespace(success=success, spec=SimpleNamespace(task=SimpleNamespace(task_id=task_id), init_state=0))
+    return SimpleNamespace(success=success, progress=float(success),
+                           spec=SimpleNamespace(task=SimpleNamespace(task_id=task_id), init_state=0))
 
 
 def test_e5_and_e6_trigger_exactly_on_all_fail_groups() -> None:
@@ -173,3 +174,42 @@ def test_drift_definitions() -> None:
     assert d["expert"]["numel"] == 3 and d["heads"]["numel"] == 2
     zero = drift({"a": torch.tensor([1e-4])}, {"a": torch.tensor([0.0])}, module_of)
     assert zero["total"]["drift_pct"] == pytest.approx(10.0)  # |1e-4| / floor 1e-3
+
+
+def test_group_filter_resamples_until_the_batch_is_full() -> None:
+    """Degenerate groups are replaced by fresh ones, bounded by max_resample_tries; all rollouts count."""
+    outcomes = iter([[False] * 4, [True] * 4, [True, False, False, False],  # round 1: one group kept
+                     [False] * 4, [True, True, False, False],  # round 2: one more kept -> 2 of 3
+                     [False, True, False, False]])  # round 3: fills the batch
+    asked = []
+
+    def rollout_groups(first: int, count: int) -> list:
+        asked.append((first, count))
+        return [[_fake(s) for s in next(outcomes)] for _ in range(count)]
+
+    cfg = resolve(None, {**SMOKE, "tasks_per_step": "3", "num_generations": "4", "group_filter": "drop_degenerate",
+                         "max_resample_tries": "2"})
+    kept, rolled = filtered_groups(rollout_groups, cfg)
+    assert asked == [(0, 3), (3, 2), (5, 1)]  # fresh group indices, only as many as were dropped
+    assert len(kept) == 3 and len(rolled) == 6
+    assert all(0 < sum(t.success for t in g) < 4 for g in kept)
+    # Bounded: with no tries left the step goes on with what it has.
+    outcomes = iter([[False] * 4] * 3)
+    cfg = resolve(None, {**SMOKE, "tasks_per_step": "3", "num_generations": "4", "group_filter": "success_band",
+                         "max_resample_tries": "0"})
+    kept, rolled = filtered_groups(rollout_groups, cfg)
+    assert kept == [] and len(rolled) == 3
+    # No filter: one round, everything kept.
+    outcomes = iter([[False] * 4] * 2)
+    kept, rolled = filtered_groups(rollout_groups, resolve(None, {**SMOKE, "tasks_per_step": "2",
+                                                                  "num_generations": "4"}))
+    assert len(kept) == len(rolled) == 2
+
+
+def test_env_step_budget_stops_the_run(tmp_path) -> None:
+    cfg = smoke("e2", num_generations="2", denoise_tiers="1x1,1x10", tier_weights="0.1,1", steps="50",
+                env_step_budget="25")
+    train(cfg, tmp_path / "run", log=lambda _: None)
+    metrics = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert len(metrics) == 2 and metrics[-1]["env_steps_total"] >= 25 > metrics[0]["env_steps_total"]
+    assert checkpoints(tmp_path / "run")[-1].name == "step_000002.h5"

@@ -1,0 +1,138 @@
+"""The learning demonstration: scripted demos -> SFT -> GRPO (`recommended` vs the seed's `e2`) -> evals.
+
+    python benchmarks/learning/run.py [--out runs/learning] [--task 0] [--quick]
+
+Every stage is a `grpo-vla` command (printed before it runs, timed, logged to OUT/commands.log) and is
+skipped when its output already exists, so an interrupted run continues where it stopped. Both
+trainings start from the same SFT policy and stop at the same budget of environment steps. Results
+(success with Wilson intervals, Fisher's exact test of each run against SFT, wall times) go to
+OUT/results.json and OUT/results.md.
+
+CPU-friendly configuration, stated plainly: a tiny SmolVLA (lerobot's classes, random-initialised
+SmolVLM of 4 layers) trained from scratch on the demos; 64 px cameras; the robot state extended with
+the privileged positions of the target object and the basket region (`--privileged-state`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shlex
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+os.environ.setdefault("MUJOCO_GL", "egl")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+_shared = Path(__file__).resolve().parents[3] / "shared" / "libero" / "assets"
+if "GRPO_VLA_LIBERO_ASSETS" not in os.environ and _shared.is_dir():
+    os.environ["GRPO_VLA_LIBERO_ASSETS"] = str(_shared)
+
+CLI = [sys.executable, "-m", "grpo_cli"]
+
+
+def stage(name: str, args: list[str], output: Path, log: Path, times: dict[str, float]) -> None:
+    """Run one grpo-vla command unless its output exists; record the command and its wall time."""
+    if output.exists():
+        print(f"[{name}] exists: {output}", flush=True)
+        return
+    command = " ".join(shlex.quote(a) for a in ["grpo-vla", *args])
+    print(f"[{name}] {command}", flush=True)
+    start = time.perf_counter()
+    subprocess.run([*CLI, *args], check=True)
+    times[name] = time.perf_counter() - start
+    with log.open("a") as f:
+        f.write(f"{time.strftime('%Y-%m-%d %H:%M:%S')}  {name}  {times[name]:.0f}s  {command}\n")
+
+
+def success_counts(path: Path) -> tuple[int, int]:
+    from grpo_cli.storage import read_eval
+
+    episodes = read_eval(path)["episodes"]
+    return int(episodes["success"].sum()), int(len(episodes["success"]))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", default="runs/learning")
+    parser.add_argument("--suite", default="libero_object")
+    parser.add_argument("--task", type=int, default=0)
+    parser.add_argument("--demo-init-states", default="0-29")
+    parser.add_argument("--sft-steps", type=int, default=2500)
+    parser.add_argument("--eval-episodes", type=int, default=100)
+    parser.add_argument("--env-step-budget", type=int, default=40000)
+    parser.add_argument("--lr-head", type=float, default=1e-4,
+                        help="recommended's head learning rate for the tiny policy")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--quick", action="store_true", help="a ~15 minute version (make demo)")
+    args = parser.parse_args()
+    if args.quick:
+        args.demo_init_states, args.sft_steps, args.eval_episodes, args.env_step_budget = "0-3", 200, 4, 600
+
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    log, times = out / "commands.log", {}
+    image = ["--image-size", "64"]
+    where = ["--suite", args.suite, "--tasks", str(args.task)]
+    evaluate = [*where, *image, "--n-action-steps", "10", "--episodes-per-task", str(args.eval_episodes),
+                "--parallel-envs", "--num-envs", "2", "--seed", str(args.seed)]
+    common = ["--set", f"suite={args.suite}", "--set", f"tasks={args.task}", "--set", "image_size=64",
+              "--set", "n_action_steps=10", "--set", "parallel_envs=true", "--set", "num_envs=2",
+              "--set", f"env_step_budget={args.env_step_budget}", "--set", "steps=100000",
+              "--set", "save_every=5", "--set", f"seed={args.seed}"]
+
+    demos, policy = out / "demos.h5", out / "sft"
+    stage("demos", ["demos", *where, *image, "--init-states", args.demo_init_states, "--workers", "2",
+                    "--seed", str(args.seed), "--out", str(demos)], demos, log, times)
+    stage("sft", ["sft", str(demos), "--privileged-state", "--steps", str(args.sft_steps), "--seed", str(args.seed),
+                  "--out", str(policy)], policy, log, times)
+    stage("eval_sft", ["eval", "--policy", str(policy), *evaluate, "--out", str(out / "eval_sft.h5")],
+          out / "eval_sft.h5", log, times)
+    runs = {"recommended": ["--exp", "recommended", "--set", "num_generations=8", "--set", f"lr_head={args.lr_head}"],
+            "e2": ["--exp", "e2"]}
+    for name, preset in runs.items():
+        run_dir = out / f"run_{name}"
+        stage(f"train_{name}", ["train", *preset, "--policy", str(policy), *common, "--run-dir", str(run_dir)],
+              run_dir / "done", log, times)
+        (run_dir / "done").touch()
+        last = sorted((run_dir / "checkpoints").glob("step_*.h5"))[-1]
+        stage(f"eval_{name}", ["eval", "--policy", str(last), *evaluate, "--out", str(out / f"eval_{name}.h5")],
+              out / f"eval_{name}.h5", log, times)
+
+    from scipy.stats import fisher_exact
+
+    from grpo_cli.stats import wilson_interval
+
+    base_s, base_n = success_counts(out / "eval_sft.h5")
+    results = {}
+    for name in ("sft", *runs):
+        s, n = success_counts(out / f"eval_{name}.h5")
+        lo, hi = wilson_interval(s, n)
+        row = {"success": s, "episodes": n, "rate": s / n, "wilson95": [lo, hi]}
+        if name != "sft":
+            row["delta_points"] = 100 * (s / n - base_s / base_n)
+            row["fisher_p_two_sided"] = float(fisher_exact([[s, n - s], [base_s, base_n - base_s]])[1])
+            metrics = [json.loads(line) for line in (out / f"run_{name}" / "metrics.jsonl").read_text().splitlines()]
+            row["train_steps"] = len(metrics)
+            row["env_steps"] = int(sum(m["env_steps"] for m in metrics))
+        results[name] = row
+    previous = json.loads((out / "results.json").read_text()) if (out / "results.json").exists() else {}
+    summary = {"args": vars(args), "results": results,
+               "wall_seconds": {**previous.get("wall_seconds", {}), **times}}
+    (out / "results.json").write_text(json.dumps(summary, indent=1))
+    lines = ["| policy | success | 95% Wilson | Δ vs SFT (points) | Fisher p | GRPO steps | env steps |",
+             "|---|---|---|---|---|---|---|"]
+    for name, r in results.items():
+        lo, hi = r["wilson95"]
+        lines.append(f"| {name} | {r['success']}/{r['episodes']} ({100 * r['rate']:.1f}%) | "
+                     f"[{100 * lo:.1f}, {100 * hi:.1f}] | {r.get('delta_points', 0):+.1f} | "
+                     f"{r.get('fisher_p_two_sided', float('nan')):.3g} | {r.get('train_steps', '')} | "
+                     f"{r.get('env_steps', '')} |")
+    (out / "results.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()

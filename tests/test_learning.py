@@ -1,0 +1,123 @@
+"""What makes RL learn: goal progress, the scripted expert, demos -> sft, and a `recommended` run."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from grpo_cli.envs.libero import PRIVILEGED_STATE_DIM, LiberoEnv, task_spec
+from grpo_cli.errors import UserError
+from grpo_cli.expert import PickPlaceExpert, run_expert
+from grpo_cli.storage import read_demos, write_demos
+
+
+def _place(env: LiberoEnv, name: str, xyz: np.ndarray) -> None:
+    """Teleport a free-jointed object (keeping its orientation) and recompute positions."""
+    joint = env.raw_env.objects_dict[name].joints[-1]
+    qpos = np.array(env.sim.data.get_joint_qpos(joint))
+    qpos[:3] = xyz
+    env.sim.data.set_joint_qpos(joint, qpos)
+    env.sim.forward()
+
+
+@pytest.fixture(scope="module")
+def object_env():
+    env = LiberoEnv(task_spec("libero_object", 0), image_size=64, images=True, privileged_state=True)
+    yield env
+    env.close()
+
+
+def test_goal_progress_and_privileged_state(object_env) -> None:
+    env = object_env
+    obs = env.reset(0)
+    target, region = env.goal[0][1], env.goal[0][2]
+    assert obs["observation.state"].shape == (PRIVILEGED_STATE_DIM,)
+    np.testing.assert_allclose(obs["observation.state"][8:11], env.position(target), atol=1e-6)
+    np.testing.assert_allclose(obs["observation.state"][11:], env.position(region), atol=1e-6)
+    assert env.progress() == 0.0 and env.progress(shaping=0.5) == 0.0
+    start = env.position(target)
+    halfway = (start + env.position(region)) / 2
+    _place(env, target, halfway)
+    assert env.progress() == 0.0  # the predicate does not hold yet
+    assert 0.15 < env.progress(shaping=0.5) < 0.35  # half the distance closed: about 0.5 * 0.5
+    _place(env, target, env.position(region))
+    assert env.goal_flags() == [True] and env.progress() == 1.0 and env.progress(shaping=0.5) == 1.0
+
+
+def test_progress_ignores_predicates_true_at_the_start() -> None:
+    """LIBERO-10 task 8 starts with the stove on: that predicate earns nothing."""
+    env = LiberoEnv(task_spec("libero_10", 8), image_size=64, images=False)
+    try:
+        env.reset(0)
+        flags = env.goal_flags()
+        assert any(flags) and not all(flags)
+        assert env.progress() == 0.0
+    finally:
+        env.close()
+
+
+def test_scripted_expert_solves_most_init_states(object_env) -> None:
+    demos = [run_expert(object_env, i, noise_std=0.1, seed=0) for i in range(3)]
+    assert sum(d.success for d in demos) >= 2
+    assert all(d.length < 280 for d in demos if d.success)
+    assert len(demos[0].images["observation.images.image"]) == demos[0].length
+
+
+def test_expert_refuses_other_task_families() -> None:
+    env = LiberoEnv(task_spec("libero_10", 8), image_size=64, images=False)
+    try:
+        env.reset(0)
+        with pytest.raises(UserError, match="pick X, place it in Y"):
+            PickPlaceExpert(env)
+    finally:
+        env.close()
+
+
+@pytest.fixture(scope="module")
+def demo_file(object_env, tmp_path_factory):
+    demos = [run_expert(object_env, i, noise_std=0.1, seed=1, max_steps=60) for i in range(2)]
+    for d in demos:
+        d.success = True  # truncated demos: enough to fit, and `sft` keeps only successful ones
+    path = tmp_path_factory.mktemp("demos") / "demos.h5"
+    write_demos(path, demos, {0: object_env.spec}, "{}", {})
+    return path
+
+
+def test_demo_files_use_libero_layout(demo_file) -> None:
+    import h5py
+
+    with h5py.File(demo_file) as f:
+        g = f["data/demo_0"]
+        assert {"agentview_rgb", "eye_in_hand_rgb", "ee_states", "gripper_states", "privileged"} <= set(g["obs"])
+        assert g["actions"].shape == (60, 7) and g["obs/agentview_rgb"].shape == (60, 64, 64, 3)
+        assert json.loads(f["data"].attrs["problem_info"])["language_instruction"].startswith("pick up")
+    demos = read_demos(demo_file, privileged_state=True)
+    assert demos[0]["state"].shape == (60, PRIVILEGED_STATE_DIM)
+    with pytest.raises(UserError, match="no such file"):
+        read_demos(demo_file.with_name("missing.h5"), privileged_state=False)
+
+
+def test_sft_lowers_the_flow_matching_loss_and_recommended_runs(demo_file, tmp_path) -> None:
+    from grpo_cli.policies.smolvla import SmolVLAAdapter
+    from grpo_cli.presets import resolve
+    from grpo_cli.sft import SFTConfig, sft
+    from grpo_cli.train import train
+
+    summary = sft(SFTConfig(demos=(str(demo_file),), privileged_state=True, steps=60, batch_size=16, lr=3e-4,
+                            warmup_steps=5, log_every=20), tmp_path / "sft", log=lambda _: None)
+    assert summary["loss_after"] < 0.8 * summary["loss_before"]
+    adapter = SmolVLAAdapter.load(str(tmp_path / "sft"))
+    assert adapter.privileged_state and adapter.identity["kind"] == "sft"
+    with pytest.raises(UserError, match="already exists"):
+        sft(SFTConfig(demos=(str(demo_file),), privileged_state=True, steps=1), tmp_path / "sft")
+
+    cfg = resolve("recommended", {"policy": str(tmp_path / "sft"), "suite": "libero_object", "tasks": "0",
+                                  "num_generations": "3", "tasks_per_step": "1", "max_steps": "20",
+                                  "n_action_steps": "10", "image_size": "64", "num_envs": "1", "steps": "1",
+                                  "denoise_tiers": "2", "progress_shaping": "0.5"})
+    train(cfg, tmp_path / "run", log=lambda _: None)
+    metrics = json.loads((tmp_path / "run" / "metrics.jsonl").read_text().splitlines()[-1])
+    assert metrics["groups_rolled_out"] >= 1 and 0.0 <= metrics["progress"] <= 2.0
+    assert "frac_groups_filtered" in metrics
