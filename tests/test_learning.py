@@ -109,7 +109,7 @@ def test_sft_lowers_the_flow_matching_loss_and_recommended_runs(demo_file, tmp_p
                             warmup_steps=5, log_every=20), tmp_path / "sft", log=lambda _: None)
     assert summary["loss_after"] < 0.8 * summary["loss_before"]
     adapter = SmolVLAAdapter.load(str(tmp_path / "sft"))
-    assert adapter.privileged_state and adapter.identity["kind"] == "sft"
+    assert adapter.privileged_state and adapter.identity["lineage"]["kind"] == "sft"
     with pytest.raises(UserError, match="already exists"):
         sft(SFTConfig(demos=(str(demo_file),), privileged_state=True, steps=1), tmp_path / "sft")
 
