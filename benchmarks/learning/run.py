@@ -60,7 +60,9 @@ def main() -> None:
     parser.add_argument("--suite", default="libero_object")
     parser.add_argument("--task", type=int, default=0)
     parser.add_argument("--demo-init-states", default="0-29")
-    parser.add_argument("--sft-steps", type=int, default=2500)
+    parser.add_argument("--sft-steps", type=int, default=1000)
+    parser.add_argument("--sft-lr", type=float, default=1e-3,
+                        help="a from-scratch tiny policy needs 10x lerobot's fine-tuning rate (BENCHMARKS.md)")
     parser.add_argument("--eval-episodes", type=int, default=100)
     parser.add_argument("--env-step-budget", type=int, default=40000)
     parser.add_argument("--lr-head", type=float, default=1e-4,
@@ -86,7 +88,8 @@ def main() -> None:
     demos, policy = out / "demos.h5", out / "sft"
     stage("demos", ["demos", *where, *image, "--init-states", args.demo_init_states, "--workers", "2",
                     "--seed", str(args.seed), "--out", str(demos)], demos, log, times)
-    stage("sft", ["sft", str(demos), "--privileged-state", "--steps", str(args.sft_steps), "--seed", str(args.seed),
+    stage("sft", ["sft", str(demos), "--privileged-state", "--steps", str(args.sft_steps), "--lr", str(args.sft_lr),
+                  "--seed", str(args.seed),
                   "--out", str(policy)], policy, log, times)
     stage("eval_sft", ["eval", "--policy", str(policy), *evaluate, "--out", str(out / "eval_sft.h5")],
           out / "eval_sft.h5", log, times)
