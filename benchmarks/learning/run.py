@@ -68,19 +68,24 @@ def main() -> None:
     parser.add_argument("--lr-head", type=float, default=1e-4,
                         help="recommended's head learning rate for the tiny policy")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--group-size", type=int, default=8, help="recommended's num_generations")
+    parser.add_argument("--max-steps", type=int, default=280, help="episode limit in training and eval")
     parser.add_argument("--quick", action="store_true", help="a ~15 minute version (make demo)")
     args = parser.parse_args()
     if args.quick:
         args.demo_init_states, args.sft_steps, args.eval_episodes, args.env_step_budget = "0-3", 200, 4, 600
+        args.group_size, args.max_steps = 4, 60  # short episodes: the pipeline runs, nothing is learnt
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     log, times = out / "commands.log", {}
     image = ["--image-size", "64"]
     where = ["--suite", args.suite, "--tasks", str(args.task)]
-    evaluate = [*where, *image, "--n-action-steps", "10", "--episodes-per-task", str(args.eval_episodes),
-                "--parallel-envs", "--num-envs", "2", "--seed", str(args.seed)]
+    evaluate = [*where, *image, "--max-steps", str(args.max_steps), "--n-action-steps", "10",
+                "--episodes-per-task", str(args.eval_episodes), "--parallel-envs", "--num-envs", "2",
+                "--seed", str(args.seed)]
     common = ["--set", f"suite={args.suite}", "--set", f"tasks={args.task}", "--set", "image_size=64",
+              "--set", f"max_steps={args.max_steps}",
               "--set", "n_action_steps=10", "--set", "parallel_envs=true", "--set", "num_envs=2",
               "--set", f"env_step_budget={args.env_step_budget}", "--set", "steps=100000",
               "--set", "save_every=5", "--set", f"seed={args.seed}"]
@@ -93,7 +98,8 @@ def main() -> None:
                   "--out", str(policy)], policy, log, times)
     stage("eval_sft", ["eval", "--policy", str(policy), *evaluate, "--out", str(out / "eval_sft.h5")],
           out / "eval_sft.h5", log, times)
-    runs = {"recommended": ["--exp", "recommended", "--set", "num_generations=8", "--set", f"lr_head={args.lr_head}"],
+    runs = {"recommended": ["--exp", "recommended", "--set", f"num_generations={args.group_size}",
+                            "--set", f"lr_head={args.lr_head}"],
             "e2": ["--exp", "e2"]}
     for name, preset in runs.items():
         run_dir = out / f"run_{name}"
