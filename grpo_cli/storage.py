@@ -138,15 +138,20 @@ def _write_demo(g: h5py.Group, traj: Trajectory) -> None:
                          compression="gzip", compression_opts=4)
 
 
-def open_kind(path: str | Path, kind: str) -> h5py.File:
-    """Open a grpo-vla HDF5 file for reading, checking that it is of the expected kind."""
+def open_h5(path: str | Path) -> h5py.File:
+    """Open any HDF5 file for reading; a missing or non-HDF5 path is a one-line UserError."""
     path = Path(path)
     if not path.is_file():
         raise UserError(f"{path}: no such file")
     try:
-        f = h5py.File(path, "r")
+        return h5py.File(path, "r")
     except OSError:
         raise UserError(f"{path} is not an HDF5 file") from None
+
+
+def open_kind(path: str | Path, kind: str) -> h5py.File:
+    """Open a grpo-vla HDF5 file for reading, checking that it is of the expected kind."""
+    f = open_h5(path)
     found = f.attrs.get("kind")
     if found != kind:
         f.close()
@@ -311,13 +316,7 @@ def read_demos(path: str | Path, privileged_state: bool) -> list[dict[str, Any]]
     actions (T, 7), language, task_id, success.
     """
     path = Path(path)
-    if not path.is_file():
-        raise UserError(f"{path}: no such file")
-    try:
-        f = h5py.File(path, "r")
-    except OSError:
-        raise UserError(f"{path} is not an HDF5 file") from None
-    with f:
+    with open_h5(path) as f:
         if "data" not in f or not any(k.startswith("demo_") for k in f["data"]):
             raise UserError(f"{path} holds no demonstrations (expected data/demo_i groups)")
         info = json.loads(f["data"].attrs.get("problem_info", "{}"))
