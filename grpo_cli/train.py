@@ -341,6 +341,15 @@ def _norm(grads: Any) -> float:
     return math.sqrt(total)
 
 
+def over_budget(cfg: TrainConfig, env_steps: int) -> bool:
+    """Whether `env_steps` would exceed the run's env-step budget (none when it is 0).
+
+    The loop asks this about the total *after* the next step, estimated from the last one, so runs
+    of different presets stop at or just under the same budget instead of overshooting by a step.
+    """
+    return bool(cfg.env_step_budget) and env_steps > cfg.env_step_budget
+
+
 def train(cfg: TrainConfig, run_dir: str | Path, resume: bool = False, log: Callable[[str], None] = print,
           on_step: Callable[[dict[str, float]], None] | None = None) -> Path:
     """Run (or resume) a GRPO run in `run_dir`; returns the last checkpoint written."""
@@ -375,8 +384,10 @@ def train(cfg: TrainConfig, run_dir: str | Path, resume: bool = False, log: Call
             tmp = metrics_file.with_suffix(".jsonl.tmp")
             tmp.write_text("".join(line + "\n" for line in kept))
             tmp.replace(metrics_file)
-        while trainer.step_index < cfg.steps and not (cfg.env_step_budget and env_steps >= cfg.env_step_budget):
+        next_step_cost = 0  # env steps the next step is expected to take: the last step's count
+        while trainer.step_index < cfg.steps and not over_budget(cfg, env_steps + next_step_cost):
             metrics = trainer.step()
+            next_step_cost = metrics["env_steps"]
             env_steps += metrics["env_steps"]
             metrics["env_steps_total"] = env_steps
             with metrics_file.open("a") as f:
@@ -384,7 +395,7 @@ def train(cfg: TrainConfig, run_dir: str | Path, resume: bool = False, log: Call
             sinks.log(metrics)
             if on_step:
                 on_step(metrics)
-            out_of_budget = bool(cfg.env_step_budget) and env_steps >= cfg.env_step_budget
+            out_of_budget = over_budget(cfg, env_steps + next_step_cost)
             if trainer.step_index % cfg.save_every == 0 or trainer.step_index == cfg.steps or out_of_budget:
                 last = trainer.save()
     finally:
