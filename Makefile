@@ -32,6 +32,10 @@ demo: install
 	$(VENV)/bin/grpo-vla train --exp e2 --policy tiny --steps 2 --run-dir $(DEMO_OUT)/run-e2 \
 	    --set tasks=0 --set max_steps=30 --set n_action_steps=10 --set image_size=128 --set num_envs=2
 	$(VENV)/bin/grpo-vla drift $(DEMO_OUT)/run-e2/checkpoints/step_000002.h5
+	for e in Base E1 E2 E3 E4 E5 E6; do $(VENV)/bin/grpo-vla import-eval docs/seed_table1.csv --label $$e \
+	    --out $(DEMO_OUT)/seed/$$e.h5 --overwrite || exit 1; done
+	$(VENV)/bin/grpo-vla report $(DEMO_OUT)/seed/*.h5 --baseline Base --out $(DEMO_OUT)/seed-report \
+	    --title "The seed's Tables 1 and 2, with intervals and tests"
 	rm -rf $(DEMO_OUT)/learning
 	$(PY) benchmarks/learning/run.py --quick --out $(DEMO_OUT)/learning
 

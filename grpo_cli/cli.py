@@ -365,6 +365,42 @@ def export(checkpoint: str, out: str) -> None:
     click.echo(f"wrote {out}")
 
 
+@cli.command()
+@click.argument("inputs", nargs=-1, required=True)
+@click.option("--out", required=True, type=click.Path(file_okay=False), help="directory to write the report into")
+@click.option("--baseline", default=None, help="label of the eval column to test against (default: the first)")
+@click.option("--title", default="grpo-vla report", show_default=True)
+def report(inputs: tuple[str, ...], out: str, baseline: str | None, title: str) -> None:
+    """Tables 1 and 2, significance, figures and a diagnosis from eval files and run directories.
+
+    INPUTS are eval files (Table 1 columns) and run directories (curves, diagnosis), each optionally
+    LABEL=PATH. Writes OUT/report.md, OUT/report.html (self-contained), OUT/*.png and OUT/report.json.
+    """
+    from grpo_cli.report import build_report
+
+    summary = build_report(inputs, out, baseline, title)
+    for label, d in summary["diagnosis"].items():
+        click.echo(f"{label}: {d['verdict']}")
+    click.echo(f"wrote {out}/report.md, report.html and {len(summary['figures'])} figures")
+
+
+@cli.command("import-eval")
+@click.argument("csv_file", type=click.Path(dir_okay=False))
+@click.option("--suite", default="libero_10", show_default=True, help="LIBERO suite the task ids refer to")
+@click.option("--label", default=None, help="which policy's rows, when the CSV has a label column")
+@click.option("--out", required=True, type=click.Path(dir_okay=False), help="eval file to write")
+@click.option("--overwrite", is_flag=True, help="replace an existing --out")
+def import_eval(csv_file: str, suite: str, label: str | None, out: str, overwrite: bool) -> None:
+    """Turn a CSV of per-task success counts (task_id,successes,episodes[,label,drift_pct]) into an eval file,
+    so published numbers sit beside ours in `grpo-vla report` (docs/seed_table1.csv: the seed's Table 1)."""
+    from grpo_cli.report import import_csv
+    from grpo_cli.storage import check_output_path
+
+    check_output_path(out, overwrite)
+    path = import_csv(csv_file, suite, label, out)
+    click.echo(f"wrote {path}")
+
+
 def print_eval_table(results: list[Any], title: str) -> None:
     from rich.console import Console
     from rich.table import Table

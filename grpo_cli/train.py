@@ -210,6 +210,7 @@ class Trainer:
             **{f"reward_composition/{k}": v for k, v in counts.items()},
             "step_skipped": float(not members), "drift_pct": d["total"]["drift_pct"],
             "drift_rel_l2": d["total"]["rel_l2"],
+            **{f"drift/{module}": v["drift_pct"] for module, v in d.items() if module != "total"},
             **{f"lr/{g['name']}": g["lr"] for g in self.optimizer.param_groups},
             "time/rollout": t_rollout, "time/update": t_update, "env_steps": env_steps,
             "SPS": env_steps / max(t_rollout + t_update, 1e-9), **update,

@@ -1,4 +1,4 @@
-"""The learning demonstration: scripted demos -> SFT -> GRPO (`recommended` vs the seed's `e2`) -> evals.
+"""The learning demonstration: scripted demos -> SFT -> GRPO (`recommended` vs `e2`) -> evals -> report.
 
     python benchmarks/learning/run.py [--out runs/learning] [--task 0] [--quick]
 
@@ -141,6 +141,10 @@ def main() -> None:
                      f"{r.get('env_steps', '')} |")
     (out / "results.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
+    # Tables, significance, learning curves and diagnoses of both runs: OUT/report/report.{md,html}.
+    subprocess.run([*CLI, "report", f"sft={out / 'eval_sft.h5'}", *(str(out / f"eval_{n}.h5") for n in runs),
+                    *(str(out / f"run_{n}") for n in runs), "--baseline", "sft", "--out", str(out / "report"),
+                    "--title", f"Learning demonstration: {args.suite} task {args.task}"], check=True)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,181 @@
+"""`grpo-vla report` and `import-eval`: exact statistics on known counts, figures, HTML, clear errors."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+from scipy import stats
+
+from grpo_cli.errors import UserError
+from grpo_cli.report import build_report, holm, import_csv
+from grpo_cli.storage import read_eval, write_eval
+
+CLI = [sys.executable, "-m", "grpo_cli"]
+REPO = Path(__file__).resolve().parents[1]
+TASKS = [{"task_id": t, "name": f"KITCHEN_SCENE{t}_task_{t}", "language": f"task {t}"} for t in range(3)]
+
+
+def eval_file(path: Path, counts: dict[int, tuple[int, int]], policy: dict | None = None) -> Path:
+    """An eval file with the given (successes, episodes) per task."""
+    ids = [t for t, (_, n) in counts.items() for _ in range(n)]
+    success = [int(i < s) for _, (s, n) in counts.items() for i in range(n)]
+    episodes = {"task_id": np.array(ids), "init_state": np.zeros(len(ids)), "success": np.array(success),
+                "episode_length": np.full(len(ids), 100), "noise_seed": np.arange(len(ids), dtype=np.uint64)}
+    tasks = [t for t in TASKS if t["task_id"] in counts]
+    return write_eval(path, episodes, tasks, "libero_10", "{}", policy or {"source": "tiny:0", "kind": "tiny"})
+
+
+def run_dir(path: Path, exp: str, metrics: list[dict]) -> Path:
+    (path / "checkpoints").mkdir(parents=True)
+    (path / "config.json").write_text(json.dumps({"exp": exp}))
+    (path / "metrics.jsonl").write_text("".join(json.dumps(m) + "\n" for m in metrics))
+    return path
+
+
+def step_metrics(step: int, **values: float) -> dict:
+    base = {"step": step, "success_rate": 0.2 + 0.05 * step, "reward": 0.1 * step, "frac_reward_zero_std": 0.25,
+            "kl": 0.0, "clip_ratio/region_mean": 0.1, "ratio/max": 1.3, "ratio/min": 0.8, "grad_norm/head": 0.5,
+            "drift_pct": 0.01 * step, "drift/expert": 0.02 * step, "env_steps": 1000,
+            "env_steps_total": 1000 * step, "step_skipped": 0.0, "reward_composition/natural_success": 3}
+    return {**base, **values}
+
+
+BASE = {0: (4, 20), 1: (12, 20), 2: (17, 20)}
+BETTER = {0: (15, 20), 1: (19, 20), 2: (20, 20)}
+WORSE = {0: (3, 20), 1: (5, 20), 2: (2, 20)}
+
+
+@pytest.fixture
+def inputs(tmp_path: Path) -> list[str]:
+    good = run_dir(tmp_path / "run_good", "recommended", [step_metrics(s) for s in range(1, 6)])
+    flat = run_dir(tmp_path / "run_flat", "e2", [step_metrics(s, frac_reward_zero_std=1.0, step_skipped=1.0,
+                                                                success_rate=0.2) for s in range(1, 6)])
+    files = [eval_file(tmp_path / "sft.h5", BASE),
+             eval_file(tmp_path / "good.h5", BETTER, {"kind": "checkpoint", "step": 5,
+                                                      "source": str(good / "checkpoints" / "step_000005.h5")}),
+             eval_file(tmp_path / "flat.h5", WORSE, {"kind": "checkpoint", "step": 3,
+                                                     "source": str(flat / "checkpoints" / "step_000003.h5")})]
+    return [*map(str, files), str(good), str(flat)]
+
+
+def test_report_statistics_match_scipy(inputs: list[str], tmp_path: Path) -> None:
+    summary = build_report(inputs, tmp_path / "report")
+    cols = summary["columns"]
+    # Columns linked to their runs take the run's experiment as label and its logged drift at that step.
+    assert list(cols) == ["sft", "recommended", "e2"]
+    assert cols["recommended"]["drift"] == pytest.approx({"total": 0.05, "expert": 0.10})
+    assert cols["e2"]["drift"] == pytest.approx({"total": 0.03, "expert": 0.06})
+    assert cols["sft"]["drift"] == {"total": 0.0}
+    for label, counts in (("sft", BASE), ("recommended", BETTER), ("e2", WORSE)):
+        assert cols[label]["mean"] == pytest.approx(np.mean([s / n for s, n in counts.values()]))
+        pooled = sum(s for s, _ in counts.values())
+        ci = stats.binomtest(pooled, 60).proportion_ci(method="wilson")
+        assert cols[label]["mean_wilson95"] == pytest.approx([ci.low, ci.high])
+    sig = summary["significance"]
+    for label, counts in (("recommended", BETTER), ("e2", WORSE)):
+        raw = [stats.fisher_exact([[counts[t][0], 20 - counts[t][0]], [BASE[t][0], 20 - BASE[t][0]]])[1]
+               for t in range(3)]
+        assert [sig[label][str(t)]["p"] for t in range(3)] == pytest.approx(raw)
+        # Holm as a step-down procedure: reject the k smallest p while p_(i) <= alpha / (m - i).
+        rejected, order = set(), np.argsort(raw)
+        for i, t in enumerate(order):
+            if raw[t] > 0.05 / (3 - i):
+                break
+            rejected.add(int(t))
+        assert {t for t in range(3) if sig[label][str(t)]["p_holm"] < 0.05} == rejected
+    pooled_p = stats.fisher_exact([[54, 6], [33, 27]])[1]
+    assert sig["recommended"]["mean"]["p"] == pytest.approx(pooled_p)
+    # Diagnosis: the improving run learned; the run without any signal is told so.
+    assert summary["diagnosis"]["recommended"]["verdict"].startswith("learned")
+    assert summary["diagnosis"]["e2"]["verdict"].startswith("no gradient signal")
+    md = (tmp_path / "report" / "report.md").read_text()
+    assert "| T0 task 0 | 20.0 [8.1, 41.6] | **75.0 [53.1, 88.8]** * | 15.0 [5.2, 36.0] |" in md
+
+
+def test_table2_correlation_matches_numpy(tmp_path: Path) -> None:
+    drifts, successes = [0.0, 0.2, 0.5, 0.3], [(14, 20), (12, 20), (4, 20), (9, 20)]
+    files = []
+    for i, (d, c) in enumerate(zip(drifts, successes, strict=True)):
+        files.append(str(eval_file(tmp_path / f"e{i}.h5", {0: c},
+                                   {"kind": "imported", "label": f"E{i}", "drift": {"total": d}})))
+    corr = build_report(files, tmp_path / "out")["table2_correlation"]
+    rates = [s / n for s, n in successes]
+    assert corr["pearson_r"] == pytest.approx(np.corrcoef(drifts, rates)[0, 1])
+    ranks = np.corrcoef(stats.rankdata(drifts), stats.rankdata(rates))[0, 1]
+    assert corr["spearman_r"] == pytest.approx(ranks)
+
+
+def test_holm_is_monotone_and_capped() -> None:
+    assert holm([0.01, 0.04, 0.03]) == pytest.approx([0.03, 0.06, 0.06])
+    assert holm([0.5, 0.9]) == [1.0, 1.0]
+
+
+def test_figures_and_html(inputs: list[str], tmp_path: Path) -> None:
+    out = tmp_path / "report"
+    summary = build_report(inputs, out)
+    assert summary["figures"] == ["drift_vs_success", "reward_composition", "success_per_task", "training_curves"]
+    for name in summary["figures"]:
+        data = (out / f"{name}.png").read_bytes()
+        assert data.startswith(b"\x89PNG") and len(data) > 5000
+    page = (out / "report.html").read_text()
+    assert page.count("<table>") == 4 and "Table 1" in page and "Table 2" in page and "Diagnosis" in page
+    assert page.count("data:image/png;base64,") == 4  # self-contained
+    assert not list(out.glob(".*"))  # no temp files left behind
+
+
+def test_bad_inputs_are_one_line_errors(inputs: list[str], tmp_path: Path) -> None:
+    with pytest.raises(UserError, match="no such file"):
+        build_report([str(tmp_path / "missing.h5")], tmp_path / "o")
+    with h5py.File(tmp_path / "rollout.h5", "w") as f:
+        f.attrs["kind"] = "rollout"
+    with pytest.raises(UserError, match="is a rollout file, expected a grpo-vla eval file"):
+        build_report([inputs[0], str(tmp_path / "rollout.h5")], tmp_path / "o")
+    other = eval_file(tmp_path / "other.h5", {0: (1, 20), 1: (2, 20)})
+    with pytest.raises(UserError, match="same task set"):
+        build_report([inputs[0], str(other)], tmp_path / "o")
+    (tmp_path / "notarun").mkdir()
+    with pytest.raises(UserError, match="not a run directory"):
+        build_report([str(tmp_path / "notarun")], tmp_path / "o")
+    with pytest.raises(UserError, match="no eval column labelled"):
+        build_report(inputs, tmp_path / "o", baseline="nope")
+    proc = subprocess.run([*CLI, "report", str(tmp_path / "missing.h5"), "--out", str(tmp_path / "o")],
+                          capture_output=True, text=True, env=os.environ.copy())
+    assert proc.returncode == 2 and proc.stderr.strip().count("\n") == 0 and "no such file" in proc.stderr
+
+
+def test_import_seed_table1(tmp_path: Path) -> None:
+    csv = REPO / "docs" / "seed_table1.csv"
+    paths = {label: import_csv(csv, "libero_10", label, tmp_path / f"{label}.h5") for label in ("Base", "E3", "E6")}
+    data = read_eval(paths["Base"])
+    assert data["policy"]["label"] == "Base" and len(data["tasks"]) == 10
+    assert int(data["episodes"]["success"].sum()) == 103 and len(data["episodes"]["success"]) == 200
+    summary = build_report([f"{k}={v}" for k, v in paths.items()], tmp_path / "out")
+    # The seed's printed E3 mean (45.0) disagrees with its own entries, which average 49.0.
+    assert summary["columns"]["Base"]["mean"] == pytest.approx(0.515)
+    assert summary["columns"]["E3"]["mean"] == pytest.approx(0.49)
+    assert summary["columns"]["E6"]["drift"] == {"total": 0.6}
+
+
+def test_import_rejects_bad_csv(tmp_path: Path) -> None:
+    def attempt(text: str, label: str | None = None) -> None:
+        (tmp_path / "x.csv").write_text(text)
+        import_csv(tmp_path / "x.csv", "libero_10", label, tmp_path / "x.h5")
+
+    with pytest.raises(UserError, match="needs a header"):
+        attempt("task,count\n0,1\n")
+    with pytest.raises(UserError, match="0 <= successes <= episodes"):
+        attempt("task_id,successes,episodes\n0,21,20\n")
+    with pytest.raises(UserError, match="not in libero_10"):
+        attempt("task_id,successes,episodes\n12,1,20\n")
+    with pytest.raises(UserError, match="choose one with --label"):
+        attempt("label,task_id,successes,episodes\nA,0,1,20\nB,0,2,20\n")
+    with pytest.raises(UserError, match="must be integers"):
+        attempt("task_id,successes,episodes\n0,x,20\n")
+    assert not (tmp_path / "x.h5").exists()
