@@ -179,3 +179,23 @@ def test_import_rejects_bad_csv(tmp_path: Path) -> None:
     with pytest.raises(UserError, match="must be integers"):
         attempt("task_id,successes,episodes\n0,x,20\n")
     assert not (tmp_path / "x.h5").exists()
+
+
+def test_report_reads_a_real_training_run(tmp_path: Path) -> None:
+    from grpo_cli.presets import resolve
+    from grpo_cli.train import train
+
+    cfg = resolve("e4", {"policy": "tiny", "tasks": "0", "max_steps": "10", "n_action_steps": "5",
+                         "image_size": "64", "num_envs": "1", "save_every": "1", "steps": "2",
+                         "num_generations": "2", "denoise_tiers": "1x1,1x10", "tier_weights": "0.1,1"})
+    ckpt = train(cfg, tmp_path / "run", log=lambda _: None)
+    evals = [eval_file(tmp_path / "sft.h5", {0: (5, 20)}),
+             eval_file(tmp_path / "tuned.h5", {0: (6, 20)}, {"kind": "checkpoint", "step": 2, "source": str(ckpt)})]
+    summary = build_report([*map(str, evals), str(tmp_path / "run")], tmp_path / "out")
+    assert list(summary["columns"]) == ["sft", "e4"]
+    drift = summary["columns"]["e4"]["drift"]  # total and per module, from the run's metrics
+    assert drift["total"] >= 0 and {"expert", "vision"} <= set(drift)
+    # 10-step episodes of a random policy never succeed: binary rewards give every group zero advantage.
+    assert summary["diagnosis"]["e4"]["steps"] == 2
+    assert summary["diagnosis"]["e4"]["verdict"].startswith("no gradient signal")
+    assert "training_curves" in summary["figures"]
