@@ -92,6 +92,43 @@ def common_options(fn: Callable) -> Callable:
     return fn
 
 
+_cluster = [
+    click.option("--executor", type=click.Choice(["local", "slurm", "debug"]), default="local", show_default=True,
+                 help="where the work runs: this machine, SLURM (submitit), or submitit's in-process debug"),
+    click.option("--slurm-config", type=click.Path(dir_okay=False), default=None,
+                 help="YAML whose `slurm:` section holds SLURM settings (options below override it)"),
+    click.option("--partition", default=None), click.option("--account", default=None),
+    click.option("--qos", default=None),
+    click.option("--time-min", type=int, default=None, help="job wall-time limit in minutes [240]"),
+    click.option("--cpus", "cpus_per_task", type=int, default=None, help="CPUs per job [2]"),
+    click.option("--gpus", "gpus_per_node", type=int, default=None, help="GPUs per job [0]"),
+    click.option("--mem-gb", type=int, default=None, help="memory per job in GB [16]"),
+    click.option("--array-parallelism", type=int, default=None, help="array tasks running at once [64]"),
+    click.option("--signal-delay", "signal_delay_s", type=int, default=None,
+                 help="seconds of warning before the time limit: one step plus a checkpoint [180]"),
+    click.option("--setup", multiple=True, help="shell line run before each job (repeatable)"),
+    click.option("--container", default=None, help="Apptainer image: SLURM jobs run inside it (exec --nv)"),
+    click.option("--max-retries", type=int, default=None, help="resubmissions of a failed shard [2]"),
+]
+
+
+def cluster_options(fn: Callable) -> Callable:
+    for option in reversed(_cluster):
+        fn = option(fn)
+    return fn
+
+
+def _slurm_settings(section: dict | None, slurm_config: str | None, options: dict[str, Any]) -> Any:
+    """SLURM settings: a YAML `slurm:` section, then the command-line options."""
+    from grpo_cli.cluster import SlurmSettings
+    from grpo_cli.presets import load_yaml
+
+    if slurm_config:
+        loaded = load_yaml(slurm_config)
+        section = {**(section or {}), **(loaded.get("slurm", loaded) or {})}
+    return SlurmSettings.resolve(section, **options)
+
+
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="grpo-vla")
 def cli() -> None:
@@ -108,10 +145,15 @@ def cli() -> None:
 @click.option("--num-envs", type=int, default=0, show_default=True,
               help="envs in lockstep sharing each policy call (0 = one per group member)")
 @click.option("--no-images", is_flag=True, help="store low-dim data only")
+@click.option("--shards", type=int, default=1, show_default=True,
+              help="split the groups over this many jobs (local subprocesses or SLURM array tasks), then merge")
+@cluster_options
 def rollout(policy: str, suite: str, max_steps: int | None, n_action_steps: int | None, image_size: int,
             seed: int, device: str, out: str, overwrite: bool, parallel_envs: bool, tasks: str, init_states: str,
-            num_generations: int, denoise_tiers: str, num_envs: int, no_images: bool) -> None:
+            num_generations: int, denoise_tiers: str, num_envs: int, no_images: bool, shards: int,
+            executor: str, slurm_config: str | None, **slurm: Any) -> None:
     """Sample groups of trajectories that differ only in their initial flow noise; write HDF5."""
+    from grpo_cli.cluster import split
     from grpo_cli.config import RolloutConfig
     from grpo_cli.evaluate import resolve_tasks
     from grpo_cli.rollout import group_episodes, make_env_slots, run_episodes
@@ -130,8 +172,16 @@ def rollout(policy: str, suite: str, max_steps: int | None, n_action_steps: int 
         if bad or not cfg.init_states:
             raise UserError(f"bad --init-states: task {task.task_id} has init states "
                             f"0..{task.num_init_states - 1}")
-    adapter = _load_policy(cfg.policy, cfg.device)
     episodes = group_episodes(task_specs, cfg.init_states, cfg.steps_per_member, cfg.seed)
+    if shards < 1:
+        raise UserError("--shards must be >= 1")
+    if shards > 1 or executor != "local":
+        _sharded(executor, _slurm_settings(None, slurm_config, slurm), "rollout", cfg.to_json(), out, [
+            [e for g in part for e in g]
+            for part in split([episodes[i:i + cfg.num_generations]
+                               for i in range(0, len(episodes), cfg.num_generations)], shards)])
+        return
+    adapter = _load_policy(cfg.policy, cfg.device)
     slots = make_env_slots(cfg.num_envs or cfg.num_generations, cfg.image_size, images=True,
                            privileged_state=adapter.privileged_state,
                            processes=cfg.parallel_envs)
@@ -152,6 +202,37 @@ def rollout(policy: str, suite: str, max_steps: int | None, n_action_steps: int 
                f"{wins} successes, {sum(t.length for t in trajs)} env steps")
 
 
+def _sharded(executor_kind: str, settings: Any, what: str, config_json: str, out: str, shards: list[list[Any]]
+             ) -> Any:
+    """Run rollout/eval shards as one array job, retry failures, merge the parts into OUT in order."""
+    import shutil
+    from pathlib import Path
+
+    from grpo_cli.cluster import (
+        eval_part,
+        make_executor,
+        merge_evals,
+        merge_rollouts,
+        parts_dir,
+        rollout_part,
+        run_shards,
+    )
+
+    out_path = Path(out)
+    folder = parts_dir(out_path)
+    parts = [folder / f"part_{i:04d}.h5" for i in range(len(shards))]
+    ex = make_executor(executor_kind, folder / "submitit", settings, f"grpo-vla-{what}")
+    click.echo(f"{what}: {len(shards)} shard(s) on the {executor_kind} executor; logs in {folder / 'submitit'}",
+               err=True)
+    fn = rollout_part if what == "rollout" else eval_part
+    run_shards(ex, fn, [(config_json, shard, str(part)) for shard, part in zip(shards, parts, strict=True)],
+               settings.max_retries, log=lambda msg: click.echo(msg, err=True))
+    (merge_rollouts if what == "rollout" else merge_evals)(parts, out_path, config_json)
+    shutil.rmtree(folder, ignore_errors=True)
+    click.echo(f"wrote {out_path} from {len(parts)} shard(s)")
+    return out_path
+
+
 @cli.command("eval")
 @common_options
 @click.option("--tasks", default="all", show_default=True, help="task ids, e.g. 0,3,5-7, or 'all'")
@@ -160,10 +241,11 @@ def rollout(policy: str, suite: str, max_steps: int | None, n_action_steps: int 
 @click.option("--denoise-steps", type=int, default=10, show_default=True)
 @click.option("--num-envs", type=int, default=1, show_default=True,
               help="envs in lockstep sharing each policy call")
+@cluster_options
 def eval_cmd(policy: str, suite: str, max_steps: int | None, n_action_steps: int | None, image_size: int,
              seed: int, device: str, out: str, overwrite: bool, parallel_envs: bool, tasks: str,
-             episodes_per_task: int,
-             denoise_steps: int, num_envs: int) -> None:
+             episodes_per_task: int, denoise_steps: int, num_envs: int, executor: str, slurm_config: str | None,
+             **slurm: Any) -> None:
     """Evaluate a policy with the seed's protocol; print per-task success with Wilson intervals."""
     from grpo_cli.config import EvalConfig
     from grpo_cli.evaluate import resolve_tasks, run_eval, summarize
@@ -176,6 +258,15 @@ def eval_cmd(policy: str, suite: str, max_steps: int | None, n_action_steps: int
     check_output_path(out, overwrite)
     _setup_runtime()
     task_specs = resolve_tasks(cfg.suite, cfg.tasks)
+    if executor != "local":  # one array task per LIBERO task, merged into one eval file
+        path = _sharded(executor, _slurm_settings(None, slurm_config, slurm), "eval", cfg.to_json(), out,
+                        [[t.task_id] for t in task_specs])
+        from grpo_cli.evaluate import summarize
+        from grpo_cli.storage import read_eval
+
+        data = read_eval(path)
+        print_eval_table(summarize(data["episodes"], data["tasks"]), title=f"{cfg.suite} - {cfg.policy}")
+        return
     adapter = _load_policy(cfg.policy, cfg.device)
     with progress(len(task_specs) * cfg.episodes_per_task, "eval") as tick:
         episodes = run_eval(cfg, adapter, task_specs, on_episode=lambda t: tick(
@@ -196,14 +287,22 @@ def eval_cmd(policy: str, suite: str, max_steps: int | None, n_action_steps: int
 @click.option("--run-dir", required=True, type=click.Path(file_okay=False), help="run directory")
 @click.option("--resume", is_flag=True, help="continue the run in --run-dir from its latest checkpoint")
 @click.option("--dry-run", is_flag=True, help="print the resolved config and exit")
+@click.option("--wait", is_flag=True, help="with --executor slurm: wait for the jobs and report how they ended")
+@cluster_options
 def train(exp: str | None, config_file: str | None, sets: tuple[str, ...], policy: str | None, steps: int | None,
-          run_dir: str, resume: bool, dry_run: bool) -> None:
-    """GRPO fine-tuning of the flow head (presets e1-e6 reproduce the seed)."""
+          run_dir: str, resume: bool, dry_run: bool, wait: bool, executor: str, slurm_config: str | None,
+          **slurm: Any) -> None:
+    """GRPO fine-tuning of the flow head (presets e1-e6 reproduce the seed).
+
+    `--exp e1,e2` (or `all`: e1-e6) trains one run per experiment in RUN_DIR/<exp>; with
+    `--executor slurm` they are one array job. SLURM jobs checkpoint and requeue before their time
+    limit or on preemption and resume where they stopped."""
     import json
     from pathlib import Path
 
-    from grpo_cli.presets import load_yaml, parse_sets, resolve
+    from grpo_cli.presets import PRESETS, load_yaml, parse_sets, resolve
 
+    section = None
     if resume:
         if exp or config_file or sets or policy:
             raise UserError("--resume takes its settings from the run directory; pass only --run-dir (and --steps)")
@@ -211,18 +310,59 @@ def train(exp: str | None, config_file: str | None, sets: tuple[str, ...], polic
         if not saved.is_file():
             raise UserError(f"{run_dir} holds no run to resume (no config.json)")
         values = json.loads(saved.read_text())
-        cfg = resolve(None, {**values, **({"steps": steps} if steps else {})})
+        runs = [(resolve(None, {**values, **({"steps": steps} if steps else {})}), Path(run_dir))]
     else:
         overrides = {**(load_yaml(config_file) if config_file else {}), **parse_sets(sets)}
+        section = overrides.pop("slurm", None)
         if policy:
             overrides["policy"] = policy
         if steps:
             overrides["steps"] = steps
-        cfg = resolve(exp, overrides)
+        names = [e.strip() for e in (exp or "").split(",") if e.strip()] or [None]
+        names = [f"e{i}" for i in range(1, 7)] if names == ["all"] else names
+        for name in names:
+            if name is not None and name not in PRESETS:
+                raise UserError(f"unknown experiment {name!r}; choose from {', '.join(PRESETS)} or all")
+        one = len(names) == 1
+        runs = [(resolve(name, overrides), Path(run_dir) if one else Path(run_dir) / str(name)) for name in names]
+        for _, directory in runs:
+            if (directory / "config.json").exists():
+                raise UserError(f"{directory} already holds a run: use --resume or another --run-dir")
     if dry_run:
-        click.echo(json.dumps(json.loads(cfg.to_json()), indent=1))
+        for cfg, directory in runs:
+            click.echo(f"# {directory}\n" + json.dumps(json.loads(cfg.to_json()), indent=1))
+        return
+    settings = _slurm_settings(section, slurm_config, slurm)
+    if executor != "local":
+        from grpo_cli.cluster import failure_reason, make_executor, submit_training
+
+        folder = Path(run_dir) / "submitit"
+        ex = make_executor(executor, folder, settings, "grpo-vla-train")
+        for _, directory in runs:
+            directory.mkdir(parents=True, exist_ok=True)
+        jobs = submit_training(ex, [(cfg.to_json(), str(directory)) for cfg, directory in runs])
+        for job, (_, directory) in zip(jobs, runs, strict=True):
+            click.echo(f"job {job.job_id}: {directory}")
+        click.echo(f"logs in {folder}")
+        if wait or executor == "debug":
+            failed = []
+            for job, (_, directory) in zip(jobs, runs, strict=True):
+                try:
+                    click.echo(f"{directory}: last checkpoint {job.result()}")
+                except Exception as err:
+                    failed.append(f"{directory} (job {job.job_id}): {failure_reason(err)}")
+            if failed:
+                raise UserError("training failed: " + "; ".join(failed))
         return
     _setup_runtime()
+    if len(runs) > 1:  # several experiments on this machine: one after another
+        from grpo_cli.train import train as run_training
+
+        for cfg, directory in runs:
+            click.echo(f"== {cfg.exp}: {directory}", err=True)
+            run_training(cfg, directory, log=lambda msg: click.echo(msg, err=True))
+        return
+    cfg, run_dir = runs[0][0], str(runs[0][1])
     from grpo_cli.train import train as run_training
 
     def summary(m: dict) -> str:

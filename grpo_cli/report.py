@@ -31,7 +31,7 @@ from scipy import stats
 
 from grpo_cli.errors import UserError
 from grpo_cli.stats import wilson_interval
-from grpo_cli.storage import read_eval
+from grpo_cli.storage import publish, read_eval
 
 ALPHA = 0.05
 CURVES = ["success_rate", "reward", "progress", "frac_reward_zero_std", "kl", "clip_ratio/region_mean",
@@ -382,7 +382,7 @@ def figures(columns: list[Column], runs: list[Run], out: Path) -> dict[str, Path
         os.close(fd)
         fig.savefig(tmp, dpi=110, bbox_inches="tight", format="png")
         plt.close(fig)
-        _publish(tmp, path)
+        publish(tmp, path)
         written[name] = path
 
     if columns:
@@ -448,19 +448,11 @@ def figures(columns: list[Column], runs: list[Run], out: Path) -> dict[str, Path
 
 
 # --- the report ------------------------------------------------------------------------------------------
-def _publish(tmp: str, path: Path) -> None:
-    """Rename a finished temp file onto `path`, with the permissions a plain open() would give."""
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, 0o666 & ~umask)
-    os.replace(tmp, path)
-
-
 def _write(path: Path, text: str) -> None:
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     with os.fdopen(fd, "w") as f:
         f.write(text)
-    _publish(tmp, path)
+    publish(tmp, path)
 
 
 def build_report(inputs: Sequence[str], out: str | Path, baseline: str | None = None,

@@ -68,6 +68,15 @@ def check_output_path(path: str | Path, overwrite: bool) -> Path:
     return path
 
 
+def publish(tmp: str | Path, path: str | Path) -> None:
+    """Rename a finished temp file onto `path`, with the permissions a plain open() would have given
+    (mkstemp creates files readable by their owner only)."""
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o666 & ~umask)
+    os.replace(tmp, path)
+
+
 @contextlib.contextmanager
 def atomic_h5(path: str | Path) -> Iterator[h5py.File]:
     """An HDF5 file open for writing under a temp name; renamed onto `path` only on success."""
@@ -77,7 +86,7 @@ def atomic_h5(path: str | Path) -> Iterator[h5py.File]:
     try:
         with h5py.File(tmp, "w") as f:
             yield f
-        os.replace(tmp, path)
+        publish(tmp, path)
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)

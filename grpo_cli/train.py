@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import math
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -352,8 +353,11 @@ def over_budget(cfg: TrainConfig, env_steps: int) -> bool:
 
 
 def train(cfg: TrainConfig, run_dir: str | Path, resume: bool = False, log: Callable[[str], None] = print,
-          on_step: Callable[[dict[str, float]], None] | None = None) -> Path:
-    """Run (or resume) a GRPO run in `run_dir`; returns the last checkpoint written."""
+          on_step: Callable[[dict[str, float]], None] | None = None, stop: threading.Event | None = None) -> Path:
+    """Run (or resume) a GRPO run in `run_dir`; returns the last checkpoint written.
+
+    `stop`: when set (by a preemption handler in another thread), the run ends after the step in
+    flight, with a checkpoint of that step, so a resumed run neither loses nor repeats a step."""
     run_dir = Path(run_dir)
     config_file = run_dir / "config.json"
     if resume:
@@ -397,8 +401,13 @@ def train(cfg: TrainConfig, run_dir: str | Path, resume: bool = False, log: Call
             if on_step:
                 on_step(metrics)
             out_of_budget = over_budget(cfg, env_steps + next_step_cost)
-            if trainer.step_index % cfg.save_every == 0 or trainer.step_index == cfg.steps or out_of_budget:
+            stopping = stop is not None and stop.is_set()
+            if (trainer.step_index % cfg.save_every == 0 or trainer.step_index == cfg.steps or out_of_budget
+                    or stopping):
                 last = trainer.save()
+            if stopping:
+                log(f"stopping after step {trainer.step_index} on request (checkpoint {last.name})")
+                break
     finally:
         trainer.close()
         sinks.close()

@@ -59,8 +59,8 @@ def main() -> None:
     parser.add_argument("--out", default="runs/learning")
     parser.add_argument("--suite", default="libero_object")
     parser.add_argument("--task", type=int, default=0)
-    parser.add_argument("--demo-init-states", default="0-29")
-    parser.add_argument("--sft-steps", type=int, default=1000)
+    parser.add_argument("--demo-init-states", default="0-49", help="a range: one demo per init state")
+    parser.add_argument("--sft-steps", type=int, default=2000)
     parser.add_argument("--sft-lr", type=float, default=1e-3,
                         help="a from-scratch tiny policy needs 10x lerobot's fine-tuning rate (BENCHMARKS.md)")
     parser.add_argument("--eval-episodes", type=int, default=100)
@@ -90,10 +90,18 @@ def main() -> None:
               "--set", f"env_step_budget={args.env_step_budget}", "--set", "steps=100000",
               "--set", "save_every=5", "--set", f"seed={args.seed}"]
 
-    demos, policy = out / "demos.h5", out / "sft"
-    stage("demos", ["demos", *where, *image, "--init-states", args.demo_init_states, "--workers", "2",
-                    "--seed", str(args.seed), "--out", str(demos)], demos, log, times)
-    stage("sft", ["sft", str(demos), "--privileged-state", "--steps", str(args.sft_steps), "--lr", str(args.sft_lr),
+    # Demos in chunks of 24 init states: an interrupted collection resumes at the chunk it was in.
+    lo, _, hi = args.demo_init_states.partition("-")
+    states = list(range(int(lo), int(hi or lo) + 1))
+    demo_files = []
+    for chunk in (states[i:i + 24] for i in range(0, len(states), 24)):
+        demos = out / f"demos_{chunk[0]:02d}-{chunk[-1]:02d}.h5"
+        stage(f"demos {chunk[0]}-{chunk[-1]}", ["demos", *where, *image, "--init-states", f"{chunk[0]}-{chunk[-1]}",
+                                                "--workers", "2", "--seed", str(args.seed), "--out", str(demos)],
+              demos, log, times)
+        demo_files.append(str(demos))
+    policy = out / "sft"
+    stage("sft", ["sft", *demo_files, "--privileged-state", "--steps", str(args.sft_steps), "--lr", str(args.sft_lr),
                   "--seed", str(args.seed),
                   "--out", str(policy)], policy, log, times)
     stage("eval_sft", ["eval", "--policy", str(policy), *evaluate, "--out", str(out / "eval_sft.h5")],

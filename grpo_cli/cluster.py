@@ -1,0 +1,261 @@
+"""Running grpo-vla work on SLURM (or locally) through submitit: train arrays, eval and rollout shards.
+
+Executors: `local` runs in this process (rollout/eval shards: in local subprocesses through
+submitit), `slurm` submits to SLURM, `debug` is submitit's in-process executor (for tests).
+
+Files are the hand-off: each shard writes its part atomically under `OUT.parts/`, the submitting
+process merges the parts in order into OUT and removes them. A shard that fails (an env crash, a
+killed task) is resubmitted up to `max_retries` times, then reported in one line.
+
+Preemption: `TrainJob` is a submitit `Checkpointable`. Training runs in a worker thread; on the
+signal SLURM sends `signal_delay_s` before a time limit (or on preemption), `checkpoint` asks the
+trainer to stop after the step in flight, waits for the checkpoint of that step, and requeues the
+job, which resumes from it: no step is lost or repeated.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import re
+import shlex
+import shutil
+import threading
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import submitit
+
+from grpo_cli.errors import UserError
+
+EXECUTORS = ("local", "slurm", "debug")
+
+
+@dataclass(frozen=True)
+class SlurmSettings:
+    """What a SLURM job asks for; from a YAML `slurm:` section, then command-line options."""
+
+    partition: str | None = None
+    account: str | None = None
+    qos: str | None = None
+    time_min: int = 240
+    """wall-time limit per job (minutes); a trainer checkpoints and requeues itself before it"""
+    cpus_per_task: int = 2
+    gpus_per_node: int = 0
+    mem_gb: int = 16
+    array_parallelism: int = 64
+    signal_delay_s: int = 180
+    """seconds between the warning signal and the limit: must cover one training step and a checkpoint"""
+    setup: tuple[str, ...] = ()
+    """shell lines run before each job (module load ..., export ...)"""
+    container: str | None = None
+    """an Apptainer image: jobs run as `apptainer exec --nv IMAGE python ...`"""
+    max_retries: int = 2
+    """resubmissions of a failed rollout/eval shard before the command stops with an error"""
+
+    @classmethod
+    def resolve(cls, section: dict[str, Any] | None, **options: Any) -> SlurmSettings:
+        known = {f.name for f in dataclasses.fields(cls)}
+        values = {**(section or {}), **{k: v for k, v in options.items() if v not in (None, ())}}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise UserError(f"unknown slurm setting(s) {', '.join(unknown)}; valid: {', '.join(sorted(known))}")
+        if "setup" in values:
+            values["setup"] = tuple([values["setup"]] if isinstance(values["setup"], str) else values["setup"])
+        settings = cls(**values)
+        if settings.time_min < 1 or settings.cpus_per_task < 1 or settings.mem_gb < 1 or settings.max_retries < 0:
+            raise UserError("slurm time_min, cpus_per_task and mem_gb must be >= 1, max_retries >= 0")
+        if settings.container and not Path(settings.container).is_file():
+            raise UserError(f"container image {settings.container} not found")
+        return settings
+
+
+def make_executor(kind: str, folder: Path, settings: SlurmSettings, name: str) -> Any:
+    """A submitit executor whose logs and pickles live in `folder` (inside the run / output dir)."""
+    if kind not in EXECUTORS:
+        raise UserError(f"unknown executor {kind!r}; choose one of {', '.join(EXECUTORS)}")
+    if kind == "debug":
+        return submitit.DebugExecutor(folder=folder)
+    if kind == "local":
+        executor = submitit.LocalExecutor(folder=folder)
+        executor.update_parameters(timeout_min=settings.time_min)
+        return executor
+    if shutil.which("sbatch") is None:
+        raise UserError("--executor slurm needs SLURM's sbatch on PATH (this machine has none)")
+    python = (f"apptainer exec --nv {shlex.quote(settings.container)} python" if settings.container else None)
+    executor = submitit.SlurmExecutor(folder=folder, python=python)
+    executor.update_parameters(
+        job_name=name, time=settings.time_min, cpus_per_task=settings.cpus_per_task, mem=f"{settings.mem_gb}GB",
+        signal_delay_s=settings.signal_delay_s, array_parallelism=settings.array_parallelism,
+        setup=["export OMP_NUM_THREADS=1", *settings.setup], stderr_to_stdout=True,
+        **({"gpus_per_node": settings.gpus_per_node} if settings.gpus_per_node else {}),
+        **{k: v for k, v in (("partition", settings.partition), ("account", settings.account),
+                             ("qos", settings.qos)) if v})
+    return executor
+
+
+# --- training ------------------------------------------------------------------------------------------
+class TrainJob(submitit.helpers.Checkpointable):
+    """One training run as a preemptible job: (re)starts or resumes `run_dir`, checkpoints on signal."""
+
+    def __init__(self) -> None:
+        self._stop: threading.Event | None = None
+        self._thread: threading.Thread | None = None
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {}  # the thread and its event stay behind; a requeued job starts fresh ones
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__init__()
+
+    def __call__(self, cfg_json: str, run_dir: str) -> str | None:
+        from grpo_cli.presets import resolve
+        from grpo_cli.train import train
+
+        cfg = resolve(None, json.loads(cfg_json))
+        resume = (Path(run_dir) / "config.json").is_file()  # a requeued job continues its own run
+        result: dict[str, Any] = {}
+        self._stop = threading.Event()
+
+        def work() -> None:
+            try:
+                result["last"] = train(cfg, run_dir, resume=resume, stop=self._stop)
+            except BaseException as err:  # handed to the main thread, which raises it
+                result["error"] = err
+
+        # The main thread only waits, so it can run submitit's signal handler at any moment.
+        self._thread = threading.Thread(target=work, name="train")
+        self._thread.start()
+        while self._thread.is_alive():
+            self._thread.join(timeout=0.5)
+        if "error" in result:
+            raise result["error"]
+        return str(result["last"]) if result.get("last") else None
+
+    def checkpoint(self, cfg_json: str, run_dir: str) -> Any:
+        """Called by submitit on the pre-timeout / preemption signal: finish the step, save, requeue."""
+        if self._stop is not None and self._thread is not None:
+            self._stop.set()
+            self._thread.join()
+        return submitit.helpers.DelayedSubmission(TrainJob(), cfg_json, run_dir)
+
+
+def submit_training(executor: Any, runs: Sequence[tuple[str, str]]) -> list[Any]:
+    """One array job, one task per (config JSON, run directory)."""
+    return executor.map_array(TrainJob(), [c for c, _ in runs], [d for _, d in runs])
+
+
+# --- shards: rollout and eval ---------------------------------------------------------------------------
+def rollout_part(cfg_json: str, episodes: list[Any], out: str) -> int:
+    """Run the given episodes of a rollout and write them (a part or the whole file); returns env steps."""
+    from grpo_cli.config import RolloutConfig
+    from grpo_cli.policies.smolvla import SmolVLAAdapter
+    from grpo_cli.rollout import make_env_slots, run_episodes
+    from grpo_cli.storage import write_rollout
+
+    cfg = RolloutConfig(**{**json.loads(cfg_json), "tasks": (), "init_states": ()})
+    adapter = SmolVLAAdapter.load(cfg.policy, device=cfg.device)
+    slots = make_env_slots(min(cfg.num_envs or cfg.num_generations, len(episodes)), cfg.image_size,
+                           privileged_state=adapter.privileged_state, processes=cfg.parallel_envs)
+    try:
+        trajs = run_episodes(adapter, slots, episodes, max_steps=cfg.max_steps, n_action_steps=cfg.n_action_steps,
+                             keep_images=cfg.store_images)
+    finally:
+        slots.close()
+    env_args = {"suite": cfg.suite, "image_size": cfg.image_size, "control_freq": 20, "max_steps": cfg.max_steps,
+                "n_action_steps": cfg.n_action_steps or adapter.config.n_action_steps}
+    write_rollout(out, trajs, cfg_json, adapter.identity, env_args)
+    return int(sum(t.length for t in trajs))
+
+
+def eval_part(cfg_json: str, task_ids: list[int], out: str) -> int:
+    """Evaluate the given tasks with the protocol and write an eval file; returns its episode count."""
+    from grpo_cli.config import EvalConfig
+    from grpo_cli.evaluate import resolve_tasks, run_eval
+    from grpo_cli.policies.smolvla import SmolVLAAdapter
+    from grpo_cli.storage import write_eval
+
+    values = json.loads(cfg_json)
+    cfg = EvalConfig(**{**values, "tasks": tuple(task_ids)})
+    tasks = resolve_tasks(cfg.suite, cfg.tasks)
+    adapter = SmolVLAAdapter.load(cfg.policy, device=cfg.device)
+    episodes = run_eval(cfg, adapter, tasks)
+    table = [{"task_id": t.task_id, "name": t.name, "language": t.language} for t in tasks]
+    write_eval(out, episodes, table, cfg.suite, cfg_json, adapter.identity)
+    return len(episodes["success"])
+
+
+def failure_reason(err: BaseException) -> str:
+    """The one line of a submitit failure that says what went wrong (its message is a whole traceback)."""
+    lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+    raised = [line for line in lines if re.match(r"^[\w.]+(Error|Exception|Interrupt|Exit)\b", line)]
+    return (raised[-1] if raised else lines[0] if lines else type(err).__name__)[:300]
+
+
+def run_shards(executor: Any, fn: Callable[..., Any], shards: Sequence[tuple[Any, ...]], max_retries: int,
+               log: Callable[[str], None] = print) -> list[Any]:
+    """Run fn(*shard) for every shard as one array job; resubmit failed shards up to max_retries times."""
+    results: list[Any] = [None] * len(shards)
+    pending = list(range(len(shards)))
+    for attempt in range(max_retries + 1):
+        jobs = executor.map_array(fn, *zip(*[shards[i] for i in pending], strict=True))
+        failed = []
+        for i, job in zip(pending, jobs, strict=True):
+            try:
+                results[i] = job.result()
+            except Exception as err:  # a crashed env, a killed or cancelled task: try again
+                log(f"shard {i} (job {job.job_id}) failed on try {attempt + 1}: {failure_reason(err)}")
+                failed.append(i)
+        pending = failed
+        if not pending:
+            return results
+    raise UserError(f"shard(s) {', '.join(map(str, pending))} failed {max_retries + 1} times; "
+                    f"logs in {executor.folder}")
+
+
+def merge_rollouts(parts: Sequence[Path], out: Path, config_json: str) -> None:
+    """Concatenate rollout parts (in order) into one file, demo indices renumbered from 0."""
+    from grpo_cli.storage import atomic_h5, open_kind
+
+    with atomic_h5(out) as f:
+        data = f.create_group("data")
+        total, groups, i = 0, 0, 0
+        for part in parts:
+            with open_kind(part, "rollout") as src:
+                if i == 0:
+                    f.attrs.update(dict(src.attrs))
+                    f.attrs["config"] = config_json
+                    data.attrs["env_args"] = src["data"].attrs["env_args"]
+                total += int(src["data"].attrs["total"])
+                groups += int(src["data"].attrs["num_groups"])
+                for k in range(len(src["data"])):
+                    src.copy(src[f"data/demo_{k}"], data, name=f"demo_{i}")
+                    i += 1
+        data.attrs["total"], data.attrs["num_groups"] = total, groups
+
+
+def merge_evals(parts: Sequence[Path], out: Path, config_json: str) -> None:
+    """Concatenate per-task eval files (in order) into one eval file."""
+    from grpo_cli.storage import EPISODE_FIELDS, read_eval, write_eval
+
+    datas = [read_eval(p) for p in parts]
+    episodes = {k: np.concatenate([d["episodes"][k] for d in datas]) for k in EPISODE_FIELDS}
+    tasks = [t for d in datas for t in d["tasks"]]
+    write_eval(out, episodes, tasks, str(datas[0]["suite"]), config_json, datas[0]["policy"])
+
+
+def parts_dir(out: Path) -> Path:
+    folder = out.parent / f".{out.name}.parts"
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder
+
+
+def split(items: Sequence[Any], k: int) -> list[list[Any]]:
+    """k contiguous, nearly equal, non-empty slices (fewer when there are fewer items)."""
+    k = max(1, min(k, len(items)))
+    bounds = np.linspace(0, len(items), k + 1).round().astype(int)
+    return [list(items[a:b]) for a, b in zip(bounds[:-1], bounds[1:], strict=True)]
+

@@ -1,0 +1,202 @@
+"""Executors, shards, experiment arrays and preemption, on submitit's debug executor and a real SLURM."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import cloudpickle
+import h5py
+import numpy as np
+import pytest
+import slurm_cluster
+import torch
+
+from grpo_cli.cluster import SlurmSettings, make_executor, run_shards, split
+from grpo_cli.errors import UserError
+from grpo_cli.storage import read_checkpoint, read_eval
+
+CLI = [sys.executable, "-m", "grpo_cli"]
+ROLLOUT = ["rollout", "--tasks", "0", "--init-states", "0-3", "--num-generations", "2", "--max-steps", "10",
+           "--image-size", "64", "--n-action-steps", "5"]
+TRAIN = ["--set", "policy=tiny", "--set", "tasks=0", "--set", "max_steps=10", "--set", "n_action_steps=5",
+         "--set", "image_size=64", "--set", "num_envs=1", "--set", "save_every=1", "--set", "num_generations=2",
+         "--set", "denoise_tiers=2x4", "--set", "tier_weights=", "--set", "likelihood=sde",
+         "--set", "reward=progress", "--set", "progress_shaping=1.0", "--set", "lr_head=1e-3"]
+cloudpickle.register_pickle_by_value(sys.modules[__name__])  # SLURM jobs cannot import this test module
+
+
+def cli(*args: str, env: dict[str, str] | None = None, timeout: float = 900) -> subprocess.CompletedProcess:
+    proc = subprocess.run([*CLI, *args], capture_output=True, text=True, timeout=timeout,
+                          env={**os.environ, **(env or {})})
+    return proc
+
+
+def same_rollouts(a: Path, b: Path) -> None:
+    with h5py.File(a) as fa, h5py.File(b) as fb:
+        assert len(fa["data"]) == len(fb["data"]) > 0
+        assert dict(fa["data"].attrs) == dict(fb["data"].attrs)
+        for k in fa["data"]:
+            assert dict(fa["data"][k].attrs) == dict(fb["data"][k].attrs)
+            for ds in ("actions", "obs/state", "policy/chains", "policy/images/image"):
+                np.testing.assert_array_equal(fa["data"][k][ds][()], fb["data"][k][ds][()])
+
+
+@pytest.fixture(scope="module")
+def local_rollout(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("local") / "local.h5"
+    proc = cli(*ROLLOUT, "--out", str(out))
+    assert proc.returncode == 0, proc.stderr
+    return out
+
+
+# --- without SLURM ----------------------------------------------------------------------------------------
+def test_split_is_contiguous_and_complete() -> None:
+    assert split(list(range(5)), 2) == [[0, 1, 2], [3, 4]] or split(list(range(5)), 2) == [[0, 1], [2, 3, 4]]
+    assert sum(split(list(range(7)), 3), []) == list(range(7))
+    assert split([1, 2], 5) == [[1], [2]]
+
+
+def test_settings_resolve_and_reject() -> None:
+    s = SlurmSettings.resolve({"partition": "cpu", "setup": "module load x"}, time_min=30, qos=None)
+    assert (s.partition, s.time_min, s.setup, s.qos) == ("cpu", 30, ("module load x",), None)
+    with pytest.raises(UserError, match="unknown slurm setting"):
+        SlurmSettings.resolve({"partitoin": "x"})
+    with pytest.raises(UserError, match="container image"):
+        SlurmSettings.resolve(None, container="/nope.sif")
+
+
+def fail_once(marker: str, value: int) -> int:
+    """Dies like a killed worker the first time it sees its marker file."""
+    if os.path.exists(marker):
+        os.unlink(marker)
+        raise RuntimeError("simulated env crash")
+    return value * 10
+
+
+def test_failed_shard_is_retried_then_reported(tmp_path: Path) -> None:
+    # submitit's local executor: each shard a subprocess (its debug executor opens pdb on a failure)
+    ex = make_executor("local", tmp_path / "s", SlurmSettings(), "t")
+    (tmp_path / "m1").touch()
+    messages: list[str] = []
+    shards = [(str(tmp_path / "m0"), 0), (str(tmp_path / "m1"), 1), (str(tmp_path / "m2"), 2)]
+    assert run_shards(ex, fail_once, shards, max_retries=1, log=messages.append) == [0, 10, 20]
+    assert len(messages) == 1 and "shard 1" in messages[0] and "simulated env crash" in messages[0]
+    (tmp_path / "m1").touch()
+    with pytest.raises(UserError, match=r"shard\(s\) 1 failed 1 times"):
+        run_shards(ex, fail_once, shards, max_retries=0, log=messages.append)
+
+
+def test_debug_executor_shards_match_local(local_rollout: Path, tmp_path: Path) -> None:
+    out = tmp_path / "sharded.h5"
+    proc = cli(*ROLLOUT, "--out", str(out), "--shards", "3", "--executor", "debug")
+    assert proc.returncode == 0, proc.stderr
+    same_rollouts(local_rollout, out)
+    assert not list(tmp_path.glob(".*"))  # parts removed after the merge
+
+
+def test_slurm_executor_without_slurm_is_one_line(tmp_path: Path) -> None:
+    proc = cli(*ROLLOUT, "--out", str(tmp_path / "x.h5"), "--executor", "slurm",
+               env={"PATH": "/nonexistent"})
+    assert proc.returncode == 2 and proc.stderr.strip().startswith("error:") and "sbatch" in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+# --- on a real single-node SLURM ------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def slurm(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("slurm")
+    env = slurm_cluster.start(folder)
+    previous = os.environ.get("SLURM_CONF")
+    os.environ.update(env)
+    yield env
+    slurm_cluster.stop(folder)
+    if previous is None:
+        os.environ.pop("SLURM_CONF", None)
+
+
+def squeue_state(job: str) -> str:
+    out = subprocess.run(["squeue", "-h", "-j", job, "-o", "%T"], capture_output=True, text=True).stdout
+    return out.strip()
+
+
+def test_slurm_rollout_shards_match_local(slurm, local_rollout: Path, tmp_path: Path) -> None:
+    out = tmp_path / "sharded.h5"
+    proc = cli(*ROLLOUT, "--out", str(out), "--shards", "4", "--executor", "slurm", "--cpus", "1",
+               "--mem-gb", "4", "--time-min", "20")
+    assert proc.returncode == 0, proc.stderr
+    assert "4 shard(s) on the slurm executor" in proc.stderr
+    same_rollouts(local_rollout, out)
+
+
+def test_slurm_eval_array_merges_tasks(slurm, tmp_path: Path) -> None:
+    out = tmp_path / "eval.h5"
+    proc = cli("eval", "--tasks", "0,3", "--episodes-per-task", "2", "--max-steps", "10", "--image-size", "64",
+               "--out", str(out), "--executor", "slurm", "--cpus", "1", "--mem-gb", "4", "--time-min", "20")
+    assert proc.returncode == 0, proc.stderr
+    data = read_eval(out)
+    assert [t["task_id"] for t in data["tasks"]] == [0, 3]
+    assert data["episodes"]["task_id"].tolist() == [0, 0, 3, 3]
+    assert data["episodes"]["init_state"].tolist() == [0, 1, 0, 1]
+    from grpo_cli.rollout import episode_seed
+
+    assert data["episodes"]["noise_seed"].tolist() == [episode_seed(0, t, i) for t in (0, 3) for i in (0, 1)]
+    assert data["config"]["episodes_per_task"] == 2 and "mean over tasks" in proc.stdout
+
+
+def test_slurm_experiment_array(slurm, tmp_path: Path) -> None:
+    proc = cli("train", "--exp", "e2,e4", "--run-dir", str(tmp_path / "sweep"), "--steps", "2", *TRAIN[:14],
+               "--set", "num_generations=6", "--executor", "slurm", "--cpus", "1", "--mem-gb", "4",
+               "--time-min", "20", "--wait")
+    assert proc.returncode == 0, proc.stderr + proc.stdout
+    for exp in ("e2", "e4"):
+        run = tmp_path / "sweep" / exp
+        assert json.loads((run / "config.json").read_text())["exp"] == exp
+        assert [p.name for p in sorted((run / "checkpoints").glob("*.h5"))] == ["step_000001.h5", "step_000002.h5"]
+    assert "_0_log.out" in " ".join(p.name for p in (tmp_path / "sweep" / "submitit").iterdir())
+
+
+def test_slurm_requeue_and_preemption_resume_exactly(slurm, tmp_path: Path) -> None:
+    steps = 6
+    straight = tmp_path / "straight"
+    proc = cli("train", "--run-dir", str(straight), "--steps", str(steps), *TRAIN)
+    assert proc.returncode == 0, proc.stderr
+    run = tmp_path / "preempted"
+    proc = cli("train", "--run-dir", str(run), "--steps", str(steps), *TRAIN, "--executor", "slurm",
+               "--cpus", "1", "--mem-gb", "4", "--time-min", "30", "--signal-delay", "60")
+    assert proc.returncode == 0, proc.stderr
+    job = proc.stdout.split("job ", 1)[1].split(":", 1)[0]
+
+    def wait_for_steps(n: int) -> None:
+        deadline = time.time() + 600
+        while time.time() < deadline:
+            lines = (run / "metrics.jsonl").read_text().splitlines() if (run / "metrics.jsonl").exists() else []
+            if len(lines) >= n:
+                return
+            time.sleep(1)
+        raise AssertionError(f"the run never reached step {n}")
+
+    wait_for_steps(2)  # preemption warning: submitit's handler asks the trainer to stop after its step
+    subprocess.run(["scancel", "--signal=USR2", job], check=True)
+    wait_for_steps(4)
+    subprocess.run(["scontrol", "requeue", job], check=True)  # a hard requeue: the step in flight is lost
+    deadline = time.time() + 600
+    while squeue_state(job) and time.time() < deadline:
+        time.sleep(2)
+    logs = "".join(p.read_text() for p in (run / "submitit").glob("*.out"))
+    assert "stopping after step" in logs  # the signal path checkpointed at a step boundary
+    lines = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [m["step"] for m in lines] == list(range(1, steps + 1))  # no step lost or repeated
+    a = read_checkpoint(sorted((straight / "checkpoints").glob("*.h5"))[-1])
+    b = read_checkpoint(sorted((run / "checkpoints").glob("*.h5"))[-1])
+    assert a["step"] == b["step"] == steps
+    moved = 0
+    for name in a["params"]:
+        torch.testing.assert_close(a["params"][name], b["params"][name], rtol=0, atol=0)
+    first = read_checkpoint(sorted((straight / "checkpoints").glob("*.h5"))[0])
+    moved = sum(not torch.equal(a["params"][n], first["params"][n]) for n in a["params"])
+    assert moved > 0  # the run learnt between steps, so equal parameters are not vacuous
