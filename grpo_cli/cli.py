@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 from collections.abc import Callable, Iterator
@@ -522,6 +523,31 @@ def report(inputs: tuple[str, ...], out: str, baseline: str | None, title: str) 
     for label, d in summary["diagnosis"].items():
         click.echo(f"{label}: {d['verdict']}")
     click.echo(f"wrote {out}/report.md, report.html and {len(summary['figures'])} figures")
+
+
+@cli.command("merge-evals")
+@click.argument("parts", nargs=-1, required=True, type=click.Path(dir_okay=False))
+@click.option("--out", required=True, type=click.Path(dir_okay=False), help="eval file to write")
+@click.option("--overwrite", is_flag=True, help="replace an existing --out")
+def merge_evals_cmd(parts: tuple[str, ...], out: str, overwrite: bool) -> None:
+    """Merge eval files of one policy over disjoint tasks (e.g. slurm/eval_array.sbatch's) into one."""
+    from pathlib import Path
+
+    from grpo_cli.cluster import merge_evals
+    from grpo_cli.storage import check_output_path, read_eval
+
+    check_output_path(out, overwrite)
+    datas = [read_eval(p) for p in parts]
+    if len({d["policy"].get("params_sha1") for d in datas}) > 1 or len({str(d["suite"]) for d in datas}) > 1:
+        raise UserError("the eval files come from different policies or suites")
+    seen: set[int] = set()
+    for p, d in zip(parts, datas, strict=True):
+        ids = {t["task_id"] for t in d["tasks"]}
+        if ids & seen:
+            raise UserError(f"{p} repeats task(s) {sorted(ids & seen)}")
+        seen |= ids
+    merge_evals([Path(p) for p in parts], Path(out), json.dumps(datas[0]["config"]))
+    click.echo(f"wrote {out}: {len(seen)} tasks from {len(parts)} files")
 
 
 @cli.command("import-eval")

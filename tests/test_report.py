@@ -199,3 +199,16 @@ def test_report_reads_a_real_training_run(tmp_path: Path) -> None:
     assert summary["diagnosis"]["e4"]["steps"] == 2
     assert summary["diagnosis"]["e4"]["verdict"].startswith("no gradient signal")
     assert "training_curves" in summary["figures"]
+
+
+def test_merge_evals_cli(tmp_path: Path) -> None:
+    a = eval_file(tmp_path / "a.h5", {0: (3, 20)})
+    b = eval_file(tmp_path / "b.h5", {2: (7, 20)})
+    proc = subprocess.run([*CLI, "merge-evals", str(a), str(b), "--out", str(tmp_path / "m.h5")],
+                          capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    data = read_eval(tmp_path / "m.h5")
+    assert [t["task_id"] for t in data["tasks"]] == [0, 2] and int(data["episodes"]["success"].sum()) == 10
+    proc = subprocess.run([*CLI, "merge-evals", str(a), str(a), "--out", str(tmp_path / "n.h5")],
+                          capture_output=True, text=True)
+    assert proc.returncode == 2 and "repeats task(s) [0]" in proc.stderr and not (tmp_path / "n.h5").exists()
