@@ -183,6 +183,8 @@ class TrainConfig:
     minibatch_size: int = 16
     """chunks per backward pass; memory stays flat as groups grow"""
     steps: int = 6000
+    env_failure_retries: int = 2
+    """restarts of the envs when one fails or its worker dies mid-rollout (the rollout is rerun, same seeds)"""
     env_step_budget: int = 0
     """stop once the run has taken this many env steps (0 = no limit): compare presets at equal budget"""
     save_every: int = 100
@@ -212,8 +214,8 @@ class TrainConfig:
             raise UserError(f"group_filter must be one of {', '.join(GROUP_FILTERS)}, got {self.group_filter!r}")
         if len(self.success_band) != 2 or not 0 <= self.success_band[0] <= self.success_band[1] <= 1:
             raise UserError(f"success_band must be two numbers 0 <= lo <= hi <= 1, got {self.success_band}")
-        if self.max_resample_tries < 0 or self.progress_shaping < 0:
-            raise UserError("max_resample_tries and progress_shaping must be >= 0")
+        if self.max_resample_tries < 0 or self.progress_shaping < 0 or self.env_failure_retries < 0:
+            raise UserError("max_resample_tries, progress_shaping and env_failure_retries must be >= 0")
         steps = parse_tiers(self.denoise_tiers, self.num_generations)
         if self.tier_weights and len(self.tier_weights) != len(steps):
             raise UserError(f"tier_weights has {len(self.tier_weights)} entries but the group has "

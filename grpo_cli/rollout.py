@@ -104,6 +104,10 @@ class EnvWorker:
             self.env = None
 
 
+class EnvFailure(RuntimeError):
+    """An env raised (e.g. MuJoCo instability) or its worker process died: the rollout can be retried."""
+
+
 class LocalEnvSlots:
     """Env slots stepped one after another in this process (least memory; no parallelism)."""
 
@@ -112,10 +116,16 @@ class LocalEnvSlots:
         self._workers = [EnvWorker(image_size, images, **options) for _ in range(size)]
 
     def reset_many(self, items: Sequence[tuple[int, TaskSpec, int]]) -> list[dict[str, np.ndarray]]:
-        return [self._workers[slot].reset(task, init) for slot, task, init in items]
+        try:
+            return [self._workers[slot].reset(task, init) for slot, task, init in items]
+        except Exception as err:
+            raise EnvFailure(f"env reset failed: {type(err).__name__}: {err}") from err
 
     def run_chunks(self, items: Sequence[tuple[int, np.ndarray, int]]) -> list[ChunkResult]:
-        return [self._workers[slot].run_chunk(actions, left) for slot, actions, left in items]
+        try:
+            return [self._workers[slot].run_chunk(actions, left) for slot, actions, left in items]
+        except Exception as err:
+            raise EnvFailure(f"env step failed: {type(err).__name__}: {err}") from err
 
     def reset(self, slot: int, task: TaskSpec, init_state: int) -> dict[str, np.ndarray]:
         return self.reset_many([(slot, task, init_state)])[0]
@@ -172,9 +182,9 @@ class ProcessEnvSlots:
             self._procs.append(proc)
 
     def _call(self, items: Sequence[tuple[int, str, tuple]]) -> list[Any]:
-        def died(slot: int) -> RuntimeError:
+        def died(slot: int) -> EnvFailure:
             self._procs[slot].join(timeout=1)
-            return RuntimeError(f"env worker {slot} died (exit code {self._procs[slot].exitcode})")
+            return EnvFailure(f"env worker {slot} died (exit code {self._procs[slot].exitcode})")
 
         for slot, command, args in items:
             try:
@@ -188,7 +198,7 @@ class ProcessEnvSlots:
             except (EOFError, OSError):
                 raise died(slot) from None
             if status == "error":
-                raise RuntimeError(f"env worker {slot} failed:\n{value}")
+                raise EnvFailure(f"env worker {slot} failed: {value.strip().splitlines()[-1]}\n{value}")
             results.append(value)
         return results
 

@@ -28,7 +28,7 @@ from grpo_cli.drift import drift
 from grpo_cli.envs.libero import task_spec
 from grpo_cli.errors import UserError
 from grpo_cli.policies.smolvla import SmolVLAAdapter, module_of, parameter_groups
-from grpo_cli.rollout import EpisodeSpec, Trajectory, episode_seed, make_env_slots, run_episodes
+from grpo_cli.rollout import EnvFailure, EpisodeSpec, Trajectory, episode_seed, make_env_slots, run_episodes
 from grpo_cli.sinks import Sinks
 from grpo_cli.storage import read_checkpoint, write_checkpoint
 
@@ -142,9 +142,13 @@ class Trainer:
         self.pool = ReplayPool(cfg.replay_pool_size)
         self.step_index = 0
         self.tasks = [task_spec(cfg.suite, t) for t in cfg.tasks]
-        self.slots = make_env_slots(cfg.num_envs or cfg.num_generations, cfg.image_size,
-                                    processes=cfg.parallel_envs, privileged_state=self.adapter.privileged_state,
-                                    progress_shaping=cfg.progress_shaping)
+        self.env_failures = 0
+        self.slots = self._make_slots()
+
+    def _make_slots(self) -> Any:
+        cfg = self.cfg
+        return make_env_slots(cfg.num_envs or cfg.num_generations, cfg.image_size, processes=cfg.parallel_envs,
+                              privileged_state=self.adapter.privileged_state, progress_shaping=cfg.progress_shaping)
 
     # --- one GRPO step ---------------------------------------------------------------------------------
     def step(self) -> dict[str, float]:
@@ -213,6 +217,7 @@ class Trainer:
             "drift_rel_l2": d["total"]["rel_l2"],
             **{f"drift/{module}": v["drift_pct"] for module, v in d.items() if module != "total"},
             **{f"lr/{g['name']}": g["lr"] for g in self.optimizer.param_groups},
+            "env_failures": self.env_failures,
             "time/rollout": t_rollout, "time/update": t_update, "env_steps": env_steps,
             "SPS": env_steps / max(t_rollout + t_update, 1e-9), **update,
         }
@@ -220,10 +225,24 @@ class Trainer:
         return metrics
 
     def _run(self, episodes: list[EpisodeSpec]) -> list[Trajectory]:
+        """Roll out the episodes; on an env failure restart the envs and rerun them (same seeds, so the
+        same trajectories), up to `env_failure_retries` times, then stop with a clear error."""
         cfg = self.cfg
-        return run_episodes(self.adapter, self.slots, episodes, max_steps=cfg.max_steps,
-                            n_action_steps=cfg.n_action_steps, keep_images=True,
-                            sde_noise=cfg.sde_noise if cfg.likelihood == "sde" else 0.0)
+        for attempt in range(cfg.env_failure_retries + 1):
+            try:
+                return run_episodes(self.adapter, self.slots, episodes, max_steps=cfg.max_steps,
+                                    n_action_steps=cfg.n_action_steps, keep_images=True,
+                                    sde_noise=cfg.sde_noise if cfg.likelihood == "sde" else 0.0)
+            except EnvFailure as err:
+                self.env_failures += 1
+                reason = str(err).splitlines()[0]
+                if attempt == cfg.env_failure_retries:
+                    raise UserError(f"step {self.step_index + 1}: envs failed {attempt + 1} times, last: {reason}"
+                                    ) from None
+                self.log(f"step {self.step_index + 1}: {reason}; restarting the envs (retry {attempt + 1})")
+                self.slots.close()
+                self.slots = self._make_slots()
+        raise AssertionError("unreachable")
 
     def _score(self, adapter: SmolVLAAdapter, chunks: list[tuple[Member, int]], grad: bool
                ) -> tuple[torch.Tensor, list[torch.Tensor], list[torch.Tensor]]:

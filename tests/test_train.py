@@ -215,3 +215,32 @@ def test_env_step_budget_stops_the_run(tmp_path) -> None:
     assert all(m["env_steps_total"] <= 40 for m in metrics) and len(metrics) >= 2
     assert metrics[-1]["env_steps_total"] + metrics[-1]["env_steps"] > 40
     assert checkpoints(tmp_path / "run")[-1].name == f"step_{len(metrics):06d}.h5"
+
+
+def test_env_failures_are_retried_then_reported(tmp_path, monkeypatch) -> None:
+    import grpo_cli.train as train_module
+    from grpo_cli.rollout import EnvFailure
+
+    real, calls = train_module.run_episodes, {"n": 0}
+
+    def flaky(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 1:  # the first rollout dies as if its worker process had been killed
+            raise EnvFailure("env worker 0 died (exit code -9)")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(train_module, "run_episodes", flaky)
+    logs: list[str] = []
+    train(smoke("e2", num_generations="2", denoise_tiers="1x1,1x10", tier_weights="0.1,1", steps="1"),
+          tmp_path / "run", log=logs.append)
+    metrics = json.loads((tmp_path / "run" / "metrics.jsonl").read_text())
+    assert metrics["env_failures"] == 1 and any("restarting the envs (retry 1)" in m for m in logs)
+
+    def broken(*args, **kwargs):
+        raise EnvFailure("env step failed: MujocoException: unstable simulation")
+
+    monkeypatch.setattr(train_module, "run_episodes", broken)
+    with pytest.raises(UserError, match="envs failed 2 times, last: env step failed: MujocoException"):
+        train(smoke("e2", num_generations="2", denoise_tiers="1x1,1x10", tier_weights="0.1,1", steps="1",
+                    env_failure_retries="1"), tmp_path / "run2", log=logs.append)
+    assert not list((tmp_path / "run2").glob("checkpoints/*.h5"))
