@@ -298,6 +298,7 @@ def train(exp: str | None, config_file: str | None, sets: tuple[str, ...], polic
     `--exp e1,e2` (or `all`: e1-e6) trains one run per experiment in RUN_DIR/<exp>; with
     `--executor slurm` they are one array job. SLURM jobs checkpoint and requeue before their time
     limit or on preemption and resume where they stopped."""
+    import dataclasses
     import json
     from pathlib import Path
 
@@ -334,6 +335,10 @@ def train(exp: str | None, config_file: str | None, sets: tuple[str, ...], polic
             click.echo(f"# {directory}\n" + json.dumps(json.loads(cfg.to_json()), indent=1))
         return
     settings = _slurm_settings(section, slurm_config, slurm)
+    for cfg, directory in runs:  # what the run's SLURM shard workers (and a requeued trainer) ask for
+        if cfg.rollout_shards and cfg.shard_executor == "slurm":
+            directory.mkdir(parents=True, exist_ok=True)
+            (directory / "slurm.json").write_text(json.dumps(dataclasses.asdict(settings)))
     if executor != "local":
         from grpo_cli.cluster import failure_reason, make_executor, submit_training
 

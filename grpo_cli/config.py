@@ -183,6 +183,16 @@ class TrainConfig:
     minibatch_size: int = 16
     """chunks per backward pass; memory stays flat as groups grow"""
     steps: int = 6000
+    rollout_shards: int = 0
+    """long-lived rollout workers that roll out each step's episodes (0 = the trainer's own envs)"""
+    shard_executor: str = "local"
+    """where the shard workers run: `local` subprocesses or a `slurm` array (settings: RUN/slurm.json)"""
+    shard_envs: int = 1
+    """envs per shard worker, stepped in lockstep with one batched policy call"""
+    shard_timeout_s: int = 3600
+    """longest wait for one hand-off's trajectories before the step stops with an error"""
+    shard_idle_timeout_s: int = 600
+    """a worker without work for this long exits (so a dead trainer strands no jobs)"""
     env_failure_retries: int = 2
     """restarts of the envs when one fails or its worker dies mid-rollout (the rollout is rerun, same seeds)"""
     env_step_budget: int = 0
@@ -214,6 +224,8 @@ class TrainConfig:
             raise UserError(f"group_filter must be one of {', '.join(GROUP_FILTERS)}, got {self.group_filter!r}")
         if len(self.success_band) != 2 or not 0 <= self.success_band[0] <= self.success_band[1] <= 1:
             raise UserError(f"success_band must be two numbers 0 <= lo <= hi <= 1, got {self.success_band}")
+        if self.rollout_shards < 0 or self.shard_envs < 1 or self.shard_executor not in ("local", "slurm"):
+            raise UserError("rollout_shards must be >= 0, shard_envs >= 1, shard_executor local or slurm")
         if self.max_resample_tries < 0 or self.progress_shaping < 0 or self.env_failure_retries < 0:
             raise UserError("max_resample_tries, progress_shaping and env_failure_retries must be >= 0")
         steps = parse_tiers(self.denoise_tiers, self.num_generations)

@@ -123,6 +123,7 @@ def _write_demo(g: h5py.Group, traj: Trajectory) -> None:
                     "language": spec.task.language, "init_state": spec.init_state, "group": spec.group,
                     "member": spec.member, "denoise_steps": spec.denoise_steps,
                     "noise_seed": np.uint64(spec.noise_seed), "success": bool(traj.success),
+                    "progress": float(traj.progress),
                     "episode_length": traj.length})
     T = traj.length
     g.create_dataset("actions", data=np.asarray(traj.actions, dtype=np.float32).reshape(T, -1))
@@ -216,7 +217,8 @@ def read_demo(g: h5py.Group, task: Any) -> Trajectory:
     return Trajectory(spec, actions=list(g["actions"][()]), states=list(g["obs/state"][()]),
                       rewards=list(g["rewards"][()]), query_steps=p["query_steps"][()].tolist(),
                       query_states=list(p["state"][()]), query_images=images, noise=list(p["noise"][()]),
-                      chains=list(p["chains"][()]), success=bool(a["success"]))
+                      chains=list(p["chains"][()]), success=bool(a["success"]),
+                      progress=float(a.get("progress", float(a["success"]))))
 
 
 # --- checkpoints --------------------------------------------------------------------------------------

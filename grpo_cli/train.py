@@ -29,6 +29,7 @@ from grpo_cli.envs.libero import task_spec
 from grpo_cli.errors import UserError
 from grpo_cli.policies.smolvla import SmolVLAAdapter, module_of, parameter_groups
 from grpo_cli.rollout import EnvFailure, EpisodeSpec, Trajectory, episode_seed, make_env_slots, run_episodes
+from grpo_cli.shards import ShardPool
 from grpo_cli.sinks import Sinks
 from grpo_cli.storage import read_checkpoint, write_checkpoint
 
@@ -143,7 +144,8 @@ class Trainer:
         self.step_index = 0
         self.tasks = [task_spec(cfg.suite, t) for t in cfg.tasks]
         self.env_failures = 0
-        self.slots = self._make_slots()
+        self.slots = self._make_slots() if not cfg.rollout_shards else None
+        self.shards: ShardPool | None = None  # started at the first rollout
 
     def _make_slots(self) -> Any:
         cfg = self.cfg
@@ -228,6 +230,12 @@ class Trainer:
         """Roll out the episodes; on an env failure restart the envs and rerun them (same seeds, so the
         same trajectories), up to `env_failure_retries` times, then stop with a clear error."""
         cfg = self.cfg
+        if cfg.rollout_shards:
+            if self.shards is None:
+                self.shards = ShardPool(cfg, self.run_dir, self.log)
+            trainable = {id(p) for p in self.groups["head"] + self.groups["backbone"]}
+            return self.shards.run(episodes, {n: p.detach().clone() for n, p in self.adapter.policy.named_parameters()
+                                              if id(p) in trainable})
         for attempt in range(cfg.env_failure_retries + 1):
             try:
                 return run_episodes(self.adapter, self.slots, episodes, max_steps=cfg.max_steps,
@@ -354,7 +362,10 @@ class Trainer:
         torch.set_rng_state(ckpt["rng_torch"])
 
     def close(self) -> None:
-        self.slots.close()
+        if self.slots is not None:
+            self.slots.close()
+        if self.shards is not None:
+            self.shards.close()
 
 
 def _norm(grads: Any) -> float:

@@ -100,6 +100,24 @@ def test_debug_executor_shards_match_local(local_rollout: Path, tmp_path: Path) 
     assert not list(tmp_path.glob(".*"))  # parts removed after the merge
 
 
+def test_training_with_local_rollout_shards_matches_unsharded(tmp_path: Path) -> None:
+    """Two long-lived shard workers (local subprocesses, one env each) give the trainer the same
+    trajectories as its own single env, so the runs end with bit-identical parameters."""
+    for name, extra in (("own", []), ("sharded", ["--set", "rollout_shards=2", "--set", "shard_envs=1"])):
+        proc = cli("train", "--run-dir", str(tmp_path / name), "--steps", "2", *E5, *extra)
+        assert proc.returncode == 0, proc.stderr
+    assert "started 2 rollout shard workers (local)" in proc.stderr
+    a = read_checkpoint(sorted((tmp_path / "own" / "checkpoints").glob("*.h5"))[-1])
+    b = read_checkpoint(sorted((tmp_path / "sharded" / "checkpoints").glob("*.h5"))[-1])
+    first = read_checkpoint(sorted((tmp_path / "own" / "checkpoints").glob("*.h5"))[0])
+    assert any(not torch.equal(a["params"][n], first["params"][n]) for n in a["params"])
+    for name in a["params"]:
+        torch.testing.assert_close(a["params"][name], b["params"][name], rtol=0, atol=0)
+    shards = tmp_path / "sharded" / "shards"
+    assert not list(shards.glob("request_*")) and not list(shards.glob("part_*"))  # hand-offs cleaned up
+    assert list(shards.glob("stop_*"))
+
+
 def test_slurm_executor_without_slurm_is_one_line(tmp_path: Path) -> None:
     proc = cli(*ROLLOUT, "--out", str(tmp_path / "x.h5"), "--executor", "slurm",
                env={"PATH": "/nonexistent"})

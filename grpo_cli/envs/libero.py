@@ -55,6 +55,9 @@ def configure_libero(assets: str | None = None) -> Path | None:
     `assets`, else `$GRPO_VLA_LIBERO_ASSETS`, else LIBERO's own lookup (its package folder, then a hub
     download) for users with network.
     """
+    if os.environ.get("CUDA_VISIBLE_DEVICES") == "":
+        # submitit's CPU-only jobs hide GPUs with an empty list, which robosuite's EGL set-up cannot parse
+        del os.environ["CUDA_VISIBLE_DEVICES"]
     spec = importlib.util.find_spec("libero")
     if spec is None or not spec.submodule_search_locations:
         raise UserError("LIBERO is not installed: run `make install` (it installs hf-libero)")
