@@ -3,6 +3,7 @@
 `start(folder)` installs the packages when they are missing and we are root, starts `munged` if it
 is not running, writes a slurm.conf into `folder` and starts `slurmctld` and `slurmd` from it. The
 returned environment (SLURM_CONF) points every `sbatch`/`squeue`/submitit call at that cluster.
+The node claims 8 CPUs (`config_overrides`) so a trainer and its shard workers run at once on 2 cores.
 """
 
 from __future__ import annotations
@@ -69,7 +70,8 @@ MpiDefault=none
 JobRequeue=1
 KillWait=5
 MinJobAge=600
-NodeName={host} CPUs={os.cpu_count()} RealMemory={mem_mb} State=UNKNOWN
+SlurmdParameters=config_overrides
+NodeName={host} CPUs=8 RealMemory={mem_mb} State=UNKNOWN
 PartitionName=debug Nodes={host} Default=YES MaxTime=INFINITE State=UP
 """)
     env = {**os.environ, "SLURM_CONF": str(conf)}

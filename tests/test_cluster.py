@@ -168,25 +168,31 @@ def test_slurm_eval_array_merges_tasks(slurm, tmp_path: Path) -> None:
 
 
 def test_slurm_experiment_array(slurm, tmp_path: Path) -> None:
+    # Each experiment's trainer hands its rollouts to 2 shard workers, themselves SLURM jobs.
     proc = cli("train", "--exp", "e2,e4", "--run-dir", str(tmp_path / "sweep"), "--steps", "2", *TRAIN[:14],
-               "--set", "num_generations=6", "--executor", "slurm", "--cpus", "1", "--mem-gb", "4",
-               "--time-min", "20", "--wait")
+               "--set", "num_generations=6", "--set", "rollout_shards=2", "--set", "shard_executor=slurm",
+               "--executor", "slurm", "--cpus", "1", "--mem-gb", "3", "--time-min", "20", "--wait")
     assert proc.returncode == 0, proc.stderr + proc.stdout
     for exp in ("e2", "e4"):
         run = tmp_path / "sweep" / exp
         assert json.loads((run / "config.json").read_text())["exp"] == exp
         assert [p.name for p in sorted((run / "checkpoints").glob("*.h5"))] == ["step_000001.h5", "step_000002.h5"]
+        assert len(list((run / "shards" / "submitit").glob("*_log.out"))) >= 2  # the shard workers' jobs
+        assert json.loads((run / "slurm.json").read_text())["cpus_per_task"] == 1
     assert "_0_log.out" in " ".join(p.name for p in (tmp_path / "sweep" / "submitit").iterdir())
 
 
 def test_slurm_requeue_and_preemption_resume_exactly(slurm, tmp_path: Path) -> None:
+    """A sharded trainer on SLURM survives a preemption warning and a hard requeue: the same steps and
+    bit-identical parameters as an uninterrupted, unsharded run (shards of one env roll out exactly alike)."""
     steps = 6
     straight = tmp_path / "straight"
     proc = cli("train", "--run-dir", str(straight), "--steps", str(steps), *E5)
     assert proc.returncode == 0, proc.stderr
     run = tmp_path / "preempted"
     proc = cli("train", "--run-dir", str(run), "--steps", str(steps), *E5, "--executor", "slurm",
-               "--cpus", "1", "--mem-gb", "4", "--time-min", "30", "--signal-delay", "60")
+               "--set", "rollout_shards=2", "--set", "shard_envs=1", "--set", "shard_executor=slurm",
+               "--cpus", "1", "--mem-gb", "3", "--time-min", "30", "--signal-delay", "60")
     assert proc.returncode == 0, proc.stderr
     job = proc.stdout.split("job ", 1)[1].split(":", 1)[0]
 
