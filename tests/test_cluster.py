@@ -28,6 +28,7 @@ TRAIN = ["--set", "policy=tiny", "--set", "tasks=0", "--set", "max_steps=10", "-
          "--set", "denoise_tiers=2x4", "--set", "tier_weights=", "--set", "likelihood=sde",
          "--set", "fallback_steps=4", "--set", "train_backbone=false", "--set", "lr_head=1e-3"]
 E5 = ["--exp", "e5", *TRAIN]  # E5's fallback rewards give all-fail groups of a random policy a signal
+# (fallback_steps is E5's; the other presets ignore it)
 cloudpickle.register_pickle_by_value(sys.modules[__name__])  # SLURM jobs cannot import this test module
 
 
@@ -167,34 +168,24 @@ def test_slurm_eval_array_merges_tasks(slurm, tmp_path: Path) -> None:
     assert data["config"]["episodes_per_task"] == 2 and "mean over tasks" in proc.stdout
 
 
-def test_slurm_experiment_array(slurm, tmp_path: Path) -> None:
-    # Each experiment's trainer hands its rollouts to 2 shard workers, themselves SLURM jobs.
-    proc = cli("train", "--exp", "e2,e4", "--run-dir", str(tmp_path / "sweep"), "--steps", "2", *TRAIN[:14],
-               "--set", "num_generations=6", "--set", "rollout_shards=2", "--set", "shard_executor=slurm",
-               "--executor", "slurm", "--cpus", "1", "--mem-gb", "3", "--time-min", "20", "--wait")
-    assert proc.returncode == 0, proc.stderr + proc.stdout
-    for exp in ("e2", "e4"):
-        run = tmp_path / "sweep" / exp
-        assert json.loads((run / "config.json").read_text())["exp"] == exp
-        assert [p.name for p in sorted((run / "checkpoints").glob("*.h5"))] == ["step_000001.h5", "step_000002.h5"]
-        assert len(list((run / "shards" / "submitit").glob("*_log.out"))) >= 2  # the shard workers' jobs
-        assert json.loads((run / "slurm.json").read_text())["cpus_per_task"] == 1
-    assert "_0_log.out" in " ".join(p.name for p in (tmp_path / "sweep" / "submitit").iterdir())
-
-
-def test_slurm_requeue_and_preemption_resume_exactly(slurm, tmp_path: Path) -> None:
-    """A sharded trainer on SLURM survives a preemption warning and a hard requeue: the same steps and
-    bit-identical parameters as an uninterrupted, unsharded run (shards of one env roll out exactly alike)."""
-    steps = 6
+def test_slurm_sweep_with_shards_survives_preemption_and_requeue(slurm, tmp_path: Path) -> None:
+    """`train --exp e5,e4 --executor slurm`: one array job, each trainer handing its rollouts to 2 shard
+    workers (SLURM jobs too). The e5 task gets a preemption warning, then a hard requeue, and still ends
+    with the same steps and bit-identical parameters as an uninterrupted, unsharded run (shards of one
+    env roll out exactly alike)."""
+    steps = 4
     straight = tmp_path / "straight"
-    proc = cli("train", "--run-dir", str(straight), "--steps", str(steps), *E5)
+    proc = cli("train", "--exp", "e5", "--run-dir", str(straight), "--steps", str(steps), *TRAIN)
     assert proc.returncode == 0, proc.stderr
-    run = tmp_path / "preempted"
-    proc = cli("train", "--run-dir", str(run), "--steps", str(steps), *E5, "--executor", "slurm",
+    sweep = tmp_path / "sweep"
+    proc = cli("train", "--exp", "e5,e4", "--run-dir", str(sweep), "--steps", str(steps), *TRAIN,
                "--set", "rollout_shards=2", "--set", "shard_envs=1", "--set", "shard_executor=slurm",
-               "--cpus", "1", "--mem-gb", "3", "--time-min", "30", "--signal-delay", "60")
+               "--executor", "slurm", "--cpus", "1", "--mem-gb", "3", "--time-min", "30", "--signal-delay", "60")
     assert proc.returncode == 0, proc.stderr
-    job = proc.stdout.split("job ", 1)[1].split(":", 1)[0]
+    jobs = dict(line.split(" ", 1)[1].split(": ", 1)[::-1] for line in proc.stdout.splitlines()
+                if line.startswith("job "))
+    run, job = sweep / "e5", jobs[str(sweep / "e5")]
+    assert job.endswith("_0") and jobs[str(sweep / "e4")].endswith("_1")  # one array job
 
     def wait_for_steps(n: int) -> None:
         deadline = time.time() + 600
@@ -205,17 +196,21 @@ def test_slurm_requeue_and_preemption_resume_exactly(slurm, tmp_path: Path) -> N
             time.sleep(1)
         raise AssertionError(f"the run never reached step {n}")
 
-    wait_for_steps(2)  # preemption warning: submitit's handler asks the trainer to stop after its step
+    wait_for_steps(1)  # preemption warning: submitit's handler asks the trainer to stop after its step
     subprocess.run(["scancel", "--signal=USR2", job], check=True)
-    wait_for_steps(4)
+    wait_for_steps(3)
     subprocess.run(["scontrol", "requeue", job], check=True)  # a hard requeue: the step in flight is lost
-    deadline = time.time() + 600
-    while squeue_state(job) and time.time() < deadline:
+    deadline = time.time() + 900
+    while any(squeue_state(j) for j in jobs.values()) and time.time() < deadline:
         time.sleep(2)
-    logs = "".join(p.read_text() for p in (run / "submitit").glob("*.out"))
+    logs = "".join(p.read_text() for p in (sweep / "submitit").glob("*.out"))
     assert "stopping after step" in logs  # the signal path checkpointed at a step boundary
-    lines = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
-    assert [m["step"] for m in lines] == list(range(1, steps + 1))  # no step lost or repeated
+    for exp in ("e5", "e4"):
+        assert json.loads((sweep / exp / "config.json").read_text())["exp"] == exp
+        lines = [json.loads(x) for x in (sweep / exp / "metrics.jsonl").read_text().splitlines()]
+        assert [m["step"] for m in lines] == list(range(1, steps + 1))  # no step lost or repeated
+        assert len(list((sweep / exp / "shards" / "submitit").glob("*_log.out"))) >= 2  # shard workers' jobs
+        assert json.loads((sweep / exp / "slurm.json").read_text())["cpus_per_task"] == 1
     a = read_checkpoint(sorted((straight / "checkpoints").glob("*.h5"))[-1])
     b = read_checkpoint(sorted((run / "checkpoints").glob("*.h5"))[-1])
     assert a["step"] == b["step"] == steps
