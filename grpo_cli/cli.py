@@ -331,8 +331,8 @@ def train(exp: str | None, config_file: str | None, sets: tuple[str, ...], polic
             if (directory / "config.json").exists():
                 raise UserError(f"{directory} already holds a run: use --resume or another --run-dir")
     if dry_run:
-        for cfg, directory in runs:
-            click.echo(f"# {directory}\n" + json.dumps(json.loads(cfg.to_json()), indent=1))
+        configs = {str(directory): json.loads(cfg.to_json()) for cfg, directory in runs}
+        click.echo(json.dumps(next(iter(configs.values())) if len(configs) == 1 else configs, indent=1))
         return
     settings = _slurm_settings(section, slurm_config, slurm)
     for cfg, directory in runs:  # what the run's SLURM shard workers (and a requeued trainer) ask for

@@ -149,6 +149,10 @@ def test_train_resume_drift_export_and_eval_of_checkpoint(tmp_path: Path) -> Non
     assert not (tmp_path / "hub" / "config.json").exists()
     dry = run("train", "--exp", "e3", "--dry-run", "--run-dir", str(tmp_path / "dry"))
     assert dry.returncode == 0 and json.loads(dry.stdout)["beta"] == 0.04
+    sweep = run("train", "--exp", "all", "--dry-run", "--run-dir", str(tmp_path / "sweep"))
+    configs = json.loads(sweep.stdout)  # one run directory per experiment
+    assert [c["exp"] for c in configs.values()] == ["e1", "e2", "e3", "e4", "e5", "e6"]
+    assert list(configs)[4] == str(tmp_path / "sweep" / "e5")
 
 
 def test_ctrl_c_stops_parallel_workers_without_orphans(tmp_path: Path) -> None:
