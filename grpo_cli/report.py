@@ -335,8 +335,12 @@ def diagnose(run: Run, column: Column | None, sig: dict) -> dict[str, Any]:
         verdict = (f"KL dominates: its gradient is {d['grad_norm_kl'] / max(d['grad_norm_policy'], 1e-30):.1f}x"
                    " the policy term's; lower beta")
     elif d["clip_ratio"] > 0.5:
-        verdict = (f"updates mostly clipped ({100 * d['clip_ratio']:.0f}% of samples): lower the learning rate or"
-                   " use chunk-level ratios")
+        fell = (f"; training success fell from {d['train_success_first_half']:.2f} to "
+                f"{d['train_success_second_half']:.2f}" if d["train_success_second_half"]
+                < 0.75 * d["train_success_first_half"] else "")
+        verdict = (f"updates mostly clipped ({100 * d['clip_ratio']:.0f}% of samples, ratios up to "
+                   f"{d['ratio_max']:.3g}){fell}: lower the learning rate"
+                   + (" or use chunk-level ratios" if run.config.get("ratio_level") == "trajectory" else ""))
     elif evals and evals["delta"] < 0 and evals["p_holm"] < ALPHA:
         verdict = (f"regressed: eval success {100 * evals['delta']:+.1f} points with drift "
                    f"{d['final_drift_pct']:.3f}%: the update moved the policy away from what SFT did well")
