@@ -168,6 +168,8 @@ class TrainConfig:
     scale_rewards: str = "group"
     epsilon: float = 0.2
     epsilon_high: float | None = None
+    dual_clip: float | None = None
+    """dual-clip PPO's c (> 1, e.g. 3): bounds the objective of negative-advantage samples below by c·A"""
     beta: float = 0.0
     """KL weight to the SFT reference; 0 loads no reference"""
     lr_head: float = 1e-5
@@ -235,6 +237,8 @@ class TrainConfig:
         for name in ("tasks_per_step", "num_iterations", "minibatch_size", "steps", "save_every"):
             if getattr(self, name) < 1:
                 raise UserError(f"{name} must be >= 1")
+        if self.dual_clip is not None and self.dual_clip <= 1:
+            raise UserError("dual_clip must be > 1 (or unset)")
         if self.epsilon <= 0 or self.beta < 0 or self.sde_noise <= 0:
             raise UserError("epsilon and sde_noise must be > 0 and beta >= 0")
 

@@ -61,17 +61,23 @@ def zero_std_groups(rewards: torch.Tensor) -> torch.Tensor:
 
 
 def clipped_surrogate(logratio: torch.Tensor, advantages: torch.Tensor, epsilon: float,
-                      epsilon_high: float | None = None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+                      epsilon_high: float | None = None, dual_clip: float | None = None
+                      ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """Eq. 5's policy term: -mean(min(rho A, clip(rho, 1 - eps, 1 + eps_high) A)).
 
     logratio (B,) = log pi_theta - log pi_old per sample (chunk or trajectory); advantages (B,).
+    dual_clip c > 1 (dual-clip PPO): for A < 0 the objective is also bounded below by c A, so a sample
+    whose ratio has exploded (chunk log-ratios sum thousands of terms) stops driving the update.
     Returns (loss, metrics) with TRL's clip metrics: `clip_ratio/low_mean` (rho < 1 - eps where A < 0),
     `clip_ratio/high_mean` (rho > 1 + eps_high where A > 0), `clip_ratio/region_mean` (either).
     """
     eps_high = epsilon if epsilon_high is None else epsilon_high
     ratio = torch.exp(logratio)
     clipped = torch.clamp(ratio, 1 - epsilon, 1 + eps_high)
-    loss = -torch.min(ratio * advantages, clipped * advantages).mean()
+    objective = torch.min(ratio * advantages, clipped * advantages)
+    if dual_clip is not None:
+        objective = torch.where(advantages < 0, torch.max(objective, dual_clip * advantages), objective)
+    loss = -objective.mean()
     with torch.no_grad():
         low = ((ratio < 1 - epsilon) & (advantages < 0)).float()
         high = ((ratio > 1 + eps_high) & (advantages > 0)).float()

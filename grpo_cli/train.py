@@ -311,7 +311,8 @@ class Trainer:
                     sizes = [len(chunks_of[id(m)]) for m in mb]
                     logratio = torch.stack([part.sum() for part in logratio.split(sizes)])
                     adv = torch.tensor([m.advantage for m in mb])
-                policy_loss, clip = grpo.clipped_surrogate(logratio, adv, cfg.epsilon, cfg.epsilon_high)
+                policy_loss, clip = grpo.clipped_surrogate(logratio, adv, cfg.epsilon, cfg.epsilon_high,
+                                                           cfg.dual_clip)
                 kl = torch.zeros(())
                 if self.reference is not None:
                     with torch.no_grad():

@@ -113,3 +113,16 @@ def test_base_rewards_and_group_filters() -> None:
     assert grpo.keep_groups(success, dense, "none").all()
     with pytest.raises(ValueError):
         grpo.keep_groups(success, dense, "bogus")
+
+
+def test_dual_clip_bounds_exploded_negative_samples() -> None:
+    logratio = torch.log(torch.tensor([1000.0, 1000.0, 0.5]))
+    adv = torch.tensor([-1.0, 1.0, -1.0])
+    plain, _ = grpo.clipped_surrogate(logratio, adv, 0.2)
+    dual, _ = grpo.clipped_surrogate(logratio, adv, 0.2, dual_clip=3.0)
+    # sample 0 (A<0, ratio 1000): plain keeps -1000, dual-clip bounds it at -3; the others are unchanged
+    assert plain.item() == pytest.approx(-(-1000.0 + 1.2 - 0.8) / 3)
+    assert dual.item() == pytest.approx(-(-3.0 + 1.2 - 0.8) / 3)
+    lr = logratio.clone().requires_grad_(True)
+    grpo.clipped_surrogate(lr, adv, 0.2, dual_clip=3.0)[0].backward()
+    assert lr.grad[0] == 0  # the exploded sample no longer drives the update
