@@ -144,6 +144,13 @@ def squeue_state(job: str) -> str:
     return out.strip()
 
 
+def release_requeued(job: str) -> None:
+    """SLURM holds a requeued job until a later BeginTime; start it now to keep the test short."""
+    reason = subprocess.run(["squeue", "-h", "-j", job, "-o", "%r"], capture_output=True, text=True).stdout
+    if "BeginTime" in reason:
+        subprocess.run(["scontrol", "update", f"JobId={job}", "StartTime=now"], capture_output=True)
+
+
 def test_slurm_rollout_shards_match_local(slurm, local_rollout: Path, tmp_path: Path) -> None:
     out = tmp_path / "sharded.h5"
     proc = cli(*ROLLOUT, "--out", str(out), "--shards", "4", "--executor", "slurm", "--cpus", "1",
@@ -193,6 +200,7 @@ def test_slurm_sweep_with_shards_survives_preemption_and_requeue(slurm, tmp_path
             lines = (run / "metrics.jsonl").read_text().splitlines() if (run / "metrics.jsonl").exists() else []
             if len(lines) >= n:
                 return
+            release_requeued(job)
             time.sleep(1)
         raise AssertionError(f"the run never reached step {n}")
 
@@ -202,6 +210,7 @@ def test_slurm_sweep_with_shards_survives_preemption_and_requeue(slurm, tmp_path
     subprocess.run(["scontrol", "requeue", job], check=True)  # a hard requeue: the step in flight is lost
     deadline = time.time() + 900
     while any(squeue_state(j) for j in jobs.values()) and time.time() < deadline:
+        release_requeued(job)
         time.sleep(2)
     logs = "".join(p.read_text() for p in (sweep / "submitit").glob("*.out"))
     assert "stopping after step" in logs  # the signal path checkpointed at a step boundary
