@@ -184,6 +184,8 @@ class TrainConfig:
     """inner epochs over each step's samples (TRL's name)"""
     minibatch_size: int = 16
     """chunks per backward pass; memory stays flat as groups grow"""
+    optimizer_steps_per_iteration: int = 0
+    """0: one optimizer step per minibatch; k: gradients accumulated over the minibatches, k steps an epoch"""
     steps: int = 6000
     rollout_shards: int = 0
     """long-lived rollout workers that roll out each step's episodes (0 = the trainer's own envs)"""
@@ -237,6 +239,8 @@ class TrainConfig:
         for name in ("tasks_per_step", "num_iterations", "minibatch_size", "steps", "save_every"):
             if getattr(self, name) < 1:
                 raise UserError(f"{name} must be >= 1")
+        if self.optimizer_steps_per_iteration < 0:
+            raise UserError("optimizer_steps_per_iteration must be >= 0")
         if self.dual_clip is not None and self.dual_clip <= 1:
             raise UserError("dual_clip must be > 1 (or unset)")
         if self.epsilon <= 0 or self.beta < 0 or self.sde_noise <= 0:

@@ -23,6 +23,7 @@ import numpy as np
 import torch
 
 from grpo_cli import grpo
+from grpo_cli.cluster import split
 from grpo_cli.config import TrainConfig
 from grpo_cli.drift import drift
 from grpo_cli.envs.libero import task_spec
@@ -299,45 +300,54 @@ class Trainer:
                    for mb in minibatches]
         self.adapter.policy.train()
         stats: dict[str, list[float]] = {}
+        params = self.groups["head"] + self.groups["backbone"]
         for _ in range(cfg.num_iterations):
-            for b in rng.permutation(len(minibatches)):
-                mb = minibatches[b]
-                chunks = [c for m in mb for c in chunks_of[id(m)]]
-                logp, means, stds = self._score(self.adapter, chunks, grad=True)
-                old_logp = old[b]
-                adv = torch.tensor([m.advantage for m, _ in chunks])
-                logratio = logp - old_logp
-                if cfg.ratio_level == "trajectory":
-                    sizes = [len(chunks_of[id(m)]) for m in mb]
-                    logratio = torch.stack([part.sum() for part in logratio.split(sizes)])
-                    adv = torch.tensor([m.advantage for m in mb])
-                policy_loss, clip = grpo.clipped_surrogate(logratio, adv, cfg.epsilon, cfg.epsilon_high,
-                                                           cfg.dual_clip)
-                kl = torch.zeros(())
-                if self.reference is not None:
-                    with torch.no_grad():
-                        _, ref_means, _ = self._score(self.reference, chunks, grad=False)
-                    kl = torch.stack([grpo.gaussian_kl_same_std(m, r, s, self.adapter.action_mask).sum()
-                                      for m, r, s in zip(means, ref_means, stds, strict=True)]).mean()
-                loss = policy_loss + cfg.beta * kl
-                if not torch.isfinite(loss):
-                    stats.setdefault("nonfinite_loss_skipped", []).append(1.0)
+            order = rng.permutation(len(minibatches)).tolist()
+            # One optimizer step per minibatch (0), or gradients accumulated over the minibatches into
+            # k steps per epoch: memory stays per-minibatch while the update count stays k per epoch.
+            k = cfg.optimizer_steps_per_iteration
+            for group in ([[b] for b in order] if k == 0 else split(order, k)):
+                sizes = {b: sum(len(chunks_of[id(m)]) for m in minibatches[b]) for b in group}
+                self.optimizer.zero_grad(set_to_none=True)
+                stepped = False
+                for b in group:
+                    mb = minibatches[b]
+                    chunks = [c for m in mb for c in chunks_of[id(m)]]
+                    logp, means, stds = self._score(self.adapter, chunks, grad=True)
+                    adv = torch.tensor([m.advantage for m, _ in chunks])
+                    logratio = logp - old[b]
+                    if cfg.ratio_level == "trajectory":
+                        logratio = torch.stack([part.sum() for part in logratio.split(
+                            [len(chunks_of[id(m)]) for m in mb])])
+                        adv = torch.tensor([m.advantage for m in mb])
+                    policy_loss, clip = grpo.clipped_surrogate(logratio, adv, cfg.epsilon, cfg.epsilon_high,
+                                                               cfg.dual_clip)
+                    kl = torch.zeros(())
+                    if self.reference is not None:
+                        with torch.no_grad():
+                            _, ref_means, _ = self._score(self.reference, chunks, grad=False)
+                        kl = torch.stack([grpo.gaussian_kl_same_std(m, r, s, self.adapter.action_mask).sum()
+                                          for m, r, s in zip(means, ref_means, stds, strict=True)]).mean()
+                    loss = policy_loss + cfg.beta * kl
+                    if not torch.isfinite(loss):
+                        stats.setdefault("nonfinite_loss_skipped", []).append(1.0)
+                        continue
+                    if self.reference is not None and cfg.beta > 0:
+                        grads = torch.autograd.grad(policy_loss, params, retain_graph=True, allow_unused=True)
+                        stats.setdefault("grad_norm/policy_term", []).append(_norm(grads))
+                        grads = torch.autograd.grad(cfg.beta * kl, params, retain_graph=True, allow_unused=True)
+                        stats.setdefault("grad_norm/kl_term", []).append(_norm(grads))
+                    (loss * (sizes[b] / sum(sizes.values()))).backward()
+                    stepped = True
+                    for key, value in {"loss": loss, "loss/policy": policy_loss, "kl": kl, **clip}.items():
+                        stats.setdefault(key, []).append(float(torch.as_tensor(value).detach()))
+                if not stepped:  # every minibatch of the group was non-finite: no update
                     self.optimizer.zero_grad(set_to_none=True)
                     continue
-                params = self.groups["head"] + self.groups["backbone"]
-                self.optimizer.zero_grad(set_to_none=True)
-                if self.reference is not None and cfg.beta > 0:
-                    grads = torch.autograd.grad(policy_loss, params, retain_graph=True, allow_unused=True)
-                    stats.setdefault("grad_norm/policy_term", []).append(_norm(grads))
-                    grads = torch.autograd.grad(cfg.beta * kl, params, retain_graph=True, allow_unused=True)
-                    stats.setdefault("grad_norm/kl_term", []).append(_norm(grads))
-                loss.backward()
                 for name in ("head", "backbone"):
                     stats.setdefault(f"grad_norm/{name}", []).append(_norm([p.grad for p in self.groups[name]]))
                 torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
                 self.optimizer.step()
-                for key, value in {"loss": loss, "loss/policy": policy_loss, "kl": kl, **clip}.items():
-                    stats.setdefault(key, []).append(float(torch.as_tensor(value).detach()))
         self.adapter.policy.eval()
         reduce = {"ratio/max": np.max, "ratio/min": np.min}
         return {k: float(reduce.get(k, np.mean)(v)) for k, v in stats.items()}

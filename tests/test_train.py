@@ -244,3 +244,22 @@ def test_env_failures_are_retried_then_reported(tmp_path, monkeypatch) -> None:
         train(smoke("e2", num_generations="2", denoise_tiers="1x1,1x10", tier_weights="0.1,1", steps="1",
                     env_failure_retries="1"), tmp_path / "run2", log=logs.append)
     assert not list((tmp_path / "run2").glob("checkpoints/*.h5"))
+
+
+def test_gradient_accumulation_makes_k_optimizer_steps(tmp_path, monkeypatch) -> None:
+    """optimizer_steps_per_iteration = 1 accumulates every minibatch into one Adam step per epoch."""
+    counts = []
+    real_step = torch.optim.AdamW.step
+
+    def counting_step(self, *args, **kwargs):
+        counts.append(1)
+        return real_step(self, *args, **kwargs)
+
+    monkeypatch.setattr(torch.optim.AdamW, "step", counting_step)
+    base = dict(likelihood="sde", steps="1", num_generations="2", denoise_tiers="2x4", tier_weights="",
+                fallback_steps="4", lr_head="1e-3", train_backbone="false", minibatch_size="1", num_iterations="2")
+    train(smoke("e5", **base), tmp_path / "per_minibatch", log=lambda _: None)
+    per_minibatch = len(counts)
+    counts.clear()
+    train(smoke("e5", **base, optimizer_steps_per_iteration="1"), tmp_path / "accumulated", log=lambda _: None)
+    assert per_minibatch > 2 and len(counts) == 2  # one step per epoch, two epochs
