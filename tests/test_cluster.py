@@ -73,22 +73,27 @@ def test_settings_resolve_and_reject() -> None:
 
 
 def fail_once(marker: str, value: int) -> int:
-    """Dies like a killed worker the first time it sees its marker file."""
-    if os.path.exists(marker):
-        os.unlink(marker)
-        raise RuntimeError("simulated env crash")
+    """Crashes (marker `crash`) or is killed with SIGKILL (marker `kill`) the first time it runs."""
+    for how in ("crash", "kill"):
+        if os.path.exists(f"{marker}.{how}"):
+            os.unlink(f"{marker}.{how}")
+            if how == "kill":
+                os.kill(os.getpid(), 9)
+            raise RuntimeError("simulated env crash")
     return value * 10
 
 
 def test_failed_shard_is_retried_then_reported(tmp_path: Path) -> None:
     # submitit's local executor: each shard a subprocess (its debug executor opens pdb on a failure)
     ex = make_executor("local", tmp_path / "s", SlurmSettings(), "t")
-    (tmp_path / "m1").touch()
+    (tmp_path / "m1.crash").touch()
+    (tmp_path / "m2.kill").touch()
     messages: list[str] = []
     shards = [(str(tmp_path / "m0"), 0), (str(tmp_path / "m1"), 1), (str(tmp_path / "m2"), 2)]
     assert run_shards(ex, fail_once, shards, max_retries=1, log=messages.append) == [0, 10, 20]
-    assert len(messages) == 1 and "shard 1" in messages[0] and "simulated env crash" in messages[0]
-    (tmp_path / "m1").touch()
+    assert len(messages) == 2 and "shard 1" in messages[0] and "simulated env crash" in messages[0]
+    assert "shard 2" in messages[1]  # the SIGKILLed shard was retried too
+    (tmp_path / "m1.crash").touch()
     with pytest.raises(UserError, match=r"shard\(s\) 1 failed 1 times"):
         run_shards(ex, fail_once, shards, max_retries=0, log=messages.append)
 
