@@ -6,7 +6,7 @@ import json
 from dataclasses import asdict, dataclass
 
 from grpo_cli.errors import UserError
-from grpo_cli.grpo import GROUP_FILTERS, REWARDS
+from grpo_cli.grpo import GROUP_FILTERS, RATIO_LEVELS, REWARDS
 
 
 def parse_tiers(tiers: str | None, num_generations: int | None, default_steps: int = 10) -> list[int]:
@@ -123,7 +123,6 @@ class EvalConfig:
 
 
 LIKELIHOODS = ("ode", "sde")
-RATIO_LEVELS = ("chunk", "trajectory")
 
 
 @dataclass(frozen=True)
@@ -165,6 +164,7 @@ class TrainConfig:
     sde_noise: float = 0.5
     ode_sigma: float = 0.1
     ratio_level: str = "chunk"
+    """PPO ratio per `trajectory`, `chunk`, denoising `step` or action `token` (grpo.ratio_samples)"""
     scale_rewards: str = "group"
     epsilon: float = 0.2
     epsilon_high: float | None = None

@@ -112,17 +112,56 @@ def sde_step_mean(x_t: torch.Tensor, v: torch.Tensor, t: torch.Tensor, dt: float
     return x_t - dt * v - dt * s2 / (2.0 * t_) * eps_hat
 
 
+def gaussian_logdensity(x: torch.Tensor, mean: torch.Tensor, std: torch.Tensor, mask: torch.Tensor | None = None
+                        ) -> torch.Tensor:
+    """Element-wise log N(x; mean, std^2), zero on dims outside `mask`.
+
+    x, mean (B, H, Dm); std (B,); mask (Dm,) bool (the real action dims). Returns (B, H, Dm).
+    """
+    std_ = std.view(-1, 1, 1)
+    logp = -0.5 * ((x - mean) / std_) ** 2 - torch.log(std_) - 0.5 * math.log(2 * math.pi)
+    if mask is not None:
+        logp = logp * mask.to(logp.dtype)
+    return logp
+
+
 def gaussian_logprob(x: torch.Tensor, mean: torch.Tensor, std: torch.Tensor, mask: torch.Tensor | None = None
                      ) -> torch.Tensor:
     """log N(x; mean, std^2 I) summed over the last two dims (H, Dm), counting only `mask`ed dims.
 
     x, mean (B, H, Dm); std (B,); mask (Dm,) bool (the real action dims). Returns (B,).
     """
-    std_ = std.view(-1, 1, 1)
-    logp = -0.5 * ((x - mean) / std_) ** 2 - torch.log(std_) - 0.5 * math.log(2 * math.pi)
-    if mask is not None:
-        logp = logp * mask.to(logp.dtype)
-    return logp.sum(dim=(-2, -1))
+    return gaussian_logdensity(x, mean, std, mask).sum(dim=(-2, -1))
+
+
+RATIO_LEVELS = ("trajectory", "chunk", "step", "token")
+
+
+def ratio_samples(new: list[torch.Tensor], old: list[torch.Tensor], advantages: torch.Tensor, level: str,
+                  chunks_per_trajectory: list[int], mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The PPO samples (log-ratio, advantage) at one of four granularities.
+
+    new, old: per chunk, element-wise log-densities (S, H, Dm) of its S scored denoising steps (zero
+    outside `mask`); advantages (C,) per chunk; chunks_per_trajectory sums to C. Returns flat (N,) pairs:
+    `trajectory` N = trajectories (sum over its chunks), `chunk` N = C (sum over S, H, Dm), `step` N =
+    sum of S (one Gaussian transition of the chain, sum over H, Dm), `token` N = real action elements
+    of every step (RLinf's token level: each ratio is one 1-D Gaussian, so it stays near 1).
+    """
+    diffs = [n - o for n, o in zip(new, old, strict=True)]
+    if level == "token":
+        parts = [d[..., mask].flatten() for d in diffs]
+    elif level == "step":
+        parts = [d.sum(dim=(-2, -1)) for d in diffs]
+    elif level in ("chunk", "trajectory"):
+        parts = [d.sum().view(1) for d in diffs]
+    else:
+        raise ValueError(f"ratio_level must be one of {RATIO_LEVELS}, got {level!r}")
+    adv = torch.cat([a.expand(len(p)) for a, p in zip(advantages, parts, strict=True)])
+    logratio = torch.cat(parts)
+    if level == "trajectory":
+        logratio = torch.stack([part.sum() for part in logratio.split(chunks_per_trajectory)])
+        adv = torch.stack([part[0] for part in adv.split(chunks_per_trajectory)])
+    return logratio, adv
 
 
 def gaussian_kl_same_std(mean_p: torch.Tensor, mean_q: torch.Tensor, std: torch.Tensor,

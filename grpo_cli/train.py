@@ -254,14 +254,14 @@ class Trainer:
         raise AssertionError("unreachable")
 
     def _score(self, adapter: SmolVLAAdapter, chunks: list[tuple[Member, int]], grad: bool
-               ) -> tuple[torch.Tensor, list[torch.Tensor], list[torch.Tensor]]:
-        """Log-prob (B,) of the given (member, chunk index) pairs under `adapter`, with each chunk's
+               ) -> tuple[list[torch.Tensor], list[torch.Tensor], list[torch.Tensor]]:
+        """Per chunk: element-wise log-densities (S, H, Dm) of its scored steps under `adapter`, and the
         transition means (S, H, Dm) and stds (S,) for the KL. Chunks sharing K run as one batch."""
         cfg = self.cfg
         by_k: dict[int, list[int]] = {}
         for i, (m, _) in enumerate(chunks):
             by_k.setdefault(m.traj.spec.denoise_steps, []).append(i)
-        logp = torch.zeros(len(chunks))
+        logp: list[torch.Tensor] = [torch.empty(0)] * len(chunks)
         means: list[torch.Tensor] = [torch.empty(0)] * len(chunks)
         stds: list[torch.Tensor] = [torch.empty(0)] * len(chunks)
         for idx in by_k.values():
@@ -274,12 +274,10 @@ class Trainer:
                 prefix = adapter.encode_prefix(batch, grad=grad and cfg.train_backbone)
                 targets, mean, std = adapter.transitions(prefix, chains, cfg.likelihood, cfg.sde_noise,
                                                          cfg.ode_sigma)
-                steps = targets.shape[1]
-                lp = grpo.gaussian_logprob(targets.flatten(0, 1), mean.flatten(0, 1), std.flatten(),
-                                           adapter.action_mask).view(-1, steps).sum(1)
-            logp = logp.index_put((torch.tensor(idx),), lp)
+                lp = grpo.gaussian_logdensity(targets.flatten(0, 1), mean.flatten(0, 1), std.flatten(),
+                                              adapter.action_mask).view(targets.shape)
             for j, i in enumerate(idx):
-                means[i], stds[i] = mean[j], std[j]
+                logp[i], means[i], stds[i] = lp[j], mean[j], std[j]
         return logp, means, stds
 
     def _update(self, members: list[Member], rng: np.random.Generator) -> dict[str, float]:
@@ -314,12 +312,9 @@ class Trainer:
                     mb = minibatches[b]
                     chunks = [c for m in mb for c in chunks_of[id(m)]]
                     logp, means, stds = self._score(self.adapter, chunks, grad=True)
-                    adv = torch.tensor([m.advantage for m, _ in chunks])
-                    logratio = logp - old[b]
-                    if cfg.ratio_level == "trajectory":
-                        logratio = torch.stack([part.sum() for part in logratio.split(
-                            [len(chunks_of[id(m)]) for m in mb])])
-                        adv = torch.tensor([m.advantage for m in mb])
+                    logratio, adv = grpo.ratio_samples(
+                        logp, old[b], torch.tensor([m.advantage for m, _ in chunks]), cfg.ratio_level,
+                        [len(chunks_of[id(m)]) for m in mb], self.adapter.action_mask)
                     policy_loss, clip = grpo.clipped_surrogate(logratio, adv, cfg.epsilon, cfg.epsilon_high,
                                                                cfg.dual_clip)
                     kl = torch.zeros(())

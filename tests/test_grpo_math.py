@@ -76,6 +76,33 @@ def test_gaussian_logprob_matches_torch_distributions() -> None:
     torch.testing.assert_close(grpo.gaussian_logprob(x, mean, std, mask), ref)
 
 
+def test_ratio_samples_at_each_level() -> None:
+    # 3 chunks from 2 trajectories (2 + 1 chunks); chunk 2 scored with K = 1, the others with K = 2
+    g = torch.Generator().manual_seed(3)
+    mask = torch.tensor([True, True, False])
+    shapes = [(2, 4, 3), (2, 4, 3), (1, 4, 3)]
+    new = [torch.randn(s, generator=g) * mask for s in shapes]
+    old = [torch.randn(s, generator=g) * mask for s in shapes]
+    adv = torch.tensor([0.5, 0.5, -1.0])
+    per_chunk = torch.stack([(n - o).sum() for n, o in zip(new, old, strict=True)])
+    lr, a = grpo.ratio_samples(new, old, adv, "chunk", [2, 1], mask)
+    torch.testing.assert_close(lr, per_chunk)
+    assert torch.equal(a, adv)
+    lr, a = grpo.ratio_samples(new, old, adv, "trajectory", [2, 1], mask)
+    torch.testing.assert_close(lr, torch.stack([per_chunk[:2].sum(), per_chunk[2]]))
+    assert torch.equal(a, torch.tensor([0.5, -1.0]))
+    lr, a = grpo.ratio_samples(new, old, adv, "step", [2, 1], mask)
+    assert lr.shape == (5,) and torch.equal(a, torch.tensor([0.5, 0.5, 0.5, 0.5, -1.0]))
+    torch.testing.assert_close(lr[:2].sum(), per_chunk[0])
+    lr, a = grpo.ratio_samples(new, old, adv, "token", [2, 1], mask)
+    assert lr.shape == (5 * 4 * 2,)  # only the 2 real action dims of each (step, position)
+    torch.testing.assert_close(lr.sum(), per_chunk.sum())
+    assert (a[-8:] == -1.0).all() and (a[:-8] == 0.5).all()
+    torch.testing.assert_close(lr[:8], (new[0] - old[0])[0][:, :2].flatten())
+    with pytest.raises(ValueError, match="ratio_level"):
+        grpo.ratio_samples(new, old, adv, "episode", [2, 1], mask)
+
+
 def test_kl_closed_form_matches_monte_carlo() -> None:
     g = torch.Generator().manual_seed(1)
     mp, mq = torch.randn(1, 2, 3, generator=g), torch.randn(1, 2, 3, generator=g)

@@ -119,6 +119,26 @@ def test_one_update_moves_exactly_the_trainable_parameters(tmp_path, likelihood:
         assert stats["grad_norm/head"] < 1e-2
 
 
+@pytest.mark.parametrize("ratio_level", ["trajectory", "chunk", "step", "token"])
+def test_update_raises_the_likelihood_of_positive_advantage_chains(tmp_path, ratio_level: str) -> None:
+    members = _members(tmp_path, "sde")
+    cfg = smoke("e2", likelihood="sde", num_generations="2", denoise_tiers="2x4", tier_weights="",
+                train_backbone="false", minibatch_size="64", lr_head="1e-4", ratio_level=ratio_level)
+    trainer = Trainer(cfg, tmp_path)
+
+    def chain_logp() -> list[float]:
+        with torch.no_grad():
+            return [float(sum(lp.sum() for lp in trainer._score(trainer.adapter, [(m, c) for c in range(
+                len(m.traj.chains))], grad=False)[0])) for m in members]
+
+    before = chain_logp()
+    stats = trainer._update(members, np.random.default_rng(0))
+    after = chain_logp()
+    trainer.close()
+    assert stats["ratio/min"] == stats["ratio/max"] == 1.0
+    assert after[0] > before[0] and after[1] < before[1]  # advantage +1 up, advantage -1 down
+
+
 def test_every_preset_runs_end_to_end(tmp_path) -> None:
     for exp in PRESETS:
         extra = {"fallback_steps": "20"} if exp == "e5" else {}
