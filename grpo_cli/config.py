@@ -202,6 +202,10 @@ class TrainConfig:
     env_step_budget: int = 0
     """stop once the run has taken this many env steps (0 = no limit): compare presets at equal budget"""
     save_every: int = 100
+    """keep a checkpoint every this many steps"""
+    save_latest: bool = True
+    """also checkpoint every step, replacing the previous in-between one: a kill -9 loses only the step
+    in flight (costs one checkpoint write per step; turn off for very large policies on slow disks)"""
     log_tensorboard: bool = False
     """also write metrics as TensorBoard scalars under RUN_DIR/tensorboard"""
     log_wandb: bool = False

@@ -124,6 +124,23 @@ def checkpoints(run_dir: Path) -> list[Path]:
     return sorted((run_dir / "checkpoints").glob("step_*.h5"))
 
 
+def _milestone(path: Path, save_every: int) -> bool:
+    """Whether a checkpoint is one of the kept ones (step a multiple of save_every)."""
+    return int(path.stem.removeprefix("step_")) % save_every == 0
+
+
+def _complete_lines(path: Path) -> list[str]:
+    """The JSON lines of a metrics file, without a last line cut short by a kill mid-write."""
+    lines = []
+    for line in path.read_text().splitlines():
+        try:
+            json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        lines.append(line)
+    return lines
+
+
 class Trainer:
     """Holds the policy, optimizer and run state; `step()` is one GRPO step."""
 
@@ -419,8 +436,8 @@ def train(cfg: TrainConfig, run_dir: str | Path, resume: bool = False, log: Call
         # Drop metrics of steps after the checkpoint (a step in flight when the run died).
         env_steps = 0
         if metrics_file.exists():
-            kept = [line for line in metrics_file.read_text().splitlines()
-                    if line.strip() and json.loads(line)["step"] <= trainer.step_index]
+            kept = [line for line in _complete_lines(metrics_file)
+                    if json.loads(line)["step"] <= trainer.step_index]
             env_steps = sum(json.loads(line)["env_steps"] for line in kept)
             tmp = metrics_file.with_suffix(".jsonl.tmp")
             tmp.write_text("".join(line + "\n" for line in kept))
@@ -438,9 +455,12 @@ def train(cfg: TrainConfig, run_dir: str | Path, resume: bool = False, log: Call
                 on_step(metrics)
             out_of_budget = over_budget(cfg, env_steps + next_step_cost)
             stopping = stop is not None and stop.is_set()
-            if (trainer.step_index % cfg.save_every == 0 or trainer.step_index == cfg.steps or out_of_budget
-                    or stopping):
-                last = trainer.save()
+            kept = trainer.step_index % cfg.save_every == 0 or trainer.step_index == cfg.steps
+            if kept or out_of_budget or stopping or cfg.save_latest:
+                previous, last = last, trainer.save()
+                # The in-between checkpoint goes only once its successor is safely on disk.
+                if previous is not None and previous != last and not _milestone(previous, cfg.save_every):
+                    previous.unlink(missing_ok=True)
             if stopping:
                 log(f"stopping after step {trainer.step_index} on request (checkpoint {last.name})")
                 break

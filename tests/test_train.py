@@ -181,6 +181,45 @@ def test_resume_is_exact(tmp_path) -> None:
     assert [json.loads(x)["step"] for x in lines] == [1, 2, 3, 4]
 
 
+def test_kill_9_loses_only_the_step_in_flight(tmp_path) -> None:
+    """A trainer SIGKILLed mid-step, then resumed, ends bit-identical to an uninterrupted run, although
+    no kept checkpoint (save_every) was ever written: the per-step `save_latest` one carries it."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    settings = {**json.loads(smoke("e5", likelihood="sde", steps="4", num_generations="2", denoise_tiers="2x4",
+                                   tier_weights="", fallback_steps="4", lr_head="1e-3",
+                                   train_backbone="false").to_json()), "save_every": 100}
+    (tmp_path / "cfg.yaml").write_text(json.dumps(settings))
+    run = tmp_path / "killed"
+    proc = subprocess.Popen([sys.executable, "-m", "grpo_cli", "train", "--config", str(tmp_path / "cfg.yaml"),
+                             "--run-dir", str(run)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 600
+        while not (run / "checkpoints" / "step_000002.h5").exists():
+            assert proc.poll() is None and time.monotonic() < deadline, "trainer died or hung before step 2"
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGKILL)  # step 3 is in flight (its rollout takes seconds)
+        proc.wait()
+    finally:
+        proc.kill()
+    assert [p.name for p in checkpoints(run)] == ["step_000002.h5"]  # step 1's was replaced
+    with (run / "metrics.jsonl").open("a") as f:
+        f.write('{"step": 3, "env_st')  # as if killed while appending step 3's line
+    train(resolve(None, settings), run, resume=True)
+    train(resolve(None, settings), tmp_path / "straight")
+    from grpo_cli.storage import read_checkpoint
+
+    a, b = (read_checkpoint(checkpoints(tmp_path / d)[-1]) for d in ("straight", "killed"))
+    assert a["step"] == b["step"] == 4
+    for name in a["params"]:
+        torch.testing.assert_close(a["params"][name], b["params"][name], rtol=0, atol=0)
+    assert [json.loads(x)["step"] for x in (run / "metrics.jsonl").read_text().splitlines()] == [1, 2, 3, 4]
+    assert [p.name for p in checkpoints(run)] == ["step_000004.h5"]
+
+
 def test_drift_definitions() -> None:
     ref = {"model.vlm_with_expert.lm_expert.w": torch.tensor([1.0, -2.0, 4.0]),
            "model.state_proj.b": torch.tensor([0.5, 0.5])}
