@@ -154,11 +154,11 @@ def rollout(policy: str, suite: str, max_steps: int | None, n_action_steps: int 
             num_generations: int, denoise_tiers: str, num_envs: int, no_images: bool, shards: int,
             executor: str, slurm_config: str | None, **slurm: Any) -> None:
     """Sample groups of trajectories that differ only in their initial flow noise; write HDF5."""
-    from grpo_cli.cluster import split
+    from grpo_cli.cluster import rollout_part, split
     from grpo_cli.config import RolloutConfig
     from grpo_cli.evaluate import resolve_tasks
-    from grpo_cli.rollout import group_episodes, make_env_slots, run_episodes
-    from grpo_cli.storage import check_output_path, write_rollout
+    from grpo_cli.rollout import group_episodes
+    from grpo_cli.storage import check_output_path
 
     cfg = RolloutConfig(policy=policy, suite=suite, tasks=_int_list(tasks, "--tasks") or (),
                         init_states=_int_list(init_states, "--init-states") or (),
@@ -182,25 +182,13 @@ def rollout(policy: str, suite: str, max_steps: int | None, n_action_steps: int 
             for part in split([episodes[i:i + cfg.num_generations]
                                for i in range(0, len(episodes), cfg.num_generations)], shards)])
         return
-    adapter = _load_policy(cfg.policy, cfg.device)
-    slots = make_env_slots(cfg.num_envs or cfg.num_generations, cfg.image_size, images=True,
-                           privileged_state=adapter.privileged_state,
-                           processes=cfg.parallel_envs)
-    try:
-        with progress(len(episodes), "rollout") as tick:
-            trajs = run_episodes(adapter, slots, episodes, max_steps=cfg.max_steps,
-                                 n_action_steps=cfg.n_action_steps, keep_images=cfg.store_images,
-                                 on_episode=lambda t: tick(f"task {t.spec.task.task_id} init {t.spec.init_state}"
-                                                           f" K={t.spec.denoise_steps} "
-                                                           f"{'success' if t.success else 'fail'}"))
-    finally:
-        slots.close()
-    env_args = {"suite": cfg.suite, "image_size": cfg.image_size, "control_freq": 20,
-                "max_steps": cfg.max_steps, "n_action_steps": cfg.n_action_steps or adapter.config.n_action_steps}
-    write_rollout(out, trajs, cfg.to_json(), adapter.identity, env_args)
-    wins = sum(t.success for t in trajs)
-    click.echo(f"wrote {out}: {len(trajs)} trajectories in {len(trajs) // cfg.num_generations} groups, "
-               f"{wins} successes, {sum(t.length for t in trajs)} env steps")
+    with progress(len(episodes), "rollout") as tick:
+        counts = rollout_part(cfg.to_json(), episodes, out, on_episode=lambda t: tick(
+            f"task {t.spec.task.task_id} init {t.spec.init_state} K={t.spec.denoise_steps} "
+            f"{'success' if t.success else 'fail'}"))
+    click.echo(f"wrote {out}: {counts['trajectories']} trajectories in "
+               f"{counts['trajectories'] // cfg.num_generations} groups, {counts['successes']} successes, "
+               f"{counts['env_steps']} env steps")
 
 
 def _sharded(executor_kind: str, settings: Any, what: str, config_json: str, out: str, shards: list[list[Any]]
@@ -248,9 +236,10 @@ def eval_cmd(policy: str, suite: str, max_steps: int | None, n_action_steps: int
              episodes_per_task: int, denoise_steps: int, num_envs: int, executor: str, slurm_config: str | None,
              **slurm: Any) -> None:
     """Evaluate a policy with the seed's protocol; print per-task success with Wilson intervals."""
+    from grpo_cli.cluster import eval_part
     from grpo_cli.config import EvalConfig
-    from grpo_cli.evaluate import resolve_tasks, run_eval, summarize
-    from grpo_cli.storage import check_output_path, write_eval
+    from grpo_cli.evaluate import resolve_tasks, summarize
+    from grpo_cli.storage import check_output_path, read_eval
 
     cfg = EvalConfig(policy=policy, suite=suite, tasks=_int_list(tasks, "--tasks"),
                      episodes_per_task=episodes_per_task, denoise_steps=denoise_steps, max_steps=max_steps,
@@ -262,19 +251,14 @@ def eval_cmd(policy: str, suite: str, max_steps: int | None, n_action_steps: int
     if executor != "local":  # one array task per LIBERO task, merged into one eval file
         path = _sharded(executor, _slurm_settings(None, slurm_config, slurm), "eval", cfg.to_json(), out,
                         [[t.task_id] for t in task_specs])
-        from grpo_cli.evaluate import summarize
-        from grpo_cli.storage import read_eval
-
         data = read_eval(path)
         print_eval_table(summarize(data["episodes"], data["tasks"]), title=f"{cfg.suite} - {cfg.policy}")
         return
-    adapter = _load_policy(cfg.policy, cfg.device)
     with progress(len(task_specs) * cfg.episodes_per_task, "eval") as tick:
-        episodes = run_eval(cfg, adapter, task_specs, on_episode=lambda t: tick(
+        source = eval_part(cfg.to_json(), [t.task_id for t in task_specs], out, on_episode=lambda t: tick(
             f"task {t.spec.task.task_id} init {t.spec.init_state} {'success' if t.success else 'fail'}"))
-    tasks_table = [{"task_id": t.task_id, "name": t.name, "language": t.language} for t in task_specs]
-    write_eval(out, episodes, tasks_table, cfg.suite, cfg.to_json(), adapter.identity)
-    print_eval_table(summarize(episodes, tasks_table), title=f"{cfg.suite} - {adapter.identity['source']}")
+    data = read_eval(out)
+    print_eval_table(summarize(data["episodes"], data["tasks"]), title=f"{cfg.suite} - {source}")
     click.echo(f"wrote {out}")
 
 

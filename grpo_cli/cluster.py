@@ -149,8 +149,12 @@ def submit_training(executor: Any, runs: Sequence[tuple[str, str]]) -> list[Any]
 
 
 # --- shards: rollout and eval ---------------------------------------------------------------------------
-def rollout_part(cfg_json: str, episodes: list[Any], out: str) -> int:
-    """Run the given episodes of a rollout and write them (a part or the whole file); returns env steps."""
+def rollout_part(cfg_json: str, episodes: list[Any], out: str, on_episode: Callable[[Any], None] | None = None
+                 ) -> dict[str, int]:
+    """Run the given episodes of a rollout and write them to `out` (a shard's part or the whole file).
+
+    The one rollout body: `grpo-vla rollout` calls it in-process, shards call it in workers. Returns
+    counts (trajectories, successes, env steps), not the trajectories, which can be large."""
     from grpo_cli.config import RolloutConfig
     from grpo_cli.policies.smolvla import SmolVLAAdapter
     from grpo_cli.rollout import make_env_slots, run_episodes
@@ -162,17 +166,20 @@ def rollout_part(cfg_json: str, episodes: list[Any], out: str) -> int:
                            privileged_state=adapter.privileged_state, processes=cfg.parallel_envs)
     try:
         trajs = run_episodes(adapter, slots, episodes, max_steps=cfg.max_steps, n_action_steps=cfg.n_action_steps,
-                             keep_images=cfg.store_images)
+                             keep_images=cfg.store_images, on_episode=on_episode)
     finally:
         slots.close()
     env_args = {"suite": cfg.suite, "image_size": cfg.image_size, "control_freq": 20, "max_steps": cfg.max_steps,
                 "n_action_steps": cfg.n_action_steps or adapter.config.n_action_steps}
     write_rollout(out, trajs, cfg_json, adapter.identity, env_args)
-    return int(sum(t.length for t in trajs))
+    return {"trajectories": len(trajs), "successes": sum(bool(t.success) for t in trajs),
+            "env_steps": int(sum(t.length for t in trajs))}
 
 
-def eval_part(cfg_json: str, task_ids: list[int], out: str) -> int:
-    """Evaluate the given tasks with the protocol and write an eval file; returns its episode count."""
+def eval_part(cfg_json: str, task_ids: list[int], out: str, on_episode: Callable[[Any], None] | None = None
+              ) -> str:
+    """Evaluate the given tasks with the protocol and write an eval file (a shard's part or the whole
+    file): the one eval body, for `grpo-vla eval` in-process and for array tasks. Returns the policy source."""
     from grpo_cli.config import EvalConfig
     from grpo_cli.evaluate import resolve_tasks, run_eval
     from grpo_cli.policies.smolvla import SmolVLAAdapter
@@ -182,10 +189,10 @@ def eval_part(cfg_json: str, task_ids: list[int], out: str) -> int:
     cfg = EvalConfig(**{**values, "tasks": tuple(task_ids)})
     tasks = resolve_tasks(cfg.suite, cfg.tasks)
     adapter = SmolVLAAdapter.load(cfg.policy, device=cfg.device)
-    episodes = run_eval(cfg, adapter, tasks)
+    episodes = run_eval(cfg, adapter, tasks, on_episode=on_episode)
     table = [{"task_id": t.task_id, "name": t.name, "language": t.language} for t in tasks]
     write_eval(out, episodes, table, cfg.suite, cfg_json, adapter.identity)
-    return len(episodes["success"])
+    return str(adapter.identity["source"])
 
 
 def failure_reason(err: BaseException) -> str:
