@@ -1,24 +1,27 @@
-"""Local rollout shards: trajectories per minute with 1 and 2 shard workers, and what sharding costs.
+"""Training with rollout shard workers: trajectories per minute with 1 and 2 workers, and what the
+per-step hand-off (parameter file, requests, part files, policy reload) costs.
 
-    python benchmarks/shard_scaling.py [--groups 4] [--num-generations 2] [--max-steps 100]
+    python benchmarks/shard_scaling.py [--steps 4] [--groups 2] [--num-generations 4] [--max-steps 100]
 
-In one run, on the same groups (tiny policy, LIBERO-10 task 0, 128 px):
-  (a) `grpo-vla rollout` in this process (no sharding);
-  (b) `--shards 1 --executor local`: the same work in one submitit subprocess, so (b) - (a) is what
-      sharding adds per hand-off: process start, policy load, env build, the part file and the merge;
-  (c) `--shards 2 --executor local`: two subprocesses, one env each.
-Prints trajectories/minute, the ratio (c)/(a) and the overhead share ((b) - (a)) / (b). Each
-command is timed end to end (the CLI's start-up included), on an otherwise idle machine.
+In one run, the same `e2`-style training (tiny policy, LIBERO-10 task 0, 128 px, SDE likelihood, same
+seeds, so every configuration rolls out bit-identical trajectories) three ways:
+  (a) unsharded: the trainer steps one env itself (`rollout_shards = 0`, `num_envs = 1`);
+  (b) one long-lived local shard worker (`rollout_shards = 1`, `shard_envs = 1`);
+  (c) two shard workers, one env each.
+Step 1 is left out of every rate (it includes starting the workers). Prints trajectories/minute of
+rollout time, the ratio (c)/(b), and the hand-off overhead per step as a share of (b)'s step time:
+(b)'s rollout time minus (a)'s (the same env work), and the trainer's own part (`time/shard_handoff`).
+Run it on an otherwise idle machine.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 os.environ.setdefault("MUJOCO_GL", "egl")
@@ -28,31 +31,49 @@ if "GRPO_VLA_LIBERO_ASSETS" not in os.environ and _shared.is_dir():
     os.environ["GRPO_VLA_LIBERO_ASSETS"] = str(_shared)
 
 
-def timed(args: list[str]) -> float:
-    start = time.perf_counter()
-    subprocess.run([sys.executable, "-m", "grpo_cli", *args], check=True, capture_output=True)
-    return time.perf_counter() - start
+def train_metrics(run_dir: Path, settings: dict[str, str]) -> list[dict[str, float]]:
+    sets = [arg for key, value in settings.items() for arg in ("--set", f"{key}={value}")]
+    subprocess.run([sys.executable, "-m", "grpo_cli", "train", "--run-dir", str(run_dir), *sets], check=True,
+                   capture_output=True)
+    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--groups", type=int, default=4)
-    parser.add_argument("--num-generations", type=int, default=2)
+    parser.add_argument("--steps", type=int, default=4)
+    parser.add_argument("--groups", type=int, default=2, help="tasks_per_step: groups per step")
+    parser.add_argument("--num-generations", type=int, default=4)
     parser.add_argument("--max-steps", type=int, default=100)
     args = parser.parse_args()
-    trajectories = args.groups * args.num_generations
+    common = {"policy": "tiny", "tasks": "0", "image_size": "128", "n_action_steps": "10",
+              "max_steps": str(args.max_steps), "steps": str(args.steps), "likelihood": "sde",
+              "num_generations": str(args.num_generations), "tasks_per_step": str(args.groups),
+              "denoise_tiers": f"{args.num_generations}x10", "tier_weights": "", "train_backbone": "false",
+              "save_latest": "false", "save_every": "1000", "reward": "progress", "progress_shaping": "0.5"}
+    variants = {"(a) unsharded": {"num_envs": "1"},
+                "(b) 1 shard worker": {"rollout_shards": "1", "shard_envs": "1"},
+                "(c) 2 shard workers": {"rollout_shards": "2", "shard_envs": "1"}}
+    rows = {}
     with tempfile.TemporaryDirectory() as tmp:
-        base = ["rollout", "--tasks", "0", "--init-states", f"0-{args.groups - 1}", "--num-generations",
-                str(args.num_generations), "--max-steps", str(args.max_steps), "--image-size", "128",
-                "--n-action-steps", "10", "--num-envs", "1"]
-        t_in = timed([*base, "--out", f"{tmp}/a.h5"])
-        t_one = timed([*base, "--out", f"{tmp}/b.h5", "--shards", "1", "--executor", "local"])
-        t_two = timed([*base, "--out", f"{tmp}/c.h5", "--shards", "2", "--executor", "local"])
-    print(f"{trajectories} trajectories of {args.max_steps} steps (tiny policy, 128 px, query every 10)")
-    for name, t in (("(a) in-process", t_in), ("(b) 1 shard", t_one), ("(c) 2 shards", t_two)):
-        print(f"{name:16s} {t:7.1f} s   {60 * trajectories / t:6.1f} trajectories/min")
-    print(f"ratio 2 shards / in-process: {t_in / t_two:.2f}x")
-    print(f"sharding overhead ((b) - (a)) / (b): {100 * (t_one - t_in) / t_one:.0f}% of the shard's time")
+        for name, extra in variants.items():
+            later = train_metrics(Path(tmp) / name[1], {**common, **extra})[1:]
+            rollout = sum(m["time/rollout"] for m in later)
+            rows[name] = {"rollout_s": rollout / len(later),
+                          "step_s": sum(m["time/rollout"] + m["time/update"] for m in later) / len(later),
+                          "handoff_s": sum(m.get("time/shard_handoff", 0.0) for m in later) / len(later),
+                          "traj_per_min": 60 * sum(m["groups_rolled_out"] * args.num_generations for m in later)
+                          / rollout}
+    print(f"{args.steps - 1} timed steps of {args.groups} x {args.num_generations} trajectories, <= {args.max_steps}"
+          " env steps each (tiny policy, 128 px, query every 10)")
+    for name, r in rows.items():
+        print(f"{name:22s} rollout {r['rollout_s']:6.1f} s/step  step {r['step_s']:6.1f} s  "
+              f"{r['traj_per_min']:6.1f} trajectories/min  trainer hand-off {r['handoff_s']:.3f} s/step")
+    a, b, c = rows.values()
+    print(f"ratio 2 workers / 1 worker: {c['traj_per_min'] / b['traj_per_min']:.2f}x   "
+          f"2 workers / unsharded: {c['traj_per_min'] / a['traj_per_min']:.2f}x")
+    print(f"sharding overhead per step ((b) - (a) rollout time) / (b) step time: "
+          f"{100 * (b['rollout_s'] - a['rollout_s']) / b['step_s']:.1f}%  "
+          f"(trainer's own hand-off: {100 * b['handoff_s'] / b['step_s']:.1f}%)")
 
 
 if __name__ == "__main__":

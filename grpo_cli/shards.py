@@ -116,6 +116,7 @@ class ShardPool:
         self.executor = make_executor(cfg.shard_executor, self.folder / "submitit", settings, "grpo-vla-shards")
         self.retries_left = cfg.env_failure_retries
         self.version = 0
+        self.handoff_s = 0.0  # trainer-side hand-off seconds, summed over runs (the trainer reads deltas)
         k = cfg.rollout_shards
         self.jobs = self.executor.map_array(ShardWorker(), [str(self.run_dir)] * k, [self.generation] * k,
                                             list(range(k)), [cfg.to_json()] * k)
@@ -130,6 +131,7 @@ class ShardPool:
 
         v = self.version
         self.version += 1
+        start = time.perf_counter()
         params = f"params_{self.generation}_{v:06d}.pt"
         _atomic(self.folder / params, lambda tmp: torch.save(trainable, tmp))
         shards = split(list(episodes), self.cfg.rollout_shards)
@@ -141,6 +143,7 @@ class ShardPool:
             request = self.folder / f"request_{self.generation}_{v:06d}_{k}.json"
             _atomic(request, lambda tmp, b=body: Path(tmp).write_text(json.dumps(b)))
             requests.append(request)
+        handed_out = time.perf_counter()
         deadline = time.time() + self.cfg.shard_timeout_s
         while not all(_part(r).exists() for r in requests):
             for k, job in enumerate(self.jobs):
@@ -150,6 +153,7 @@ class ShardPool:
                 raise UserError(f"rollout shards gave no result within {self.cfg.shard_timeout_s} s; "
                                 f"logs in {self.folder / 'submitit'}")
             time.sleep(0.05)
+        gathered = time.perf_counter()
         trajs = []
         for request in requests:
             with open_kind(_part(request), "rollout") as f:
@@ -160,6 +164,9 @@ class ShardPool:
         for old in self.folder.glob("params_*.pt"):
             if old.name != params:
                 old.unlink(missing_ok=True)
+        # The trainer's share of the hand-off (parameters and requests out, parts in); the workers'
+        # share (parameter load, part write, polling) shows as rollout time above the unsharded run's.
+        self.handoff_s += (handed_out - start) + (time.perf_counter() - gathered)
         return trajs
 
     def _replace(self, k: int, job: Any) -> None:

@@ -175,6 +175,7 @@ class Trainer:
         cfg, s = self.cfg, self.step_index
         rng = np.random.default_rng([cfg.seed, s])
         t0 = time.perf_counter()
+        handoff_before = self.shards.handoff_s if self.shards is not None else 0.0
 
         # 1. Rollout: G groups, each from one (task, init state), members differ only in their noise (Eq. 3).
         #    With a group filter, groups without signal are dropped and replaced by fresh ones (bounded).
@@ -239,6 +240,7 @@ class Trainer:
             **{f"lr/{g['name']}": g["lr"] for g in self.optimizer.param_groups},
             "env_failures": self.env_failures,
             "time/rollout": t_rollout, "time/update": t_update, "env_steps": env_steps,
+            **({"time/shard_handoff": self.shards.handoff_s - handoff_before} if self.shards is not None else {}),
             "SPS": env_steps / max(t_rollout + t_update, 1e-9), **update,
         }
         self.step_index += 1

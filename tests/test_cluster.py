@@ -122,6 +122,8 @@ def test_training_with_local_rollout_shards_matches_unsharded(tmp_path: Path) ->
     shards = tmp_path / "sharded" / "shards"
     assert not list(shards.glob("request_*")) and not list(shards.glob("part_*"))  # hand-offs cleaned up
     assert list(shards.glob("stop_*"))
+    metrics = [json.loads(x) for x in (tmp_path / "sharded" / "metrics.jsonl").read_text().splitlines()]
+    assert all(0 < m["time/shard_handoff"] < m["time/rollout"] for m in metrics)
 
 
 def test_slurm_executor_without_slurm_is_one_line(tmp_path: Path) -> None:
