@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import os
 import platform
+import resource
 import time
 
 os.environ.setdefault("MUJOCO_GL", "egl")
@@ -74,17 +75,20 @@ def main() -> None:
     print(f"libero_10 task {args.task}, {args.steps} steps per run, {args.image_size}px, tiny SmolVLA, "
           f"{platform.node()} ({os.cpu_count()} cores), {time.strftime('%Y-%m-%d')}")
     print(f"{'query every':>11s} {'mode':34s} {'steps/s':>8s} {'episodes/h':>10s}")
+    rss: list[float] = []
     for every in (10, 50):
         rates = {"(a) simulator limit": simulator_limit(spec, args.steps, args.image_size, every),
                  "(b) lerobot eval loop": lerobot_loop(args.steps, args.image_size, every, adapter, args.task),
                  "(c) grpo-vla, 1 worker": ours(spec, args.steps, args.image_size, every, adapter, 1),
-                 "(c) grpo-vla, 2 workers": ours(spec, args.steps, args.image_size, every, adapter, 2, True)}
+                 "(c) grpo-vla, 2 workers": ours(spec, args.steps, args.image_size, every, adapter, 2, True, rss)}
         for name, rate in rates.items():
             print(f"{every:11d} {name:34s} {rate:8.1f} {3600 * rate / 520:10.1f}")
         one, two = rates["(c) grpo-vla, 1 worker"], rates["(c) grpo-vla, 2 workers"]
         print(f"{every:11d} ratios: ours/(a) {one / rates['(a) simulator limit']:.2f}  "
               f"ours/(b) {one / rates['(b) lerobot eval loop']:.2f}  2 workers/1 worker {two / one:.2f}")
     print("episodes/h assume LIBERO-10's 520-step episodes")
+    print(f"RSS per env worker process: {', '.join(f'{x:.0f}' for x in rss)} MiB; trainer/parent process "
+          f"{resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MiB peak")
 
 
 if __name__ == "__main__":

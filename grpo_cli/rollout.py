@@ -160,6 +160,15 @@ def _worker_main(conn: Any, image_size: int, images: bool, options: dict[str, An
         worker.close()
 
 
+def _rss_mb(pid: int | None) -> float:
+    try:
+        status = open(f"/proc/{pid}/status").read()
+    except OSError:
+        return float("nan")
+    kib = next((int(line.split()[1]) for line in status.splitlines() if line.startswith("VmRSS:")), None)
+    return kib / 1024 if kib is not None else float("nan")
+
+
 class ProcessEnvSlots:
     """One spawned worker process per slot (EGL contexts do not survive fork), stepped in parallel.
 
@@ -210,6 +219,10 @@ class ProcessEnvSlots:
 
     def reset(self, slot: int, task: TaskSpec, init_state: int) -> dict[str, np.ndarray]:
         return self.reset_many([(slot, task, init_state)])[0]
+
+    def worker_rss_mb(self) -> list[float]:
+        """Resident memory of each worker process in MiB (Linux /proc; NaN where unreadable)."""
+        return [_rss_mb(proc.pid) for proc in self._procs]
 
     def close(self) -> None:
         for conn in self._conns:

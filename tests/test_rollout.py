@@ -74,8 +74,10 @@ def test_process_workers_give_the_same_trajectories(tiny, task0, group) -> None:
     pids = [p.pid for p in slots._procs]
     try:
         parallel = run_episodes(tiny, slots, episodes, max_steps=25, n_action_steps=10)
+        rss = slots.worker_rss_mb()
     finally:
         slots.close()
+    assert len(rss) == 3 and all(50 < x < 4096 for x in rss)  # an env with MuJoCo + EGL, not the parent
     for a, b in zip(inline, parallel, strict=True):
         np.testing.assert_array_equal(np.asarray(a.actions), np.asarray(b.actions))
         np.testing.assert_array_equal(np.asarray(a.states), np.asarray(b.states))
