@@ -288,15 +288,19 @@ def train(exp: str | None, config_file: str | None, sets: tuple[str, ...], polic
 
     from grpo_cli.presets import PRESETS, load_yaml, parse_sets, resolve
 
+    # What a resumed run may change: how long it runs and how it saves, never what it learns.
+    EXTENDABLE = {"steps", "env_step_budget", "save_every", "save_latest"}  # noqa: N806
     section = None
     if resume:
-        if exp or config_file or sets or policy:
-            raise UserError("--resume takes its settings from the run directory; pass only --run-dir (and --steps)")
+        extend = parse_sets(sets)
+        if exp or config_file or policy or set(extend) - EXTENDABLE:
+            raise UserError("--resume takes its settings from the run directory; pass only --run-dir, --steps "
+                            f"and --set for {', '.join(sorted(EXTENDABLE))}")
         saved = Path(run_dir) / "config.json"
         if not saved.is_file():
             raise UserError(f"{run_dir} holds no run to resume (no config.json)")
         values = json.loads(saved.read_text())
-        runs = [(resolve(None, {**values, **({"steps": steps} if steps else {})}), Path(run_dir))]
+        runs = [(resolve(None, {**values, **extend, **({"steps": steps} if steps else {})}), Path(run_dir))]
     else:
         overrides = {**(load_yaml(config_file) if config_file else {}), **parse_sets(sets)}
         section = overrides.pop("slurm", None)

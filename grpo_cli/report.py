@@ -346,7 +346,9 @@ def diagnose(run: Run, column: Column | None, sig: dict) -> dict[str, Any]:
                    f"{d['final_drift_pct']:.3f}%: the update moved the policy away from what SFT did well")
     elif d["final_drift_pct"] > 0 and not (d["train_success_trend_rho"] > 0 and d["train_success_trend_p"] < ALPHA):
         verdict = (f"drift without reward gain: weights moved {d['final_drift_pct']:.3f}% while training success "
-                   "did not rise: too few steps or too little signal per step")
+                   f"did not rise significantly (first half {d['train_success_first_half']:.2f}, second half "
+                   f"{d['train_success_second_half']:.2f}, Spearman p {d['train_success_trend_p']:.2g}): "
+                   "too few steps or too little signal per step")
     elif d["train_success_trend_rho"] > 0 and d["train_success_trend_p"] < ALPHA:
         verdict = "training success is rising but the eval difference is within noise: train longer, evaluate more"
     else:

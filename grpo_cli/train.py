@@ -422,7 +422,7 @@ def train(cfg: TrainConfig, run_dir: str | Path, resume: bool = False, log: Call
         raise UserError(f"{run_dir} already holds a run: pass --resume to continue it, or choose another --run-dir")
     trainer = Trainer(cfg, run_dir, log)  # fails early (policy, tasks) before anything is written
     run_dir.mkdir(parents=True, exist_ok=True)
-    if not resume:
+    if not resume or json.loads(config_file.read_text()) != json.loads(cfg.to_json()):  # new, or extended
         tmp = config_file.with_suffix(".json.tmp")
         tmp.write_text(json.dumps(json.loads(cfg.to_json()), indent=1))
         tmp.replace(config_file)

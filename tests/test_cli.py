@@ -124,6 +124,9 @@ def test_train_resume_drift_export_and_eval_of_checkpoint(tmp_path: Path) -> Non
     proc = run("train", "--resume", "--run-dir", str(run_dir), "--steps", "2")  # no other flag needed
     assert proc.returncode == 0, proc.stderr
     assert "resumed from step_000001.h5 (step 1)" in proc.stderr and "step_000002.h5" in proc.stdout
+    assert json.loads((run_dir / "config.json").read_text())["steps"] == 2  # the extension is the run's now
+    proc = run("train", "--resume", "--run-dir", str(run_dir), "--set", "lr_head=1")  # would change learning
+    assert proc.returncode == 2 and proc.stderr.startswith("error: --resume") and "env_step_budget" in proc.stderr
     ckpt = run_dir / "checkpoints" / "step_000002.h5"
 
     proc = run("drift", str(ckpt), "--json")

@@ -110,6 +110,14 @@ def main() -> None:
             "e2": ["--exp", "e2"]}
     for name, preset in runs.items():
         run_dir = out / f"run_{name}"
+        saved = run_dir / "config.json"
+        if (run_dir / "done").exists() and json.loads(saved.read_text())["env_step_budget"] < args.env_step_budget:
+            # A larger budget extends a finished run (resume is exact: same as running it from scratch).
+            (run_dir / "done").unlink()
+            (out / f"eval_{name}.h5").unlink(missing_ok=True)
+            stage(f"extend_{name}", ["train", "--resume", "--run-dir", str(run_dir),
+                                     "--set", f"env_step_budget={args.env_step_budget}"], run_dir / "done", log, times)
+            (run_dir / "done").touch()
         stage(f"train_{name}", ["train", *preset, "--policy", str(policy), *common, "--run-dir", str(run_dir)],
               run_dir / "done", log, times)
         (run_dir / "done").touch()
