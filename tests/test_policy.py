@@ -46,6 +46,20 @@ def test_tiny_is_a_real_smolvla(tiny: SmolVLAAdapter) -> None:
     assert SmolVLAAdapter.load("tiny:1").identity["params_sha1"] != tiny.identity["params_sha1"]
 
 
+def test_random_smolvla_has_the_real_shapes() -> None:
+    """`random-smolvla`: SmolVLA at its published size (~450 M parameters, SmolVLM2-500M backbone cut
+    to 16 layers, 512 px), random weights, built offline -- what the GPU benchmark times."""
+    from grpo_cli.policies.smolvla import parameter_groups
+
+    real = SmolVLAAdapter.load("random-smolvla")
+    vlm = real.model.vlm_with_expert.vlm
+    assert 440e6 < sum(p.numel() for p in real.policy.parameters()) < 460e6
+    assert vlm.config.text_config.hidden_size == 960 and len(vlm.model.text_model.layers) == 16
+    assert vlm.config.vision_config.image_size == 512 and real.config.resize_imgs_with_padding == (512, 512)
+    assert 90e6 < sum(p.numel() for p in parameter_groups(real.policy, train_backbone=False)["head"]) < 110e6
+    assert real.identity["source"] == "random-smolvla:0"
+
+
 @pytest.mark.parametrize("k", [1, 10, 100])
 def test_chain_ends_in_lerobots_sample_actions(tiny: SmolVLAAdapter, k: int) -> None:
     batch = tiny.preprocess(_obs(2), ["put both the alphabet soup and the tomato sauce in the basket"] * 2)

@@ -48,6 +48,19 @@ class TinyVLMSpec:
     image_size: int = 64
     patch_size: int = 8
     scale_factor: int = 2
+    text_intermediate: int = 0
+    """MLP width; 0 = 2 x text_hidden"""
+    vision_intermediate: int = 0
+    """MLP width; 0 = 2 x vision_hidden"""
+    vocab_size: int = 0
+    """embedding rows; 0 = the LIBERO-word tokenizer's size (larger only pads the embedding)"""
+
+
+# SmolVLA's backbone (SmolVLM2-500M-Video-Instruct) at its real shapes: with random weights it measures
+# real-size speed and memory offline (SmolVLA keeps the first `num_vlm_layers` = 16 text layers).
+SMOLVLM2_500M = TinyVLMSpec(text_hidden=960, text_layers=32, text_heads=15, text_kv_heads=5, vision_hidden=768,
+                            vision_layers=12, vision_heads=12, image_size=512, patch_size=16, scale_factor=4,
+                            text_intermediate=2560, vision_intermediate=3072, vocab_size=49280)
 
 
 def _tokenizer(directory: Path) -> None:
@@ -87,11 +100,14 @@ def write_tiny_vlm(directory: str | Path, spec: TinyVLMSpec = TinyVLMSpec()) -> 
     tokenizer = AutoTokenizer.from_pretrained(tmp)
     config = SmolVLMConfig(
         text_config={"model_type": "llama", "hidden_size": spec.text_hidden,
-                     "intermediate_size": 2 * spec.text_hidden, "num_hidden_layers": spec.text_layers,
+                     "intermediate_size": spec.text_intermediate or 2 * spec.text_hidden,
+                     "num_hidden_layers": spec.text_layers,
                      "num_attention_heads": spec.text_heads, "num_key_value_heads": spec.text_kv_heads,
-                     "head_dim": spec.text_hidden // spec.text_heads, "vocab_size": len(tokenizer),
+                     "head_dim": spec.text_hidden // spec.text_heads,
+                     "vocab_size": max(spec.vocab_size, len(tokenizer)),
                      "max_position_embeddings": 2048, "pad_token_id": tokenizer.pad_token_id},
-        vision_config={"hidden_size": spec.vision_hidden, "intermediate_size": 2 * spec.vision_hidden,
+        vision_config={"hidden_size": spec.vision_hidden,
+                       "intermediate_size": spec.vision_intermediate or 2 * spec.vision_hidden,
                        "num_hidden_layers": spec.vision_layers, "num_attention_heads": spec.vision_heads,
                        "image_size": spec.image_size, "patch_size": spec.patch_size},
         scale_factor=spec.scale_factor,

@@ -32,7 +32,7 @@ import torch
 from grpo_cli import grpo
 from grpo_cli.envs.libero import PRIVILEGED_STATE_DIM
 from grpo_cli.errors import UserError
-from grpo_cli.policies.offline_vlm import TinyVLMSpec, write_tiny_vlm
+from grpo_cli.policies.offline_vlm import SMOLVLM2_500M, TinyVLMSpec, write_tiny_vlm
 
 DEFAULT_HUB_POLICY = "HuggingFaceVLA/smolvla_libero"
 VLM_SUBDIR = "vlm"  # a saved policy carries its VLM config/tokenizer here, so it can be moved
@@ -88,9 +88,10 @@ class SmolVLAAdapter:
     @classmethod
     def load(cls, source: str, device: str = "cpu") -> SmolVLAAdapter:
         """Load from `tiny[:SEED]`, a local directory, or a hub id (errors explain what to pass instead)."""
-        if source == "tiny" or source.startswith("tiny:"):
-            seed = int(source.split(":", 1)[1]) if ":" in source else 0
-            return build_tiny(seed=seed, device=device)
+        for name in ("tiny", "random-smolvla"):
+            if source == name or source.startswith(f"{name}:"):
+                seed = int(source.split(":", 1)[1]) if ":" in source else 0
+                return build_tiny(seed=seed, device=device, real_size=name == "random-smolvla")
         path = Path(source).expanduser()
         if path.is_file() and path.suffix in (".h5", ".hdf5"):
             return _load_checkpoint(path, device)
@@ -183,16 +184,18 @@ class SmolVLAAdapter:
             if k < 1:
                 raise ValueError(f"denoising steps must be >= 1, got {k}")
             members = [b for b, s in enumerate(num_steps) if int(s) == k]
-            index = torch.tensor(members, dtype=torch.long)
+            index = torch.tensor(members, dtype=torch.long, device=noise.device)
             sub = prefix.select(index) if len(index) < noise.shape[0] else prefix
             x = noise.index_select(0, index)
             steps = [x]
             for step in range(k):
-                t = torch.tensor(1.0 + step * (-1.0 / k), dtype=torch.float32).expand(len(index))  # lerobot's grid
+                t = torch.tensor(1.0 + step * (-1.0 / k), dtype=torch.float32,  # lerobot's grid
+                                 device=x.device).expand(len(index))
                 v = self.velocity(sub, x, t)
                 if sde_noise > 0:
                     sigma = grpo.sde_sigma(t, 1.0 / k, sde_noise)
-                    xi = torch.stack([torch.randn(x.shape[1:], generator=generators[b]) for b in members])
+                    # CPU generators: a member's draws are the same on every device
+                    xi = torch.stack([torch.randn(x.shape[1:], generator=generators[b]) for b in members]).to(x.device)
                     x = grpo.sde_step_mean(x, v, t, 1.0 / k, sigma) + (sigma * (1.0 / k) ** 0.5).view(-1, 1, 1) * xi
                 else:
                     x = x + (-1.0 / k) * v  # lerobot's update, bit for bit
@@ -220,7 +223,7 @@ class SmolVLAAdapter:
         if likelihood == "sde":
             means, stds = [], []
             for step in range(k):
-                t = torch.full((batch,), 1.0 + step * (-dt))
+                t = torch.full((batch,), 1.0 + step * (-dt), device=chains.device)
                 x_t = chains[:, step]
                 sigma = grpo.sde_sigma(t, dt, sde_noise)
                 means.append(grpo.sde_step_mean(x_t, self.velocity(prefix, x_t, t), t, dt, sigma))
@@ -229,9 +232,9 @@ class SmolVLAAdapter:
         if likelihood == "ode":
             x = chains[:, 0]
             for step in range(k):
-                t = torch.full((batch,), 1.0 + step * (-dt))
+                t = torch.full((batch,), 1.0 + step * (-dt), device=chains.device)
                 x = x - dt * self.velocity(prefix, x, t)
-            return chains[:, -1:], x[:, None], torch.full((batch, 1), ode_sigma)
+            return chains[:, -1:], x[:, None], torch.full((batch, 1), ode_sigma, device=chains.device)
         raise ValueError(f"likelihood must be 'sde' or 'ode', got {likelihood!r}")
 
     @property
@@ -358,31 +361,41 @@ def _load_checkpoint(path: Path, device: str) -> SmolVLAAdapter:
     return adapter
 
 
-def tiny_config(vlm_dir: Path, device: str = "cpu", image_size: int = 64, state_dim: int = TINY_STATE_DIM) -> Any:
-    """A small SmolVLA config for LIBERO's observation/action spaces (CPU-friendly)."""
+def tiny_config(vlm_dir: Path, device: str = "cpu", image_size: int = 64, state_dim: int = TINY_STATE_DIM,
+                spec: TinyVLMSpec | None = None, num_vlm_layers: int | None = None) -> Any:
+    """A SmolVLA config over a generated backbone for LIBERO's observation/action spaces: small and
+    CPU-friendly by default; `spec=SMOLVLM2_500M, num_vlm_layers=16` is SmolVLA's real size."""
     from lerobot.configs.types import FeatureType, PolicyFeature
     from lerobot.policies.smolvla.configuration_smolvla import SmolVLAConfig
 
-    spec = TinyVLMSpec()
+    spec = spec or TinyVLMSpec()
     inputs = {key: PolicyFeature(FeatureType.VISUAL, (3, image_size, image_size)) for key in IMAGE_KEYS}
     inputs[STATE_KEY] = PolicyFeature(FeatureType.STATE, (state_dim,))
-    return SmolVLAConfig(vlm_model_name=str(vlm_dir), load_vlm_weights=False, num_vlm_layers=spec.text_layers,
+    return SmolVLAConfig(vlm_model_name=str(vlm_dir), load_vlm_weights=False,
+                         num_vlm_layers=num_vlm_layers or spec.text_layers,
                          resize_imgs_with_padding=(spec.image_size, spec.image_size), device=device,
                          input_features=inputs,
                          output_features={"action": PolicyFeature(FeatureType.ACTION, (TINY_ACTION_DIM,))})
 
 
 def build_tiny(seed: int = 0, device: str = "cpu", stats: dict[str, dict[str, Any]] | None = None,
-               state_dim: int = TINY_STATE_DIM) -> SmolVLAAdapter:
+               state_dim: int = TINY_STATE_DIM, real_size: bool = False) -> SmolVLAAdapter:
     """SmolVLA from lerobot's real classes with a generated SmolVLM directory and seeded random weights.
 
     `stats` are lerobot-style normalisation statistics; by default identity (mean 0, std 1).
+    `real_size`: SmolVLA's real shapes (SmolVLM2-500M backbone, 16 VLM layers, 512 px), for speed and
+    memory measurements without the hub (source `random-smolvla[:SEED]`).
     """
     from lerobot.policies.smolvla.modeling_smolvla import SmolVLAPolicy
     from lerobot.policies.smolvla.processor_smolvla import make_smolvla_pre_post_processors
 
-    vlm_dir = write_tiny_vlm(_cache_dir() / "tiny-smolvlm")
-    config = tiny_config(vlm_dir, device=device, state_dim=state_dim)
+    if real_size:
+        vlm_dir = write_tiny_vlm(_cache_dir() / "random-smolvlm2-500m", SMOLVLM2_500M)
+        config = tiny_config(vlm_dir, device=device, image_size=256, state_dim=state_dim, spec=SMOLVLM2_500M,
+                             num_vlm_layers=16)
+    else:
+        vlm_dir = write_tiny_vlm(_cache_dir() / "tiny-smolvlm")
+        config = tiny_config(vlm_dir, device=device, state_dim=state_dim)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         with _quiet():
@@ -391,7 +404,8 @@ def build_tiny(seed: int = 0, device: str = "cpu", stats: dict[str, dict[str, An
         stats = {STATE_KEY: {"mean": torch.zeros(state_dim), "std": torch.ones(state_dim)},
                  "action": {"mean": torch.zeros(TINY_ACTION_DIM), "std": torch.ones(TINY_ACTION_DIM)}}
     pre, post = make_smolvla_pre_post_processors(config, dataset_stats=stats)
-    identity = {"source": f"tiny:{seed}", "kind": "tiny", "params_sha1": params_digest(policy)}
+    identity = {"source": f"{'random-smolvla' if real_size else 'tiny'}:{seed}", "kind": "tiny",
+                "params_sha1": params_digest(policy)}
     return SmolVLAAdapter(policy, pre, post, identity)
 
 
