@@ -17,7 +17,8 @@ RUN bash scripts/install.sh /opt/venv
 COPY . .
 RUN /opt/venv/bin/pip install -q --no-deps -e . \
  && /opt/venv/bin/python -c "from grpo_cli.policies.offline_vlm import write_tiny_vlm; write_tiny_vlm('/opt/grpo-vla-cache/tiny-smolvlm')" \
- && mkdir -p /opt/libero-config && chmod -R a+rwX /opt/libero-config /opt/grpo-vla-cache \
+ && /opt/venv/bin/python -c "from pathlib import Path; from grpo_cli.envs.libero import write_libero_config; write_libero_config(Path('/opt/libero-config'))" \
+ && chmod -R a+rX /opt/libero-config && chmod -R a+rwX /opt/grpo-vla-cache \
  && grpo-vla --help
 
 RUN useradd --create-home grpo

@@ -47,23 +47,14 @@ PRIVILEGED_STATE_DIM = STATE_DIM + 6
 
 
 @cache
-def configure_libero(assets: str | None = None) -> Path | None:
-    """Make `import libero.libero` work offline and non-interactively; return the assets folder.
-
-    Writes `config.yaml` into `$LIBERO_CONFIG_PATH` (default: a grpo-vla cache folder) unless one is
-    there, pointing at the installed package's BDDL and init-state files. The assets come from
-    `assets`, else `$GRPO_VLA_LIBERO_ASSETS`, else LIBERO's own lookup (its package folder, then a hub
-    download) for users with network.
-    """
-    if os.environ.get("CUDA_VISIBLE_DEVICES") == "":
-        # submitit's CPU-only jobs hide GPUs with an empty list, which robosuite's EGL set-up cannot parse
-        del os.environ["CUDA_VISIBLE_DEVICES"]
+def write_libero_config(config_dir: Path) -> Path:
+    """Write LIBERO's `config.yaml` into config_dir unless one is there (container builds call this, so
+    the read-only image needs no first-use write); it points at the installed package's BDDL and
+    init-state files. Returns the file."""
     spec = importlib.util.find_spec("libero")
     if spec is None or not spec.submodule_search_locations:
         raise UserError("LIBERO is not installed: run `make install` (it installs hf-libero)")
     package_root = Path(next(iter(spec.submodule_search_locations))) / "libero"
-    config_dir = Path(os.environ.setdefault(
-        "LIBERO_CONFIG_PATH", str(Path.home() / ".cache" / "grpo-vla" / "libero")))
     config_file = config_dir / "config.yaml"
     if not config_file.exists():
         config_dir.mkdir(parents=True, exist_ok=True)
@@ -75,6 +66,22 @@ def configure_libero(assets: str | None = None) -> Path | None:
         with os.fdopen(fd, "w") as f:
             yaml.safe_dump(paths, f)
         os.replace(tmp, config_file)
+    return config_file
+
+
+def configure_libero(assets: str | None = None) -> Path | None:
+    """Make `import libero.libero` work offline and non-interactively; return the assets folder.
+
+    Writes `config.yaml` into `$LIBERO_CONFIG_PATH` (default: a grpo-vla cache folder) unless one is
+    there, pointing at the installed package's BDDL and init-state files. The assets come from
+    `assets`, else `$GRPO_VLA_LIBERO_ASSETS`, else LIBERO's own lookup (its package folder, then a hub
+    download) for users with network.
+    """
+    if os.environ.get("CUDA_VISIBLE_DEVICES") == "":
+        # submitit's CPU-only jobs hide GPUs with an empty list, which robosuite's EGL set-up cannot parse
+        del os.environ["CUDA_VISIBLE_DEVICES"]
+    write_libero_config(Path(os.environ.setdefault(
+        "LIBERO_CONFIG_PATH", str(Path.home() / ".cache" / "grpo-vla" / "libero"))))
 
     assets = assets or os.environ.get(ASSETS_ENV_VAR) or None
     if assets is not None:
