@@ -197,6 +197,9 @@ class TrainConfig:
     """longest wait for one hand-off's trajectories before the step stops with an error"""
     shard_idle_timeout_s: int = 600
     """a worker without work for this long exits (so a dead trainer strands no jobs)"""
+    shard_failure: str = "stop"
+    """when a rollout shard worker has failed more than env_failure_retries times: `stop` the run with one
+    line, or `continue` the step with the groups that arrived (its episodes are logged as `episodes_lost`)"""
     env_failure_retries: int = 2
     """restarts of the envs when one fails or its worker dies mid-rollout (the rollout is rerun, same seeds)"""
     env_step_budget: int = 0
@@ -234,6 +237,8 @@ class TrainConfig:
             raise UserError(f"success_band must be two numbers 0 <= lo <= hi <= 1, got {self.success_band}")
         if self.rollout_shards < 0 or self.shard_envs < 1 or self.shard_executor not in ("local", "slurm"):
             raise UserError("rollout_shards must be >= 0, shard_envs >= 1, shard_executor local or slurm")
+        if self.shard_failure not in ("stop", "continue"):
+            raise UserError(f"shard_failure must be stop or continue, got {self.shard_failure!r}")
         if self.max_resample_tries < 0 or self.progress_shaping < 0 or self.env_failure_retries < 0:
             raise UserError("max_resample_tries, progress_shaping and env_failure_retries must be >= 0")
         steps = parse_tiers(self.denoise_tiers, self.num_generations)

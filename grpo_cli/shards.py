@@ -145,17 +145,23 @@ class ShardPool:
             requests.append(request)
         handed_out = time.perf_counter()
         deadline = time.time() + self.cfg.shard_timeout_s
-        while not all(_part(r).exists() for r in requests):
+        lost: set[int] = set()  # shards given up on (shard_failure = continue)
+        while not all(_part(r).exists() for k, r in enumerate(requests) if k not in lost):
             for k, job in enumerate(self.jobs):
-                if k < len(requests) and not _part(requests[k]).exists() and job.done():
-                    self._replace(k, job)
+                if k < len(requests) and k not in lost and not _part(requests[k]).exists() and job.done():
+                    if not self._replace(k, job):
+                        lost.add(k)
             if time.time() > deadline:
                 raise UserError(f"rollout shards gave no result within {self.cfg.shard_timeout_s} s; "
                                 f"logs in {self.folder / 'submitit'}")
             time.sleep(0.05)
         gathered = time.perf_counter()
-        trajs = []
-        for request in requests:
+        trajs: list[Any] = []
+        for k, request in enumerate(requests):
+            if k in lost:  # None keeps every other trajectory at its episode's index
+                trajs += [None] * len(shards[k])
+                request.unlink()
+                continue
             with open_kind(_part(request), "rollout") as f:
                 demos = [f[f"data/demo_{i}"] for i in range(len(f["data"]))]
                 trajs += [read_demo(g, task_spec(self.cfg.suite, int(g.attrs["task_id"]))) for g in demos]
@@ -169,8 +175,9 @@ class ShardPool:
         self.handoff_s += (handed_out - start) + (time.perf_counter() - gathered)
         return trajs
 
-    def _replace(self, k: int, job: Any) -> None:
-        """Worker k's job ended while it owed a part: resubmit it (its request is still waiting)."""
+    def _replace(self, k: int, job: Any) -> bool:
+        """Worker k's job ended while it owed a part: resubmit it (its request is still waiting). With
+        no retries left: stop with one line, or (shard_failure = continue) return False to give up."""
         from grpo_cli.cluster import failure_reason
 
         try:
@@ -179,10 +186,15 @@ class ShardPool:
         except Exception as err:  # killed, cancelled, or an env crash
             reason = failure_reason(err)
         if self.retries_left <= 0:
+            if self.cfg.shard_failure == "continue":
+                self.log(f"rollout shard {k} (job {job.job_id}) ended: {reason}; no retries left, the step "
+                         "continues without its episodes")
+                return False
             raise UserError(f"rollout shard {k} failed and no retries are left: {reason}")
         self.retries_left -= 1
         self.jobs[k] = self.executor.submit(ShardWorker(), str(self.run_dir), self.generation, k, self.cfg.to_json())
         self.log(f"rollout shard {k} (job {job.job_id}) ended: {reason}; resubmitted as job {self.jobs[k].job_id}")
+        return True
 
     def close(self) -> None:
         (self.folder / f"stop_{self.generation}").touch()

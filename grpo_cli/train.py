@@ -162,6 +162,7 @@ class Trainer:
         self.step_index = 0
         self.tasks = [task_spec(cfg.suite, t) for t in cfg.tasks]
         self.env_failures = 0
+        self.episodes_lost = 0  # this step's episodes lost with failed shards (shard_failure = continue)
         self.slots = self._make_slots() if not cfg.rollout_shards else None
         self.shards: ShardPool | None = None  # started at the first rollout
 
@@ -176,6 +177,7 @@ class Trainer:
         rng = np.random.default_rng([cfg.seed, s])
         t0 = time.perf_counter()
         handoff_before = self.shards.handoff_s if self.shards is not None else 0.0
+        self.episodes_lost = 0
 
         # 1. Rollout: G groups, each from one (task, init state), members differ only in their noise (Eq. 3).
         #    With a group filter, groups without signal are dropped and replaced by fresh ones (bounded).
@@ -187,7 +189,11 @@ class Trainer:
                 episodes += [EpisodeSpec(task, init_state, k, episode_seed(cfg.seed, s, g, m), group=g, member=m)
                              for m, k in enumerate(cfg.steps_per_member)]
             trajs = self._run(episodes)
-            return [trajs[i:i + cfg.num_generations] for i in range(0, len(trajs), cfg.num_generations)]
+            groups = [trajs[i:i + cfg.num_generations] for i in range(0, len(trajs), cfg.num_generations)]
+            # A group with a member lost to a failed shard (shard_failure = continue) is not comparable.
+            whole = [g for g in groups if all(t is not None for t in g)]
+            self.episodes_lost += len(trajs) - sum(len(g) for g in whole)
+            return whole
 
         groups, rolled = filtered_groups(rollout_groups, cfg)
 
@@ -195,7 +201,10 @@ class Trainer:
         def fallback(g: int, first: Trajectory) -> Trajectory:
             spec = EpisodeSpec(first.spec.task, first.spec.init_state, cfg.fallback_steps,
                                episode_seed(cfg.seed, s, g, cfg.num_generations), group=g, member=cfg.num_generations)
-            return self._run([spec])[0]
+            traj = self._run([spec])[0]
+            if traj is None:
+                raise UserError(f"step {s + 1}: the fallback rollout was lost with its failed shard")
+            return traj
 
         batch, counts = assemble_rewards(groups, cfg, fallback, self.pool, rng)
 
@@ -238,7 +247,7 @@ class Trainer:
             "drift_rel_l2": d["total"]["rel_l2"],
             **{f"drift/{module}": v["drift_pct"] for module, v in d.items() if module != "total"},
             **{f"lr/{g['name']}": g["lr"] for g in self.optimizer.param_groups},
-            "env_failures": self.env_failures,
+            "env_failures": self.env_failures, "episodes_lost": self.episodes_lost,
             "time/rollout": t_rollout, "time/update": t_update, "env_steps": env_steps,
             **({"time/shard_handoff": self.shards.handoff_s - handoff_before} if self.shards is not None else {}),
             "SPS": env_steps / max(t_rollout + t_update, 1e-9), **update,

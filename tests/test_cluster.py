@@ -126,6 +126,38 @@ def test_training_with_local_rollout_shards_matches_unsharded(tmp_path: Path) ->
     assert all(0 < m["time/shard_handoff"] < m["time/rollout"] for m in metrics)
 
 
+def test_a_shard_worker_past_its_retries_is_left_out_or_stops_the_run(tmp_path: Path) -> None:
+    """Worker 1 is SIGKILLed after step 1 and no retries are allowed: with shard_failure = continue
+    step 2 trains on worker 0's groups and logs the lost episodes; switched to `stop`, step 3 ends
+    with one line."""
+    import dataclasses
+    import signal
+
+    from grpo_cli.presets import resolve
+    from grpo_cli.train import Trainer
+
+    settings = dict(a.split("=", 1) for a in TRAIN[1::2])
+    cfg = resolve("e5", {**settings, "tasks_per_step": "2", "rollout_shards": "2", "shard_envs": "1",
+                         "env_failure_retries": "0", "shard_failure": "continue"})
+    trainer = Trainer(cfg, tmp_path, log=lambda _: None)
+    try:
+        assert trainer.step()["episodes_lost"] == 0
+        worker = trainer.shards.jobs[1]
+        os.kill(int(worker.job_id), signal.SIGKILL)  # submitit's local job id is the worker's pid
+        deadline = time.time() + 60
+        while not worker.done() and time.time() < deadline:
+            time.sleep(0.1)
+        metrics = trainer.step()
+        # 2 groups x 2 members split over 2 workers: worker 1 held group 1 (E5's fallback runs on worker
+        # 0), so one whole group was lost and the step trained on the other
+        assert metrics["episodes_lost"] == 2 and metrics["step"] == 2
+        trainer.shards.cfg = dataclasses.replace(cfg, shard_failure="stop")
+        with pytest.raises(UserError, match="rollout shard 1 failed and no retries are left"):
+            trainer.step()
+    finally:
+        trainer.close()
+
+
 def test_slurm_executor_without_slurm_is_one_line(tmp_path: Path) -> None:
     proc = cli(*ROLLOUT, "--out", str(tmp_path / "x.h5"), "--executor", "slurm",
                env={"PATH": "/nonexistent"})
