@@ -228,13 +228,15 @@ def _sharded(executor_kind: str, settings: Any, what: str, config_json: str, out
 @click.option("--episodes-per-task", type=int, default=20, show_default=True,
               help="episode i starts from init state i (mod 50)")
 @click.option("--denoise-steps", type=int, default=10, show_default=True)
+@click.option("--sde-noise", type=float, default=0.0, show_default=True,
+              help="0: deterministic sampler; a > 0: the Flow-SDE sampler (noise level a) an sde run trains")
 @click.option("--num-envs", type=int, default=1, show_default=True,
               help="envs in lockstep sharing each policy call")
 @cluster_options
 def eval_cmd(policy: str, suite: str, max_steps: int | None, n_action_steps: int | None, image_size: int,
              seed: int, device: str, out: str, overwrite: bool, parallel_envs: bool, tasks: str,
-             episodes_per_task: int, denoise_steps: int, num_envs: int, executor: str, slurm_config: str | None,
-             **slurm: Any) -> None:
+             episodes_per_task: int, denoise_steps: int, sde_noise: float, num_envs: int, executor: str,
+             slurm_config: str | None, **slurm: Any) -> None:
     """Evaluate a policy with the seed's protocol; print per-task success with Wilson intervals."""
     from grpo_cli.cluster import eval_part
     from grpo_cli.config import EvalConfig
@@ -242,7 +244,8 @@ def eval_cmd(policy: str, suite: str, max_steps: int | None, n_action_steps: int
     from grpo_cli.storage import check_output_path, read_eval
 
     cfg = EvalConfig(policy=policy, suite=suite, tasks=_int_list(tasks, "--tasks"),
-                     episodes_per_task=episodes_per_task, denoise_steps=denoise_steps, max_steps=max_steps,
+                     episodes_per_task=episodes_per_task, denoise_steps=denoise_steps, sde_noise=sde_noise,
+                     max_steps=max_steps,
                      n_action_steps=n_action_steps, image_size=image_size, seed=seed, num_envs=num_envs,
                      parallel_envs=parallel_envs, device=device)
     check_output_path(out, overwrite)

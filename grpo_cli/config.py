@@ -98,6 +98,8 @@ class EvalConfig:
     episodes_per_task: int = 20
     """episode i of a task starts from init state i (mod the task's 50)"""
     denoise_steps: int = 10
+    sde_noise: float = 0.0
+    """0: lerobot's deterministic sampler; a > 0: the Flow-SDE sampler a `likelihood = sde` run trains"""
     max_steps: int | None = None
     n_action_steps: int | None = None
     image_size: int = 256
@@ -113,6 +115,8 @@ class EvalConfig:
             raise UserError("episodes_per_task must be >= 1")
         if self.denoise_steps < 1:
             raise UserError("denoise_steps must be >= 1")
+        if self.sde_noise < 0:
+            raise UserError("sde_noise must be >= 0")
         if self.max_steps is not None and self.max_steps < 1:
             raise UserError("max_steps must be >= 1")
         if self.num_envs < 1:

@@ -38,7 +38,8 @@ def run_eval(cfg: EvalConfig, adapter: SmolVLAAdapter, tasks: list[TaskSpec],
                            privileged_state=adapter.privileged_state)
     try:
         trajs = run_episodes(adapter, slots, eval_episodes(cfg, tasks), max_steps=cfg.max_steps,
-                             n_action_steps=cfg.n_action_steps, keep_images=False, on_episode=on_episode)
+                             n_action_steps=cfg.n_action_steps, keep_images=False, sde_noise=cfg.sde_noise,
+                             on_episode=on_episode)
     finally:
         slots.close()
     return {"task_id": np.array([t.spec.task.task_id for t in trajs]),

@@ -89,6 +89,7 @@ def test_eval_prints_table_and_stores_episodes(tmp_path: Path) -> None:
     (["eval"], {"GRPO_VLA_LIBERO_ASSETS": "/nonexistent"}, "LIBERO assets not found in /nonexistent"),
     (["eval", "--out", "/proc/denied/x.h5"], {}, "cannot"),
     (["eval", "--episodes-per-task", "0"], {}, "episodes_per_task must be >= 1"),
+    (["eval", "--sde-noise", "-1"], {}, "sde_noise must be >= 0"),
 ])
 def test_bad_inputs_exit_nonzero_with_one_line(tmp_path: Path, args, env, message) -> None:
     if "--out" not in args:

@@ -102,3 +102,22 @@ def test_worker_errors_surface_and_workers_shut_down(task0) -> None:
     finally:
         slots.close()
     assert not mp.active_children()
+
+
+def test_eval_samples_with_the_sde_sampler_when_asked(tiny, task0) -> None:
+    """`eval --sde-noise a` evaluates the stochastic policy an sde run trains: other actions than the
+    deterministic sampler from the same initial noise, and the same ones again for the same seed."""
+    from grpo_cli.config import EvalConfig
+    from grpo_cli.evaluate import run_eval
+
+    def first_chunk(sde_noise: float) -> np.ndarray:
+        seen = []
+        cfg = EvalConfig(suite="libero_10", tasks=(0,), episodes_per_task=1, max_steps=10, n_action_steps=10,
+                         image_size=64, sde_noise=sde_noise)
+        run_eval(cfg, tiny, [task0], on_episode=seen.append)
+        np.testing.assert_array_equal(seen[0].chains[0][0], seen[0].noise[0])
+        return seen[0].chains[0][-1]
+
+    ode, sde = first_chunk(0.0), first_chunk(0.3)
+    assert np.abs(ode - sde).max() > 1e-3
+    np.testing.assert_array_equal(sde, first_chunk(0.3))
