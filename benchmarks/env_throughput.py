@@ -41,18 +41,22 @@ def bare(spec, steps: int, image_size: int, render_every_step: bool, images: boo
 
 
 def ours(spec, steps: int, image_size: int, every: int, adapter: SmolVLAAdapter, workers: int = 1,
-         processes: bool = False, rss: list[float] | None = None) -> float:
-    """grpo-vla's engine: `workers` episodes in lockstep (one batched policy call per query), envs inline or
-    in spawned processes. Envs are built outside the timed region; each episode's soft reset is inside.
-    `rss`: filled with each worker process's resident MiB after the run (processes=True)."""
+         processes: bool = False, rss: list[float] | None = None, overlap: bool = False,
+         trajs_out: list | None = None) -> float:
+    """grpo-vla's engine: `workers` episodes in lockstep (one batched policy call per query, or two lanes
+    taking turns with `overlap`), envs inline or in spawned processes. Envs are built outside the timed
+    region; each episode's soft reset is inside. `rss`: filled with each worker process's resident MiB
+    after the run (processes=True); `trajs_out`: filled with the trajectories."""
     slots = make_env_slots(workers, image_size, processes=processes)
     slots.reset_many([(i, spec, i) for i in range(workers)])
     episodes = [EpisodeSpec(spec, i, 10, noise_seed=i) for i in range(workers)]
     start = time.perf_counter()
-    trajs = run_episodes(adapter, slots, episodes, max_steps=steps, n_action_steps=every)
+    trajs = run_episodes(adapter, slots, episodes, max_steps=steps, n_action_steps=every, overlap=overlap)
     elapsed = time.perf_counter() - start
     if rss is not None and processes:
         rss += slots.worker_rss_mb()
+    if trajs_out is not None:
+        trajs_out += trajs
     slots.close()
     return sum(t.length for t in trajs) / elapsed
 

@@ -3,10 +3,11 @@
     python benchmarks/rollout_throughput.py [--task 0] [--steps 200] [--image-size 256]
 
 For a policy query every 10 and every 50 env steps, on the same task and tiny policy:
-  (a) simulator limit: a bare loop stepping the physics with fixed actions and rendering exactly the
-      frames a policy would read (every N-th step), nothing else;
+  (a) simulator limit: a bare loop that resets and steps the physics with the actions our 1-worker run
+      executed and renders exactly the frames the policy read (every N-th step), nothing else;
   (b) lerobot's own `lerobot_eval.rollout` with its LIBERO env (renders both cameras every step);
-  (c) grpo-vla's rollout engine with 1 env, and with 2 envs in 2 spawned worker processes.
+  (c) grpo-vla's rollout engine with 1 env, and with 2 envs in 2 spawned worker processes (also with
+      --overlap-policy: the policy computes one env's chunk while the other env steps).
 Prints env steps/s and episodes/hour (at the given episode length) and the ratios ours/(a), ours/(b),
 2 workers/1 worker. One torch thread per process; run it on an otherwise idle machine.
 """
@@ -33,16 +34,17 @@ from grpo_cli.envs.libero import LiberoEnv, configure_libero, task_spec  # noqa:
 from grpo_cli.policies.smolvla import SmolVLAAdapter  # noqa: E402
 
 
-def simulator_limit(spec, steps: int, image_size: int, every: int) -> float:
+def simulator_limit(spec, actions: np.ndarray, image_size: int, every: int, init_state: int = 0) -> float:
+    """The same reset and the same executed actions as our run, rendering only the frames a policy reads."""
     env = LiberoEnv(spec, image_size=image_size)
-    actions = np.random.default_rng(0).uniform(-0.3, 0.3, (steps, 7))
-    env.reset(0)
+    env.reset(init_state)  # warm, like our slots: the timed reset below is the episode's own
     start = time.perf_counter()
+    env.reset(init_state)
     for i, a in enumerate(actions):
         env.step(a, render=i % every == every - 1)
     elapsed = time.perf_counter() - start
     env.close()
-    return steps / elapsed
+    return len(actions) / elapsed
 
 
 def lerobot_loop(steps: int, image_size: int, every: int, adapter: SmolVLAAdapter, task: int) -> float:
@@ -77,15 +79,20 @@ def main() -> None:
     print(f"{'query every':>11s} {'mode':34s} {'steps/s':>8s} {'episodes/h':>10s}")
     rss: list[float] = []
     for every in (10, 50):
-        rates = {"(a) simulator limit": simulator_limit(spec, args.steps, args.image_size, every),
-                 "(b) lerobot eval loop": lerobot_loop(args.steps, args.image_size, every, adapter, args.task),
-                 "(c) grpo-vla, 1 worker": ours(spec, args.steps, args.image_size, every, adapter, 1),
-                 "(c) grpo-vla, 2 workers": ours(spec, args.steps, args.image_size, every, adapter, 2, True, rss)}
+        mine: list = []
+        rates = {"(c) grpo-vla, 1 worker": ours(spec, args.steps, args.image_size, every, adapter, 1,
+                                               trajs_out=mine)}
+        rates["(a) simulator limit"] = simulator_limit(spec, np.asarray(mine[0].actions), args.image_size, every)
+        rates["(b) lerobot eval loop"] = lerobot_loop(args.steps, args.image_size, every, adapter, args.task)
+        rates["(c) grpo-vla, 2 workers"] = ours(spec, args.steps, args.image_size, every, adapter, 2, True, rss)
+        rates["(c) grpo-vla, 2 workers, overlap"] = ours(spec, args.steps, args.image_size, every, adapter, 2, True,
+                                                         overlap=True)
         for name, rate in rates.items():
             print(f"{every:11d} {name:34s} {rate:8.1f} {3600 * rate / 520:10.1f}")
         one, two = rates["(c) grpo-vla, 1 worker"], rates["(c) grpo-vla, 2 workers"]
         print(f"{every:11d} ratios: ours/(a) {one / rates['(a) simulator limit']:.2f}  "
-              f"ours/(b) {one / rates['(b) lerobot eval loop']:.2f}  2 workers/1 worker {two / one:.2f}")
+              f"ours/(b) {one / rates['(b) lerobot eval loop']:.2f}  2 workers/1 worker {two / one:.2f}  "
+              f"2 workers overlap/1 worker {rates['(c) grpo-vla, 2 workers, overlap'] / one:.2f}")
     print("episodes/h assume LIBERO-10's 520-step episodes")
     print(f"RSS per env worker process: {', '.join(f'{x:.0f}' for x in rss)} MiB; trainer/parent process "
           f"{resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MiB peak")

@@ -84,6 +84,8 @@ _common = [
     click.option("--overwrite", is_flag=True, help="replace an existing --out"),
     click.option("--parallel-envs", is_flag=True,
                  help="step the envs in spawned worker processes, in parallel (one env per process)"),
+    click.option("--overlap-policy", is_flag=True,
+                 help="two lanes of envs take turns, so the policy works while envs step (pays with --parallel-envs)"),
 ]
 
 
@@ -150,7 +152,8 @@ def cli() -> None:
               help="split the groups over this many jobs (local subprocesses or SLURM array tasks), then merge")
 @cluster_options
 def rollout(policy: str, suite: str, max_steps: int | None, n_action_steps: int | None, image_size: int,
-            seed: int, device: str, out: str, overwrite: bool, parallel_envs: bool, tasks: str, init_states: str,
+            seed: int, device: str, out: str, overwrite: bool, parallel_envs: bool, overlap_policy: bool, tasks: str,
+            init_states: str,
             num_generations: int, denoise_tiers: str, num_envs: int, no_images: bool, shards: int,
             executor: str, slurm_config: str | None, **slurm: Any) -> None:
     """Sample groups of trajectories that differ only in their initial flow noise; write HDF5."""
@@ -164,7 +167,8 @@ def rollout(policy: str, suite: str, max_steps: int | None, n_action_steps: int 
                         init_states=_int_list(init_states, "--init-states") or (),
                         num_generations=num_generations, denoise_tiers=denoise_tiers, max_steps=max_steps,
                         n_action_steps=n_action_steps, image_size=image_size, store_images=not no_images,
-                        seed=seed, num_envs=num_envs, parallel_envs=parallel_envs, device=device)
+                        seed=seed, num_envs=num_envs, parallel_envs=parallel_envs, overlap_policy=overlap_policy,
+                        device=device)
     check_output_path(out, overwrite)
     _setup_runtime()
     task_specs = resolve_tasks(cfg.suite, cfg.tasks or None)
@@ -234,7 +238,7 @@ def _sharded(executor_kind: str, settings: Any, what: str, config_json: str, out
               help="envs in lockstep sharing each policy call")
 @cluster_options
 def eval_cmd(policy: str, suite: str, max_steps: int | None, n_action_steps: int | None, image_size: int,
-             seed: int, device: str, out: str, overwrite: bool, parallel_envs: bool, tasks: str,
+             seed: int, device: str, out: str, overwrite: bool, parallel_envs: bool, overlap_policy: bool, tasks: str,
              episodes_per_task: int, denoise_steps: int, sde_noise: float, num_envs: int, executor: str,
              slurm_config: str | None, **slurm: Any) -> None:
     """Evaluate a policy with the seed's protocol; print per-task success with Wilson intervals."""
@@ -247,7 +251,7 @@ def eval_cmd(policy: str, suite: str, max_steps: int | None, n_action_steps: int
                      episodes_per_task=episodes_per_task, denoise_steps=denoise_steps, sde_noise=sde_noise,
                      max_steps=max_steps,
                      n_action_steps=n_action_steps, image_size=image_size, seed=seed, num_envs=num_envs,
-                     parallel_envs=parallel_envs, device=device)
+                     parallel_envs=parallel_envs, overlap_policy=overlap_policy, device=device)
     check_output_path(out, overwrite)
     _setup_runtime()
     task_specs = resolve_tasks(cfg.suite, cfg.tasks)

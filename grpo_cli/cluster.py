@@ -166,7 +166,8 @@ def rollout_part(cfg_json: str, episodes: list[Any], out: str, on_episode: Calla
                            privileged_state=adapter.privileged_state, processes=cfg.parallel_envs)
     try:
         trajs = run_episodes(adapter, slots, episodes, max_steps=cfg.max_steps, n_action_steps=cfg.n_action_steps,
-                             keep_images=cfg.store_images, on_episode=on_episode)
+                             keep_images=cfg.store_images, overlap=cfg.overlap_policy,
+                             on_episode=on_episode)
     finally:
         slots.close()
     env_args = {"suite": cfg.suite, "image_size": cfg.image_size, "control_freq": 20, "max_steps": cfg.max_steps,

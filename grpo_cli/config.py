@@ -64,6 +64,8 @@ class RolloutConfig:
     """envs stepped in lockstep with one batched policy call; 0 = one per group member"""
     parallel_envs: bool = False
     """step the envs in spawned worker processes (one env and one torch thread each), in parallel"""
+    overlap_policy: bool = False
+    """two lanes of envs take turns: the policy computes one lane's chunks while the other's envs step"""
     device: str = "cpu"
 
     def __post_init__(self) -> None:
@@ -108,6 +110,8 @@ class EvalConfig:
     num_envs: int = 1
     parallel_envs: bool = False
     """step the envs in spawned worker processes (one env and one torch thread each), in parallel"""
+    overlap_policy: bool = False
+    """two lanes of envs take turns: the policy computes one lane's chunks while the other's envs step"""
     device: str = "cpu"
 
     def __post_init__(self) -> None:
@@ -224,6 +228,8 @@ class TrainConfig:
     num_envs: int = 0
     parallel_envs: bool = False
     """step the envs in spawned worker processes (one env and one torch thread each), in parallel"""
+    overlap_policy: bool = False
+    """two lanes of envs take turns: the policy computes one lane's chunks while the other's envs step"""
     device: str = "cpu"
 
     def __post_init__(self) -> None:

@@ -39,6 +39,7 @@ def run_eval(cfg: EvalConfig, adapter: SmolVLAAdapter, tasks: list[TaskSpec],
     try:
         trajs = run_episodes(adapter, slots, eval_episodes(cfg, tasks), max_steps=cfg.max_steps,
                              n_action_steps=cfg.n_action_steps, keep_images=False, sde_noise=cfg.sde_noise,
+                             overlap=cfg.overlap_policy,
                              on_episode=on_episode)
     finally:
         slots.close()

@@ -114,6 +114,7 @@ class LocalEnvSlots:
     def __init__(self, size: int, image_size: int, images: bool = True, **options: Any):
         self.size = size
         self._workers = [EnvWorker(image_size, images, **options) for _ in range(size)]
+        self._done: dict[int, ChunkResult] = {}  # submitted chunks' results, until gathered
 
     def reset_many(self, items: Sequence[tuple[int, TaskSpec, int]]) -> list[dict[str, np.ndarray]]:
         try:
@@ -126,6 +127,13 @@ class LocalEnvSlots:
             return [self._workers[slot].run_chunk(actions, left) for slot, actions, left in items]
         except Exception as err:
             raise EnvFailure(f"env step failed: {type(err).__name__}: {err}") from err
+
+    def submit_chunks(self, items: Sequence[tuple[int, np.ndarray, int]]) -> None:
+        """Start chunks (here: run them now); `gather_chunks` returns their results."""
+        self._done.update(zip([slot for slot, _, _ in items], self.run_chunks(items), strict=True))
+
+    def gather_chunks(self, slots: Sequence[int]) -> list[ChunkResult]:
+        return [self._done.pop(slot) for slot in slots]
 
     def reset(self, slot: int, task: TaskSpec, init_state: int) -> dict[str, np.ndarray]:
         return self.reset_many([(slot, task, init_state)])[0]
@@ -190,32 +198,45 @@ class ProcessEnvSlots:
             self._conns.append(parent)
             self._procs.append(proc)
 
-    def _call(self, items: Sequence[tuple[int, str, tuple]]) -> list[Any]:
-        def died(slot: int) -> EnvFailure:
-            self._procs[slot].join(timeout=1)
-            return EnvFailure(f"env worker {slot} died (exit code {self._procs[slot].exitcode})")
+    def _died(self, slot: int) -> EnvFailure:
+        self._procs[slot].join(timeout=1)
+        return EnvFailure(f"env worker {slot} died (exit code {self._procs[slot].exitcode})")
 
+    def _send(self, items: Sequence[tuple[int, str, tuple]]) -> None:
         for slot, command, args in items:
             try:
                 self._conns[slot].send((command, args))
             except OSError:
-                raise died(slot) from None
+                raise self._died(slot) from None
+
+    def _recv(self, slots: Sequence[int]) -> list[Any]:
         results = []
-        for slot, _, _ in items:
+        for slot in slots:
             try:
                 status, value = self._conns[slot].recv()
             except (EOFError, OSError):
-                raise died(slot) from None
+                raise self._died(slot) from None
             if status == "error":
                 raise EnvFailure(f"env worker {slot} failed: {value.strip().splitlines()[-1]}\n{value}")
             results.append(value)
         return results
+
+    def _call(self, items: Sequence[tuple[int, str, tuple]]) -> list[Any]:
+        self._send(items)
+        return self._recv([slot for slot, _, _ in items])
 
     def reset_many(self, items: Sequence[tuple[int, TaskSpec, int]]) -> list[dict[str, np.ndarray]]:
         return self._call([(slot, "reset", (task, init)) for slot, task, init in items])
 
     def run_chunks(self, items: Sequence[tuple[int, np.ndarray, int]]) -> list[ChunkResult]:
         return self._call([(slot, "run_chunk", (actions, left)) for slot, actions, left in items])
+
+    def submit_chunks(self, items: Sequence[tuple[int, np.ndarray, int]]) -> None:
+        """Start chunks in the workers and return at once; `gather_chunks` waits for their results."""
+        self._send([(slot, "run_chunk", (actions, left)) for slot, actions, left in items])
+
+    def gather_chunks(self, slots: Sequence[int]) -> list[ChunkResult]:
+        return self._recv(slots)
 
     def reset(self, slot: int, task: TaskSpec, init_state: int) -> dict[str, np.ndarray]:
         return self.reset_many([(slot, task, init_state)])[0]
@@ -251,62 +272,88 @@ def make_env_slots(size: int, image_size: int, images: bool = True, processes: b
         size, image_size, images, privileged_state=privileged_state, progress_shaping=progress_shaping)
 
 
+class _Wave:
+    """The episodes of one wave, one per env slot: query the policy for some slots, collect their chunks."""
+
+    def __init__(self, adapter: SmolVLAAdapter, slots: EnvSlots, wave: Sequence[EpisodeSpec],
+                 max_steps: int | None, n_exec: int, keep_images: bool, sde_noise: float):
+        self.adapter, self.slots, self.wave = adapter, slots, wave
+        self.n_exec, self.keep_images, self.sde_noise = n_exec, keep_images, sde_noise
+        self.trajs = [Trajectory(spec) for spec in wave]
+        self.gens = [torch.Generator().manual_seed(spec.noise_seed) for spec in wave]
+        self.obs = slots.reset_many([(i, spec.task, spec.init_state) for i, spec in enumerate(wave)])
+        self.limits = [max_steps or spec.task.max_steps for spec in wave]
+        self.chunks: dict[int, np.ndarray] = {}  # slot -> the actions it is executing
+
+    def query(self, lane: list[int]) -> None:
+        """One policy call for every slot of the lane; start their chunks (in parallel with worker processes)."""
+        adapter, obs, wave, gens = self.adapter, self.obs, self.wave, self.gens
+        batch = adapter.preprocess([obs[i] for i in lane], [wave[i].task.language for i in lane])
+        prefix = adapter.encode_prefix(batch)
+        noise = torch.cat([adapter.sample_noise(gens[i]) for i in lane])  # (B, H, Dm)
+        chains = adapter.denoise(prefix, noise, [wave[i].denoise_steps for i in lane], sde_noise=self.sde_noise,
+                                 generators=[gens[i] for i in lane])
+        actions = adapter.unnormalize(torch.stack([c[-1] for c in chains]))  # (B, H, Da)
+        for b, i in enumerate(lane):
+            traj = self.trajs[i]
+            traj.query_steps.append(traj.length)
+            traj.query_states.append(obs[i][STATE_KEY])
+            if self.keep_images:
+                for key in CAMERAS.values():
+                    traj.query_images.setdefault(key, []).append(obs[i][key])
+            traj.noise.append(noise[b].numpy())
+            traj.chains.append(chains[b].numpy())
+            self.chunks[i] = actions[b, :self.n_exec]
+        self.slots.submit_chunks([(i, self.chunks[i], self.limits[i] - self.trajs[i].length) for i in lane])
+
+    def collect(self, lane: list[int], on_episode: Callable[[Trajectory], None] | None) -> list[int]:
+        """Wait for the lane's chunks; returns the slots whose episodes go on."""
+        still_active = []
+        for i, (after, rewards, success, last_obs, progress) in zip(lane, self.slots.gather_chunks(lane),
+                                                                    strict=True):
+            traj = self.trajs[i]
+            self.obs[i] = last_obs
+            traj.states += [traj.query_states[-1], *after[:-1]]  # observation before each action
+            traj.actions += list(self.chunks[i][: len(rewards)])
+            traj.rewards += rewards
+            traj.success, traj.progress = success, progress
+            if success or traj.length >= self.limits[i]:
+                if on_episode:
+                    on_episode(traj)
+            else:
+                still_active.append(i)
+        return still_active
+
+
 def run_episodes(adapter: SmolVLAAdapter, slots: EnvSlots, episodes: Sequence[EpisodeSpec],
                  max_steps: int | None = None, n_action_steps: int | None = None,
-                 keep_images: bool = True, sde_noise: float = 0.0,
+                 keep_images: bool = True, sde_noise: float = 0.0, overlap: bool = False,
                  on_episode: Callable[[Trajectory], None] | None = None) -> list[Trajectory]:
     """Run episodes in waves of `slots.size`; inside a wave all slots share each policy call.
 
     sde_noise > 0 samples chunks with Flow-SDE steps (their Gaussian draws come from the episode's
     own noise stream too); 0 is lerobot's deterministic sampler.
+    overlap: split each wave into two lanes (even and odd slots) that take turns, so the policy computes
+    one lane's chunks while the other lane's envs step (pays with worker processes). Each lane is one
+    policy call, so trajectories differ from overlap=False only through batch composition.
 
     Returns trajectories in the order of `episodes`.
     """
     n_exec = n_action_steps or adapter.config.n_action_steps
     results: list[Trajectory] = []
     for start in range(0, len(episodes), slots.size):
-        wave = list(episodes[start:start + slots.size])
-        trajs = [Trajectory(spec) for spec in wave]
-        gens = [torch.Generator().manual_seed(spec.noise_seed) for spec in wave]
-        obs = slots.reset_many([(i, spec.task, spec.init_state) for i, spec in enumerate(wave)])
-        limits = [max_steps or spec.task.max_steps for spec in wave]
-        active = list(range(len(wave)))
-        while active:
-            # One policy call for every slot that needs a chunk now.
-            batch = adapter.preprocess([obs[i] for i in active], [wave[i].task.language for i in active])
-            prefix = adapter.encode_prefix(batch)
-            noise = torch.cat([adapter.sample_noise(gens[i]) for i in active])  # (B, H, Dm)
-            chains = adapter.denoise(prefix, noise, [wave[i].denoise_steps for i in active], sde_noise=sde_noise,
-                                     generators=[gens[i] for i in active])
-            actions = adapter.unnormalize(torch.stack([c[-1] for c in chains]))  # (B, H, Da)
-            for b, i in enumerate(active):
-                traj = trajs[i]
-                traj.query_steps.append(traj.length)
-                traj.query_states.append(obs[i][STATE_KEY])
-                if keep_images:
-                    for key in CAMERAS.values():
-                        traj.query_images.setdefault(key, []).append(obs[i][key])
-                traj.noise.append(noise[b].numpy())
-                traj.chains.append(chains[b].numpy())
-            # Every slot executes its chunk (in parallel with ProcessEnvSlots).
-            stepped = slots.run_chunks([(i, actions[b, :n_exec], limits[i] - trajs[i].length)
-                                        for b, i in enumerate(active)])
-            still_active = []
-            for b, (i, (after, rewards, success, last_obs, progress)) in enumerate(zip(active, stepped,
-                                                                                      strict=True)):
-                traj = trajs[i]
-                obs[i] = last_obs
-                traj.states += [traj.query_states[-1], *after[:-1]]  # observation before each action
-                traj.actions += list(actions[b, : len(rewards)])
-                traj.rewards += rewards
-                traj.success, traj.progress = success, progress
-                if success or traj.length >= limits[i]:
-                    if on_episode:
-                        on_episode(traj)
-                else:
-                    still_active.append(i)
-            active = still_active
-        results += trajs
+        wave = _Wave(adapter, slots, episodes[start:start + slots.size], max_steps, n_exec, keep_images, sde_noise)
+        everyone = list(range(len(wave.trajs)))
+        lanes = [everyone[0::2], everyone[1::2]] if overlap and len(everyone) > 1 else [everyone]
+        for lane in lanes:
+            wave.query(lane)
+        while any(lanes):
+            for k, lane in enumerate(lanes):
+                if lane:
+                    lanes[k] = wave.collect(lane, on_episode)
+                    if lanes[k]:
+                        wave.query(lanes[k])
+        results += wave.trajs
     return results
 
 

@@ -85,7 +85,8 @@ class ShardWorker(submitit.helpers.Checkpointable):
                             for e in request["episodes"]]
                 trajs = run_episodes(adapter, slots, episodes, max_steps=cfg.max_steps,
                                      n_action_steps=cfg.n_action_steps, keep_images=True,
-                                     sde_noise=cfg.sde_noise if cfg.likelihood == "sde" else 0.0)
+                                     sde_noise=cfg.sde_noise if cfg.likelihood == "sde" else 0.0,
+                                     overlap=cfg.overlap_policy)
                 write_rollout(_part(todo[0]), trajs, cfg_json, adapter.identity, {"suite": cfg.suite})
                 served, idle_since = served + 1, time.time()
         finally:

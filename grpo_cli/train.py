@@ -269,7 +269,8 @@ class Trainer:
             try:
                 return run_episodes(self.adapter, self.slots, episodes, max_steps=cfg.max_steps,
                                     n_action_steps=cfg.n_action_steps, keep_images=True,
-                                    sde_noise=cfg.sde_noise if cfg.likelihood == "sde" else 0.0)
+                                    sde_noise=cfg.sde_noise if cfg.likelihood == "sde" else 0.0,
+                                    overlap=cfg.overlap_policy)
             except EnvFailure as err:
                 self.env_failures += 1
                 reason = str(err).splitlines()[0]

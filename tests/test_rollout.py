@@ -121,3 +121,37 @@ def test_eval_samples_with_the_sde_sampler_when_asked(tiny, task0) -> None:
     ode, sde = first_chunk(0.0), first_chunk(0.3)
     assert np.abs(ode - sde).max() > 1e-3
     np.testing.assert_array_equal(sde, first_chunk(0.3))
+
+
+def test_overlap_lanes_step_while_the_policy_works(tiny, task0) -> None:
+    """With overlap, one lane's chunks are submitted before the other lane's are gathered (the policy
+    computes while envs step), and worker processes give the same trajectories as inline slots."""
+    from grpo_cli.rollout import ProcessEnvSlots
+
+    class Recording(LocalEnvSlots):
+        calls: list[tuple[str, tuple[int, ...]]] = []
+
+        def submit_chunks(self, items):
+            self.calls.append(("submit", tuple(slot for slot, _, _ in items)))
+            super().submit_chunks(items)
+
+        def gather_chunks(self, slots):
+            self.calls.append(("gather", tuple(slots)))
+            return super().gather_chunks(slots)
+
+    episodes = group_episodes([task0], [4], [10, 10, 10], seed=0)
+    slots = Recording(3, image_size=64)
+    try:
+        inline = run_episodes(tiny, slots, episodes, max_steps=20, n_action_steps=10, overlap=True)
+    finally:
+        slots.close()
+    assert Recording.calls[:4] == [("submit", (0, 2)), ("submit", (1,)), ("gather", (0, 2)), ("submit", (0, 2))]
+    slots = ProcessEnvSlots(3, image_size=64)
+    try:
+        parallel = run_episodes(tiny, slots, episodes, max_steps=20, n_action_steps=10, overlap=True)
+    finally:
+        slots.close()
+    for a, b in zip(inline, parallel, strict=True):
+        assert a.length == b.length == 20
+        np.testing.assert_array_equal(np.asarray(a.actions), np.asarray(b.actions))
+        np.testing.assert_array_equal(np.asarray(a.states), np.asarray(b.states))
