@@ -108,57 +108,90 @@ def main() -> None:
     runs = {"recommended": ["--exp", "recommended", "--set", f"num_generations={args.group_size}",
                             "--set", f"lr_head={args.lr_head}"],
             "e2": ["--exp", "e2"]}
+    samplers = {}  # run -> the Flow-SDE noise its training samples with (0: the deterministic sampler)
     for name, preset in runs.items():
         run_dir = out / f"run_{name}"
         saved = run_dir / "config.json"
         if (run_dir / "done").exists() and json.loads(saved.read_text())["env_step_budget"] < args.env_step_budget:
             # A larger budget extends a finished run (resume is exact: same as running it from scratch).
             (run_dir / "done").unlink()
-            (out / f"eval_{name}.h5").unlink(missing_ok=True)
+            for old in out.glob(f"eval_{name}*.h5"):
+                old.unlink()
             stage(f"extend_{name}", ["train", "--resume", "--run-dir", str(run_dir),
                                      "--set", f"env_step_budget={args.env_step_budget}"], run_dir / "done", log, times)
             (run_dir / "done").touch()
         stage(f"train_{name}", ["train", *preset, "--policy", str(policy), *common, "--run-dir", str(run_dir)],
               run_dir / "done", log, times)
         (run_dir / "done").touch()
+        config = json.loads(saved.read_text())
+        samplers[name] = config["sde_noise"] if config["likelihood"] == "sde" else 0.0
         last = sorted((run_dir / "checkpoints").glob("step_*.h5"))[-1]
-        stage(f"eval_{name}", ["eval", "--policy", str(last), *evaluate, "--out", str(out / f"eval_{name}.h5")],
-              out / f"eval_{name}.h5", log, times)
+        # Every policy is evaluated with the deterministic sampler, and an sde run also with the stochastic
+        # policy its updates optimise (the Flow-SDE sampler at its noise level).
+        for suffix, noise in [("", 0.0)] + ([("_sde", samplers[name])] if samplers[name] else []):
+            stage(f"eval_{name}{suffix}", ["eval", "--policy", str(last), *evaluate, "--sde-noise", str(noise),
+                                           "--out", str(out / f"eval_{name}{suffix}.h5")],
+                  out / f"eval_{name}{suffix}.h5", log, times)
+    # SFT with each sampler an RL run is evaluated with: the baseline gets the same choice.
+    for noise in sorted({n for n in samplers.values() if n}):
+        stage("eval_sft_sde", ["eval", "--policy", str(policy), *evaluate, "--sde-noise", str(noise),
+                               "--out", str(out / "eval_sft_sde.h5")], out / "eval_sft_sde.h5", log, times)
 
     from scipy.stats import fisher_exact
 
     from grpo_cli.stats import wilson_interval
 
-    base_s, base_n = success_counts(out / "eval_sft.h5")
+    def compare(s: int, n: int, base: tuple[int, int]) -> tuple[float, float]:
+        """(points over the base, two-sided Fisher p)"""
+        b_s, b_n = base
+        return 100 * (s / n - b_s / b_n), float(fisher_exact([[s, n - s], [b_s, b_n - b_s]])[1])
+
+    rows = {"sft": 0.0, **({"sft_sde": max(samplers.values())} if any(samplers.values()) else {})}
+    for name in runs:
+        rows[name] = 0.0
+        if samplers[name]:
+            rows[f"{name}_sde"] = samplers[name]
+    counts = {row: success_counts(out / f"eval_{row}.h5") for row in rows}
+    sft_rows = [row for row in rows if row.startswith("sft")]
+    best_sft = max(sft_rows, key=lambda row: counts[row][0] / counts[row][1])
     results = {}
-    for name in ("sft", *runs):
-        s, n = success_counts(out / f"eval_{name}.h5")
+    for row, noise in rows.items():
+        s, n = counts[row]
         lo, hi = wilson_interval(s, n)
-        row = {"success": s, "episodes": n, "rate": s / n, "wilson95": [lo, hi]}
+        entry = {"sampler": f"sde a={noise}" if noise else "ode", "success": s, "episodes": n, "rate": s / n,
+                 "wilson95": [lo, hi]}
+        name = row.removesuffix("_sde")
         if name != "sft":
-            row["delta_points"] = 100 * (s / n - base_s / base_n)
-            row["fisher_p_two_sided"] = float(fisher_exact([[s, n - s], [base_s, base_n - base_s]])[1])
+            same = "sft_sde" if noise else "sft"
+            entry["delta_points_vs_sft_same_sampler"], entry["fisher_p_vs_sft_same_sampler"] = compare(
+                s, n, counts[same])
+            entry["delta_points_vs_best_sft"], entry["fisher_p_vs_best_sft"] = compare(s, n, counts[best_sft])
+            entry["trained_sampler"] = noise == samplers[name]
             metrics = [json.loads(line) for line in (out / f"run_{name}" / "metrics.jsonl").read_text().splitlines()]
-            row["train_steps"] = len(metrics)
-            row["env_steps"] = int(sum(m["env_steps"] for m in metrics))
-        results[name] = row
+            entry["train_steps"] = len(metrics)
+            entry["env_steps"] = int(sum(m["env_steps"] for m in metrics))
+        results[row] = entry
     previous = json.loads((out / "results.json").read_text()) if (out / "results.json").exists() else {}
-    summary = {"args": vars(args), "results": results,
+    summary = {"args": vars(args), "best_sft": best_sft, "results": results,
                "wall_seconds": {**previous.get("wall_seconds", {}), **times}}
     (out / "results.json").write_text(json.dumps(summary, indent=1))
-    lines = ["| policy | success | 95% Wilson | Δ vs SFT (points) | Fisher p | GRPO steps | env steps |",
-             "|---|---|---|---|---|---|---|"]
-    for name, r in results.items():
+    lines = [f"Best SFT evaluation: {best_sft}. Rows marked * use the sampler the run trains.", "",
+             "| policy | sampler | success | 95% Wilson | Δ vs SFT, same sampler (p) | Δ vs best SFT (p) "
+             "| GRPO steps | env steps |", "|---|---|---|---|---|---|---|---|"]
+    for row, r in results.items():
         lo, hi = r["wilson95"]
-        lines.append(f"| {name} | {r['success']}/{r['episodes']} ({100 * r['rate']:.1f}%) | "
-                     f"[{100 * lo:.1f}, {100 * hi:.1f}] | {r.get('delta_points', 0):+.1f} | "
-                     f"{r.get('fisher_p_two_sided', float('nan')):.3g} | {r.get('train_steps', '')} | "
+        same = (f"{r['delta_points_vs_sft_same_sampler']:+.1f} ({r['fisher_p_vs_sft_same_sampler']:.3g})"
+                if "train_steps" in r else "")
+        best = f"{r['delta_points_vs_best_sft']:+.1f} ({r['fisher_p_vs_best_sft']:.3g})" if "train_steps" in r else ""
+        mark = " *" if r.get("trained_sampler") else ""
+        lines.append(f"| {row}{mark} | {r['sampler']} | {r['success']}/{r['episodes']} ({100 * r['rate']:.1f}%) | "
+                     f"[{100 * lo:.1f}, {100 * hi:.1f}] | {same} | {best} | {r.get('train_steps', '')} | "
                      f"{r.get('env_steps', '')} |")
     (out / "results.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
     # Tables, significance, learning curves and diagnoses of both runs: OUT/report/report.{md,html}.
-    subprocess.run([*CLI, "report", f"sft={out / 'eval_sft.h5'}", *(str(out / f"eval_{n}.h5") for n in runs),
-                    *(str(out / f"run_{n}") for n in runs), "--baseline", "sft", "--out", str(out / "report"),
+    subprocess.run([*CLI, "report", *(f"{row}={out / f'eval_{row}.h5'}" for row in rows),
+                    *(str(out / f"run_{n}") for n in runs), "--baseline", best_sft, "--out", str(out / "report"),
                     "--title", f"Learning demonstration: {args.suite} task {args.task}"], check=True)
 
 
