@@ -18,6 +18,7 @@ import argparse
 import os
 import platform
 import resource
+import sys
 import time
 
 os.environ.setdefault("MUJOCO_GL", "egl")
@@ -87,14 +88,15 @@ def main() -> None:
         rates["(c) grpo-vla, 2 workers"] = ours(spec, args.steps, args.image_size, every, adapter, 2, True, rss)
         rates["(c) grpo-vla, 2 workers, overlap"] = ours(spec, args.steps, args.image_size, every, adapter, 2, True,
                                                          overlap=True)
-        for name, rate in rates.items():
+        print(file=sys.stderr, flush=True)  # end lerobot's progress bar line
+        for name, rate in sorted(rates.items()):
             print(f"{every:11d} {name:34s} {rate:8.1f} {3600 * rate / 520:10.1f}")
         one, two = rates["(c) grpo-vla, 1 worker"], rates["(c) grpo-vla, 2 workers"]
         print(f"{every:11d} ratios: ours/(a) {one / rates['(a) simulator limit']:.2f}  "
               f"ours/(b) {one / rates['(b) lerobot eval loop']:.2f}  2 workers/1 worker {two / one:.2f}  "
               f"2 workers overlap/1 worker {rates['(c) grpo-vla, 2 workers, overlap'] / one:.2f}")
     print("episodes/h assume LIBERO-10's 520-step episodes")
-    print(f"RSS per env worker process: {', '.join(f'{x:.0f}' for x in rss)} MiB; trainer/parent process "
+    print(f"RSS per env worker process (2-worker runs): {', '.join(f'{x:.0f}' for x in rss)} MiB; parent process "
           f"{resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MiB peak")
 
 
