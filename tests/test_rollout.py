@@ -106,7 +106,7 @@ def test_worker_errors_surface_and_workers_shut_down(task0) -> None:
 
 def test_eval_samples_with_the_sde_sampler_when_asked(tiny, task0) -> None:
     """`eval --sde-noise a` evaluates the stochastic policy an sde run trains: other actions than the
-    deterministic sampler from the same initial noise, and the same ones again for the same seed."""
+    deterministic sampler from the same initial noise (per-seed determinism: test_rollout_is_deterministic)."""
     from grpo_cli.config import EvalConfig
     from grpo_cli.evaluate import run_eval
 
@@ -118,9 +118,7 @@ def test_eval_samples_with_the_sde_sampler_when_asked(tiny, task0) -> None:
         np.testing.assert_array_equal(seen[0].chains[0][0], seen[0].noise[0])
         return seen[0].chains[0][-1]
 
-    ode, sde = first_chunk(0.0), first_chunk(0.3)
-    assert np.abs(ode - sde).max() > 1e-3
-    np.testing.assert_array_equal(sde, first_chunk(0.3))
+    assert np.abs(first_chunk(0.0) - first_chunk(0.3)).max() > 1e-3
 
 
 def test_overlap_lanes_step_while_the_policy_works(tiny, task0) -> None:
@@ -139,14 +137,14 @@ def test_overlap_lanes_step_while_the_policy_works(tiny, task0) -> None:
             self.calls.append(("gather", tuple(slots)))
             return super().gather_chunks(slots)
 
-    episodes = group_episodes([task0], [4], [10, 10, 10], seed=0)
-    slots = Recording(3, image_size=64)
+    episodes = group_episodes([task0], [4], [10, 10], seed=0)
+    slots = Recording(2, image_size=64)
     try:
         inline = run_episodes(tiny, slots, episodes, max_steps=20, n_action_steps=10, overlap=True)
     finally:
         slots.close()
-    assert Recording.calls[:4] == [("submit", (0, 2)), ("submit", (1,)), ("gather", (0, 2)), ("submit", (0, 2))]
-    slots = ProcessEnvSlots(3, image_size=64)
+    assert Recording.calls[:4] == [("submit", (0,)), ("submit", (1,)), ("gather", (0,)), ("submit", (0,))]
+    slots = ProcessEnvSlots(2, image_size=64)
     try:
         parallel = run_episodes(tiny, slots, episodes, max_steps=20, n_action_steps=10, overlap=True)
     finally:
