@@ -6,7 +6,7 @@ import json
 from dataclasses import asdict, dataclass
 
 from grpo_cli.errors import UserError
-from grpo_cli.grpo import GROUP_FILTERS, RATIO_LEVELS, REWARDS
+from grpo_cli.grpo import GROUP_FILTERS, LOSS_TYPES, RATIO_LEVELS, REWARDS
 
 
 def parse_tiers(tiers: str | None, num_generations: int | None, default_steps: int = 10) -> list[int]:
@@ -173,6 +173,8 @@ class TrainConfig:
     ode_sigma: float = 0.1
     ratio_level: str = "chunk"
     """PPO ratio per `trajectory`, `chunk`, denoising `step` or action `token` (grpo.ratio_samples)"""
+    loss_type: str = "bnpo"
+    """TRL's: `bnpo` averages the objective over all samples, `grpo` per trajectory first (grpo.sample_weights)"""
     scale_rewards: str = "group"
     epsilon: float = 0.2
     epsilon_high: float | None = None
@@ -235,6 +237,8 @@ class TrainConfig:
     def __post_init__(self) -> None:
         if self.likelihood not in LIKELIHOODS:
             raise UserError(f"likelihood must be one of {', '.join(LIKELIHOODS)}, got {self.likelihood!r}")
+        if self.loss_type not in LOSS_TYPES:
+            raise UserError(f"loss_type must be one of {', '.join(LOSS_TYPES)}, got {self.loss_type!r}")
         if self.ratio_level not in RATIO_LEVELS:
             raise UserError(f"ratio_level must be one of {', '.join(RATIO_LEVELS)}, got {self.ratio_level!r}")
         if self.scale_rewards not in ("group", "batch", "none"):

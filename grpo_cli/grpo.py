@@ -61,13 +61,14 @@ def zero_std_groups(rewards: torch.Tensor) -> torch.Tensor:
 
 
 def clipped_surrogate(logratio: torch.Tensor, advantages: torch.Tensor, epsilon: float,
-                      epsilon_high: float | None = None, dual_clip: float | None = None
-                      ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+                      epsilon_high: float | None = None, dual_clip: float | None = None,
+                      weights: torch.Tensor | None = None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """Eq. 5's policy term: -mean(min(rho A, clip(rho, 1 - eps, 1 + eps_high) A)).
 
     logratio (B,) = log pi_theta - log pi_old per sample (chunk or trajectory); advantages (B,).
     dual_clip c > 1 (dual-clip PPO): for A < 0 the objective is also bounded below by c A, so a sample
     whose ratio has exploded (chunk log-ratios sum thousands of terms) stops driving the update.
+    weights (B,), summing to 1 (`sample_weights`), replace the plain mean when given.
     Returns (loss, metrics) with TRL's clip metrics: `clip_ratio/low_mean` (rho < 1 - eps where A < 0),
     `clip_ratio/high_mean` (rho > 1 + eps_high where A > 0), `clip_ratio/region_mean` (either).
     """
@@ -77,7 +78,7 @@ def clipped_surrogate(logratio: torch.Tensor, advantages: torch.Tensor, epsilon:
     objective = torch.min(ratio * advantages, clipped * advantages)
     if dual_clip is not None:
         objective = torch.where(advantages < 0, torch.max(objective, dual_clip * advantages), objective)
-    loss = -objective.mean()
+    loss = -objective.mean() if weights is None else -(objective * weights).sum()
     with torch.no_grad():
         low = ((ratio < 1 - epsilon) & (advantages < 0)).float()
         high = ((ratio > 1 + eps_high) & (advantages > 0)).float()
@@ -135,10 +136,12 @@ def gaussian_logprob(x: torch.Tensor, mean: torch.Tensor, std: torch.Tensor, mas
 
 
 RATIO_LEVELS = ("trajectory", "chunk", "step", "token")
+LOSS_TYPES = ("bnpo", "grpo")
 
 
 def ratio_samples(new: list[torch.Tensor], old: list[torch.Tensor], advantages: torch.Tensor, level: str,
-                  chunks_per_trajectory: list[int], mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+                  chunks_per_trajectory: list[int], mask: torch.Tensor
+                  ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """The PPO samples (log-ratio, advantage) at one of four granularities.
 
     new, old: per chunk, element-wise log-densities (S, H, Dm) of its S scored denoising steps (zero
@@ -146,6 +149,7 @@ def ratio_samples(new: list[torch.Tensor], old: list[torch.Tensor], advantages: 
     `trajectory` N = trajectories (sum over its chunks), `chunk` N = C (sum over S, H, Dm), `step` N =
     sum of S (one Gaussian transition of the chain, sum over H, Dm), `token` N = real action elements
     of every step (RLinf's token level: each ratio is one 1-D Gaussian, so it stays near 1).
+    The third tensor (N,) gives each sample's trajectory (0 .. T-1), for `sample_weights`.
     """
     diffs = [n - o for n, o in zip(new, old, strict=True)]
     if level == "token":
@@ -158,10 +162,29 @@ def ratio_samples(new: list[torch.Tensor], old: list[torch.Tensor], advantages: 
         raise ValueError(f"ratio_level must be one of {RATIO_LEVELS}, got {level!r}")
     adv = torch.cat([a.expand(len(p)) for a, p in zip(advantages, parts, strict=True)])
     logratio = torch.cat(parts)
+    chunk_owner = torch.repeat_interleave(torch.arange(len(chunks_per_trajectory)),
+                                          torch.tensor(chunks_per_trajectory))
+    owner = torch.repeat_interleave(chunk_owner, torch.tensor([len(p) for p in parts]))
     if level == "trajectory":
         logratio = torch.stack([part.sum() for part in logratio.split(chunks_per_trajectory)])
         adv = torch.stack([part[0] for part in adv.split(chunks_per_trajectory)])
-    return logratio, adv
+        owner = torch.arange(len(chunks_per_trajectory))
+    return logratio, adv, owner
+
+
+def sample_weights(owner: torch.Tensor, loss_type: str) -> torch.Tensor:
+    """Weights (N,) summing to 1 that average the clipped objective over N samples (TRL's loss types).
+
+    owner (N,): each sample's trajectory. `bnpo`: every sample alike, so a 280-step failure weighs ~2x a
+    120-step success and negative advantages dominate; `grpo`: each trajectory's samples averaged
+    first, then the trajectories alike (with group advantages summing to 0, pushes up and down balance).
+    """
+    if loss_type == "bnpo":
+        return torch.full(owner.shape, 1.0 / len(owner))
+    if loss_type == "grpo":
+        counts = torch.bincount(owner)
+        return 1.0 / (counts[owner] * int((counts > 0).sum())).float()
+    raise ValueError(f"loss_type must be one of {LOSS_TYPES}, got {loss_type!r}")
 
 
 def gaussian_kl_same_std(mean_p: torch.Tensor, mean_q: torch.Tensor, std: torch.Tensor,

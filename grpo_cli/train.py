@@ -334,18 +334,20 @@ class Trainer:
             # k steps per epoch: memory stays per-minibatch while the update count stays k per epoch.
             k = cfg.optimizer_steps_per_iteration
             for group in ([[b] for b in order] if k == 0 else split(order, k)):
-                sizes = {b: sum(len(chunks_of[id(m)]) for m in minibatches[b]) for b in group}
+                # Each minibatch's share of the update: its samples (bnpo) or its trajectories (grpo).
+                sizes = {b: len(minibatches[b]) if cfg.loss_type == "grpo"
+                         else sum(len(chunks_of[id(m)]) for m in minibatches[b]) for b in group}
                 self.optimizer.zero_grad(set_to_none=True)
                 stepped = False
                 for b in group:
                     mb = minibatches[b]
                     chunks = [c for m in mb for c in chunks_of[id(m)]]
                     logp, means, stds = self._score(self.adapter, chunks, grad=True)
-                    logratio, adv = grpo.ratio_samples(
+                    logratio, adv, owner = grpo.ratio_samples(
                         logp, old[b], torch.tensor([m.advantage for m, _ in chunks]), cfg.ratio_level,
                         [len(chunks_of[id(m)]) for m in mb], self.adapter.action_mask)
                     policy_loss, clip = grpo.clipped_surrogate(logratio, adv, cfg.epsilon, cfg.epsilon_high,
-                                                               cfg.dual_clip)
+                                                               cfg.dual_clip, grpo.sample_weights(owner, cfg.loss_type))
                     kl = torch.zeros(())
                     if self.reference is not None:
                         with torch.no_grad():

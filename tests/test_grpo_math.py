@@ -85,22 +85,42 @@ def test_ratio_samples_at_each_level() -> None:
     old = [torch.randn(s, generator=g) * mask for s in shapes]
     adv = torch.tensor([0.5, 0.5, -1.0])
     per_chunk = torch.stack([(n - o).sum() for n, o in zip(new, old, strict=True)])
-    lr, a = grpo.ratio_samples(new, old, adv, "chunk", [2, 1], mask)
+    lr, a, _ = grpo.ratio_samples(new, old, adv, "chunk", [2, 1], mask)
     torch.testing.assert_close(lr, per_chunk)
     assert torch.equal(a, adv)
-    lr, a = grpo.ratio_samples(new, old, adv, "trajectory", [2, 1], mask)
+    lr, a, _ = grpo.ratio_samples(new, old, adv, "trajectory", [2, 1], mask)
     torch.testing.assert_close(lr, torch.stack([per_chunk[:2].sum(), per_chunk[2]]))
     assert torch.equal(a, torch.tensor([0.5, -1.0]))
-    lr, a = grpo.ratio_samples(new, old, adv, "step", [2, 1], mask)
+    lr, a, _ = grpo.ratio_samples(new, old, adv, "step", [2, 1], mask)
     assert lr.shape == (5,) and torch.equal(a, torch.tensor([0.5, 0.5, 0.5, 0.5, -1.0]))
     torch.testing.assert_close(lr[:2].sum(), per_chunk[0])
-    lr, a = grpo.ratio_samples(new, old, adv, "token", [2, 1], mask)
+    lr, a, owner = grpo.ratio_samples(new, old, adv, "token", [2, 1], mask)
     assert lr.shape == (5 * 4 * 2,)  # only the 2 real action dims of each (step, position)
+    assert owner.tolist() == [0] * 32 + [1] * 8
     torch.testing.assert_close(lr.sum(), per_chunk.sum())
     assert (a[-8:] == -1.0).all() and (a[:-8] == 0.5).all()
     torch.testing.assert_close(lr[:8], (new[0] - old[0])[0][:, :2].flatten())
     with pytest.raises(ValueError, match="ratio_level"):
         grpo.ratio_samples(new, old, adv, "episode", [2, 1], mask)
+
+
+def test_loss_types_weigh_samples_or_trajectories() -> None:
+    owner = torch.tensor([0, 0, 0, 1])  # a long failure (3 samples) and a short success (1)
+    torch.testing.assert_close(grpo.sample_weights(owner, "bnpo"), torch.full((4,), 0.25))
+    torch.testing.assert_close(grpo.sample_weights(owner, "grpo"), torch.tensor([1 / 6, 1 / 6, 1 / 6, 1 / 2]))
+    # Group advantages -1 / +1: bnpo's objective leans on the failure, grpo's balances the two.
+    logratio = torch.zeros(4, requires_grad=True)
+    adv = torch.tensor([-1.0, -1.0, -1.0, 1.0])
+    for loss_type, expected in (("bnpo", [0.25, 0.25, 0.25, -0.25]), ("grpo", [1 / 6, 1 / 6, 1 / 6, -0.5])):
+        logratio.grad = None
+        loss, _ = grpo.clipped_surrogate(logratio, adv, 0.2, weights=grpo.sample_weights(owner, loss_type))
+        loss.backward()
+        torch.testing.assert_close(logratio.grad, torch.tensor(expected))
+    unweighted, _ = grpo.clipped_surrogate(logratio, adv, 0.2)
+    weighted, _ = grpo.clipped_surrogate(logratio, adv, 0.2, weights=grpo.sample_weights(owner, "bnpo"))
+    torch.testing.assert_close(unweighted, weighted)
+    with pytest.raises(ValueError, match="loss_type"):
+        grpo.sample_weights(owner, "dapo")
 
 
 def test_kl_closed_form_matches_monte_carlo() -> None:

@@ -37,6 +37,8 @@ def test_presets_follow_the_seed() -> None:
         resolve("e2", {"bogus": "1"})
     with pytest.raises(UserError, match="tier_weights has 2 entries"):
         resolve("e2", {"tier_weights": "1,2"})
+    with pytest.raises(UserError, match="loss_type must be one of bnpo, grpo"):
+        resolve("e2", {"loss_type": "dapo"})
 
 
 def _fake(success: bool, task_id: int = 0) -> SimpleNamespace:
@@ -119,11 +121,14 @@ def test_one_update_moves_exactly_the_trainable_parameters(tmp_path, likelihood:
         assert stats["grad_norm/head"] < 1e-2
 
 
-@pytest.mark.parametrize("ratio_level", ["trajectory", "chunk", "step", "token"])
-def test_update_raises_the_likelihood_of_positive_advantage_chains(tmp_path, ratio_level: str) -> None:
+@pytest.mark.parametrize("ratio_level, loss_type", [("trajectory", "bnpo"), ("chunk", "bnpo"), ("step", "bnpo"),
+                                                     ("token", "bnpo"), ("token", "grpo")])
+def test_update_raises_the_likelihood_of_positive_advantage_chains(tmp_path, ratio_level: str, loss_type: str
+                                                                   ) -> None:
     members = _members(tmp_path, "sde")
     cfg = smoke("e2", likelihood="sde", num_generations="2", denoise_tiers="2x4", tier_weights="",
-                train_backbone="false", minibatch_size="64", lr_head="1e-4", ratio_level=ratio_level)
+                train_backbone="false", minibatch_size="64", lr_head="1e-4", ratio_level=ratio_level,
+                loss_type=loss_type)
     trainer = Trainer(cfg, tmp_path)
 
     def chain_logp() -> list[float]:
