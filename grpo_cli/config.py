@@ -173,6 +173,8 @@ class TrainConfig:
     ode_sigma: float = 0.1
     ratio_level: str = "chunk"
     """PPO ratio per `trajectory`, `chunk`, denoising `step` or action `token` (grpo.ratio_samples)"""
+    likelihood_positions: str = "all"
+    """`all` chunk positions enter the likelihood, or only the `executed` first n_action_steps (Trainer.score_mask)"""
     loss_type: str = "bnpo"
     """TRL's: `bnpo` averages the objective over all samples, `grpo` per trajectory first (grpo.sample_weights)"""
     scale_rewards: str = "group"
@@ -237,6 +239,8 @@ class TrainConfig:
     def __post_init__(self) -> None:
         if self.likelihood not in LIKELIHOODS:
             raise UserError(f"likelihood must be one of {', '.join(LIKELIHOODS)}, got {self.likelihood!r}")
+        if self.likelihood_positions not in ("all", "executed"):
+            raise UserError(f"likelihood_positions must be all or executed, got {self.likelihood_positions!r}")
         if self.loss_type not in LOSS_TYPES:
             raise UserError(f"loss_type must be one of {', '.join(LOSS_TYPES)}, got {self.loss_type!r}")
         if self.ratio_level not in RATIO_LEVELS:

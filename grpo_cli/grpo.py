@@ -117,7 +117,7 @@ def gaussian_logdensity(x: torch.Tensor, mean: torch.Tensor, std: torch.Tensor, 
                         ) -> torch.Tensor:
     """Element-wise log N(x; mean, std^2), zero on dims outside `mask`.
 
-    x, mean (B, H, Dm); std (B,); mask (Dm,) bool (the real action dims). Returns (B, H, Dm).
+    x, mean (B, H, Dm); std (B,); mask (Dm,) bool (the real action dims) or (H, Dm). Returns (B, H, Dm).
     """
     std_ = std.view(-1, 1, 1)
     logp = -0.5 * ((x - mean) / std_) ** 2 - torch.log(std_) - 0.5 * math.log(2 * math.pi)
@@ -130,7 +130,7 @@ def gaussian_logprob(x: torch.Tensor, mean: torch.Tensor, std: torch.Tensor, mas
                      ) -> torch.Tensor:
     """log N(x; mean, std^2 I) summed over the last two dims (H, Dm), counting only `mask`ed dims.
 
-    x, mean (B, H, Dm); std (B,); mask (Dm,) bool (the real action dims). Returns (B,).
+    x, mean (B, H, Dm); std (B,); mask (Dm,) bool (the real action dims) or (H, Dm). Returns (B,).
     """
     return gaussian_logdensity(x, mean, std, mask).sum(dim=(-2, -1))
 
@@ -191,7 +191,7 @@ def gaussian_kl_same_std(mean_p: torch.Tensor, mean_q: torch.Tensor, std: torch.
                          mask: torch.Tensor | None = None) -> torch.Tensor:
     """KL(N(mean_p, std^2) || N(mean_q, std^2)) = |mean_p - mean_q|^2 / (2 std^2), summed over (H, Dm).
 
-    mean_p, mean_q (B, H, Dm); std (B,); mask (Dm,). Returns (B,).
+    mean_p, mean_q (B, H, Dm); std (B,); mask (Dm,) or (H, Dm). Returns (B,).
     """
     kl = (mean_p - mean_q) ** 2 / (2 * std.view(-1, 1, 1) ** 2)
     if mask is not None:

@@ -282,6 +282,19 @@ class Trainer:
                 self.slots = self._make_slots()
         raise AssertionError("unreachable")
 
+    @property
+    def score_mask(self) -> torch.Tensor:
+        """The chunk elements that enter the likelihood: (Dm,) real action dims, or with
+        `likelihood_positions = executed` (H, Dm): only the first n_action_steps positions, the actions
+        the env ran (the rest never reach the reward; they still feed later denoising steps through
+        attention, so leaving them out is a biased, lower-variance gradient)."""
+        mask = self.adapter.action_mask
+        if self.cfg.likelihood_positions == "all":
+            return mask
+        horizon = self.adapter.chunk_size
+        executed = self.cfg.n_action_steps or self.adapter.config.n_action_steps
+        return (torch.arange(horizon) < executed)[:, None] & mask[None, :]
+
     def _score(self, adapter: SmolVLAAdapter, chunks: list[tuple[Member, int]], grad: bool
                ) -> tuple[list[torch.Tensor], list[torch.Tensor], list[torch.Tensor]]:
         """Per chunk: element-wise log-densities (S, H, Dm) of its scored steps under `adapter`, and the
@@ -304,7 +317,7 @@ class Trainer:
                 targets, mean, std = adapter.transitions(prefix, chains, cfg.likelihood, cfg.sde_noise,
                                                          cfg.ode_sigma)
                 lp = grpo.gaussian_logdensity(targets.flatten(0, 1), mean.flatten(0, 1), std.flatten(),
-                                              adapter.action_mask).view(targets.shape)
+                                              self.score_mask).view(targets.shape)
             for j, i in enumerate(idx):
                 logp[i], means[i], stds[i] = lp[j], mean[j], std[j]
         return logp, means, stds
@@ -345,14 +358,14 @@ class Trainer:
                     logp, means, stds = self._score(self.adapter, chunks, grad=True)
                     logratio, adv, owner = grpo.ratio_samples(
                         logp, old[b], torch.tensor([m.advantage for m, _ in chunks]), cfg.ratio_level,
-                        [len(chunks_of[id(m)]) for m in mb], self.adapter.action_mask)
+                        [len(chunks_of[id(m)]) for m in mb], self.score_mask)
                     policy_loss, clip = grpo.clipped_surrogate(logratio, adv, cfg.epsilon, cfg.epsilon_high,
                                                                cfg.dual_clip, grpo.sample_weights(owner, cfg.loss_type))
                     kl = torch.zeros(())
                     if self.reference is not None:
                         with torch.no_grad():
                             _, ref_means, _ = self._score(self.reference, chunks, grad=False)
-                        kl = torch.stack([grpo.gaussian_kl_same_std(m, r, s, self.adapter.action_mask).sum()
+                        kl = torch.stack([grpo.gaussian_kl_same_std(m, r, s, self.score_mask).sum()
                                           for m, r, s in zip(means, ref_means, stds, strict=True)]).mean()
                     loss = policy_loss + cfg.beta * kl
                     if not torch.isfinite(loss):

@@ -121,15 +121,19 @@ def test_one_update_moves_exactly_the_trainable_parameters(tmp_path, likelihood:
         assert stats["grad_norm/head"] < 1e-2
 
 
-@pytest.mark.parametrize("ratio_level, loss_type", [("trajectory", "bnpo"), ("chunk", "bnpo"), ("step", "bnpo"),
-                                                     ("token", "bnpo"), ("token", "grpo")])
-def test_update_raises_the_likelihood_of_positive_advantage_chains(tmp_path, ratio_level: str, loss_type: str
-                                                                   ) -> None:
+@pytest.mark.parametrize("ratio_level, loss_type, positions", [
+    ("trajectory", "bnpo", "all"), ("chunk", "bnpo", "all"), ("step", "bnpo", "all"), ("token", "bnpo", "all"),
+    ("token", "grpo", "all"), ("token", "bnpo", "executed")])
+def test_update_raises_the_likelihood_of_positive_advantage_chains(tmp_path, ratio_level: str, loss_type: str,
+                                                                   positions: str) -> None:
     members = _members(tmp_path, "sde")
     cfg = smoke("e2", likelihood="sde", num_generations="2", denoise_tiers="2x4", tier_weights="",
                 train_backbone="false", minibatch_size="64", lr_head="1e-4", ratio_level=ratio_level,
-                loss_type=loss_type)
+                loss_type=loss_type, likelihood_positions=positions)
     trainer = Trainer(cfg, tmp_path)
+    scored = trainer._score(trainer.adapter, [(members[0], 0)], grad=False)[0][0]  # (S, H, Dm)
+    executed = 5 if positions == "executed" else scored.shape[1]  # SMOKE runs 5 actions of each chunk
+    assert scored[:, executed:].abs().sum() == 0 and (scored[:, :executed, :7] != 0).all()
 
     def chain_logp() -> list[float]:
         with torch.no_grad():
