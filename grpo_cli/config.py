@@ -170,6 +170,8 @@ class TrainConfig:
     likelihood: str = "ode"
     """`ode` (the seed's reading: zero first-order gradient at theta_old) or `sde` (Flow-SDE)"""
     sde_noise: float = 0.5
+    sde_window: int = 0
+    """with `sde`: score only the first W denoising steps, the later ones count as fixed dynamics (0 = all K)"""
     ode_sigma: float = 0.1
     ratio_level: str = "chunk"
     """PPO ratio per `trajectory`, `chunk`, denoising `step` or action `token` (grpo.ratio_samples)"""
@@ -239,6 +241,8 @@ class TrainConfig:
     def __post_init__(self) -> None:
         if self.likelihood not in LIKELIHOODS:
             raise UserError(f"likelihood must be one of {', '.join(LIKELIHOODS)}, got {self.likelihood!r}")
+        if self.sde_window < 0:
+            raise UserError("sde_window must be >= 0 (0 scores every denoising step)")
         if self.likelihood_positions not in ("all", "executed"):
             raise UserError(f"likelihood_positions must be all or executed, got {self.likelihood_positions!r}")
         if self.loss_type not in LOSS_TYPES:

@@ -63,6 +63,9 @@ PRESETS: dict[str, dict[str, Any]] = {
         "num_generations": 16,  # larger groups: fewer all-equal groups, lower-variance baselines
         "tasks_per_step": 2,  # several tasks/init states per update: less correlated gradients
         "denoise_tiers": "10",  # one horizon: tiers mix policies with different likelihoods
+        "sde_window": 3,  # score the 3 noisiest of 10 steps: later steps' tiny stds dominate the score's size
+        "likelihood_positions": "executed",  # 40 of 50 chunk positions never reach the env: noise in the gradient
+        "loss_type": "grpo",  # per-trajectory mean: 280-step failures no longer outweigh 120-step successes
         "ratio_level": "token",  # one 1-D Gaussian per ratio: stays near 1 and clips per element (RLinf);
         # chunk ratios sum 3,500 log-densities and exploded (to 1e5) within a few Adam steps
         "scale_rewards": "group",  # Eq. 1

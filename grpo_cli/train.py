@@ -314,8 +314,10 @@ class Trainer:
             chains = torch.from_numpy(np.stack([m.traj.chains[c] for m, c in picked]))  # (B_k, K+1, H, Dm)
             with torch.set_grad_enabled(grad):
                 prefix = adapter.encode_prefix(batch, grad=grad and cfg.train_backbone)
+                # sde_window: only the first, noisiest steps; a late step's std is ~13x smaller, so its
+                # score (x - mu) / std^2 dominates the gradient while its noise barely moves the action.
                 targets, mean, std = adapter.transitions(prefix, chains, cfg.likelihood, cfg.sde_noise,
-                                                         cfg.ode_sigma)
+                                                         cfg.ode_sigma, cfg.sde_window)
                 lp = grpo.gaussian_logdensity(targets.flatten(0, 1), mean.flatten(0, 1), std.flatten(),
                                               self.score_mask).view(targets.shape)
             for j, i in enumerate(idx):

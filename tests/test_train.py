@@ -37,6 +37,8 @@ def test_presets_follow_the_seed() -> None:
         resolve("e2", {"bogus": "1"})
     with pytest.raises(UserError, match="tier_weights has 2 entries"):
         resolve("e2", {"tier_weights": "1,2"})
+    with pytest.raises(UserError, match="sde_window must be >= 0"):
+        resolve("e2", {"sde_window": "-1"})
     with pytest.raises(UserError, match="loss_type must be one of bnpo, grpo"):
         resolve("e2", {"loss_type": "dapo"})
 
@@ -121,17 +123,19 @@ def test_one_update_moves_exactly_the_trainable_parameters(tmp_path, likelihood:
         assert stats["grad_norm/head"] < 1e-2
 
 
-@pytest.mark.parametrize("ratio_level, loss_type, positions", [
-    ("trajectory", "bnpo", "all"), ("chunk", "bnpo", "all"), ("step", "bnpo", "all"), ("token", "bnpo", "all"),
-    ("token", "grpo", "all"), ("token", "bnpo", "executed")])
+@pytest.mark.parametrize("ratio_level, loss_type, positions, window", [
+    ("trajectory", "bnpo", "all", 0), ("chunk", "bnpo", "all", 0), ("step", "bnpo", "all", 0),
+    ("token", "bnpo", "all", 0), ("token", "grpo", "all", 0), ("token", "bnpo", "executed", 0),
+    ("token", "bnpo", "all", 2)])
 def test_update_raises_the_likelihood_of_positive_advantage_chains(tmp_path, ratio_level: str, loss_type: str,
-                                                                   positions: str) -> None:
+                                                                   positions: str, window: int) -> None:
     members = _members(tmp_path, "sde")
     cfg = smoke("e2", likelihood="sde", num_generations="2", denoise_tiers="2x4", tier_weights="",
                 train_backbone="false", minibatch_size="64", lr_head="1e-4", ratio_level=ratio_level,
-                loss_type=loss_type, likelihood_positions=positions)
+                loss_type=loss_type, likelihood_positions=positions, sde_window=str(window))
     trainer = Trainer(cfg, tmp_path)
     scored = trainer._score(trainer.adapter, [(members[0], 0)], grad=False)[0][0]  # (S, H, Dm)
+    assert scored.shape[0] == (window or 4)  # the first `window` of K = 4 denoising steps
     executed = 5 if positions == "executed" else scored.shape[1]  # SMOKE runs 5 actions of each chunk
     assert scored[:, executed:].abs().sum() == 0 and (scored[:, :executed, :7] != 0).all()
 

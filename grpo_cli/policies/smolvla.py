@@ -206,13 +206,13 @@ class SmolVLAAdapter:
         return chains  # type: ignore[return-value]
 
     def transitions(self, prefix: Prefix, chains: torch.Tensor, likelihood: str, sde_noise: float = 0.5,
-                    ode_sigma: float = 0.1) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+                    ode_sigma: float = 0.1, sde_window: int = 0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """The Gaussian steps that score stored chains under the current parameters (differentiable).
 
         prefix for B samples; chains (B, K+1, H, Dm), all with the same K. Returns (targets, means, stds)
         with targets and means (B, S, H, Dm) and stds (B, S), S scored steps:
         - `sde` (S = K): step k is N(x_{k+1}; mu_theta(x_k, t_k), sigma_k^2 dt), the exact transition
-          of a chain sampled with `denoise(..., sde_noise)`.
+          of a chain sampled with `denoise(..., sde_noise)`; sde_window W > 0 scores only the first W.
         - `ode` (S = 1): the seed's reading. Re-run the deterministic Euler sampler from the stored
           noise and score the stored chunk under N(f_theta(z), ode_sigma^2). At theta = theta_old
           f_theta(z) equals the stored chunk: the log-prob sits at its maximum, its gradient is 0.
@@ -222,13 +222,14 @@ class SmolVLAAdapter:
         batch = chains.shape[0]
         if likelihood == "sde":
             means, stds = [], []
-            for step in range(k):
+            scored = min(k, sde_window) if sde_window else k
+            for step in range(scored):
                 t = torch.full((batch,), 1.0 + step * (-dt), device=chains.device)
                 x_t = chains[:, step]
                 sigma = grpo.sde_sigma(t, dt, sde_noise)
                 means.append(grpo.sde_step_mean(x_t, self.velocity(prefix, x_t, t), t, dt, sigma))
                 stds.append(sigma * dt**0.5)
-            return chains[:, 1:], torch.stack(means, 1), torch.stack(stds, 1)
+            return chains[:, 1:scored + 1], torch.stack(means, 1), torch.stack(stds, 1)
         if likelihood == "ode":
             x = chains[:, 0]
             for step in range(k):
