@@ -65,7 +65,7 @@ def main() -> None:
                         help="a from-scratch tiny policy needs 10x lerobot's fine-tuning rate (BENCHMARKS.md)")
     parser.add_argument("--eval-episodes", type=int, default=100)
     parser.add_argument("--env-step-budget", type=int, default=40000)
-    parser.add_argument("--lr-head", type=float, default=3e-4, help="recommended's head learning rate")
+    parser.add_argument("--lr-head", type=float, default=1e-4, help="recommended's head learning rate")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--group-size", type=int, default=8, help="recommended's num_generations")
     parser.add_argument("--max-steps", type=int, default=280, help="episode limit in training and eval")
