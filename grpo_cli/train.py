@@ -100,15 +100,22 @@ def assemble_rewards(groups: list[list[Trajectory]], cfg: TrainConfig,
     return batch, counts
 
 
-def filtered_groups(rollout_groups: Callable[[int, int], list[list[Trajectory]]], cfg: TrainConfig
-                    ) -> tuple[list[list[Trajectory]], list[list[Trajectory]]]:
+def filtered_groups(rollout_groups: Callable[[int, int], list[list[Trajectory]]], cfg: TrainConfig,
+                    env_step_room: int | None = None) -> tuple[list[list[Trajectory]], list[list[Trajectory]]]:
     """Roll out `tasks_per_step` groups; with a group filter, replace dropped groups with fresh ones for
     up to `max_resample_tries` extra rounds. `rollout_groups(first_index, count)` runs `count` groups.
+    An extra round runs only if, at the mean env steps per group so far, it fits in `env_step_room`
+    (the run's budget left), so resampling cannot carry a run far past its budget.
     Returns (kept groups, every group rolled out); a step may end with fewer groups than asked."""
     kept: list[list[Trajectory]] = []
     rolled: list[list[Trajectory]] = []
-    for _ in range(1 + cfg.max_resample_tries):
-        fresh = rollout_groups(len(rolled), cfg.tasks_per_step - len(kept))
+    for attempt in range(1 + cfg.max_resample_tries):
+        needed = cfg.tasks_per_step - len(kept)
+        if attempt and env_step_room is not None:
+            used = sum(t.length for grp in rolled for t in grp)
+            if used + needed * used / len(rolled) > env_step_room:
+                break
+        fresh = rollout_groups(len(rolled), needed)
         rolled += fresh
         success = torch.tensor([[t.success for t in grp] for grp in fresh])
         progress = torch.tensor([[t.progress for t in grp] for grp in fresh])
@@ -172,7 +179,8 @@ class Trainer:
                               privileged_state=self.adapter.privileged_state, progress_shaping=cfg.progress_shaping)
 
     # --- one GRPO step ---------------------------------------------------------------------------------
-    def step(self) -> dict[str, float]:
+    def step(self, env_step_room: int | None = None) -> dict[str, float]:
+        """One GRPO step; env_step_room: env steps left in the run's budget (bounds resampling)."""
         cfg, s = self.cfg, self.step_index
         rng = np.random.default_rng([cfg.seed, s])
         t0 = time.perf_counter()
@@ -195,7 +203,7 @@ class Trainer:
             self.episodes_lost += len(trajs) - sum(len(g) for g in whole)
             return whole
 
-        groups, rolled = filtered_groups(rollout_groups, cfg)
+        groups, rolled = filtered_groups(rollout_groups, cfg, env_step_room)
 
         # 2. Rewards (Eq. 4), E5 fallback and E6 replay for all-fail groups.
         def fallback(g: int, first: Trajectory) -> Trajectory:
@@ -473,7 +481,7 @@ def train(cfg: TrainConfig, run_dir: str | Path, resume: bool = False, log: Call
             tmp.replace(metrics_file)
         next_step_cost = 0  # env steps the next step is expected to take: the last step's count
         while trainer.step_index < cfg.steps and not over_budget(cfg, env_steps + next_step_cost):
-            metrics = trainer.step()
+            metrics = trainer.step(cfg.env_step_budget - env_steps if cfg.env_step_budget else None)
             next_step_cost = metrics["env_steps"]
             env_steps += metrics["env_steps"]
             metrics["env_steps_total"] = env_steps
