@@ -16,6 +16,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -290,7 +291,7 @@ class Trainer:
                 self.slots = self._make_slots()
         raise AssertionError("unreachable")
 
-    @property
+    @cached_property
     def score_mask(self) -> torch.Tensor:
         """The chunk elements that enter the likelihood: (Dm,) real action dims, or with
         `likelihood_positions = executed` (H, Dm): only the first n_action_steps positions, the actions

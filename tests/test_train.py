@@ -266,6 +266,7 @@ def test_group_filter_resamples_until_the_batch_is_full() -> None:
     kept, rolled = filtered_groups(rollout_groups, cfg)
     assert asked == [(0, 3), (3, 2), (5, 1)]  # fresh group indices, only as many as were dropped
     assert len(kept) == 3 and len(rolled) == 6
+    assert all(0 < sum(t.success for t in g) < 4 for g in kept)
     # The budget left bounds the extra rounds: round 1 costs 3 groups x 4 x 10 = 120 env steps, so
     # round 2 (2 groups, ~80) fits in 200 but not in 199, and round 3 (~40 more) not in 200.
     for room, rounds in ((199, [(0, 3)]), (200, [(0, 3), (3, 2)])):
@@ -273,7 +274,6 @@ def test_group_filter_resamples_until_the_batch_is_full() -> None:
         asked.clear()
         filtered_groups(rollout_groups, cfg, env_step_room=room)
         assert asked == rounds
-    assert all(0 < sum(t.success for t in g) < 4 for g in kept)
     # Bounded: with no tries left the step goes on with what it has.
     outcomes = iter([[False] * 4] * 3)
     cfg = resolve(None, {**SMOKE, "tasks_per_step": "3", "num_generations": "4", "group_filter": "success_band",
