@@ -186,6 +186,13 @@ class TrainConfig:
     """dual-clip PPO's c (> 1, e.g. 3): bounds the objective of negative-advantage samples below by c·A"""
     beta: float = 0.0
     """KL weight to the SFT reference; 0 loads no reference"""
+    success_bc_steps: int = 0
+    """self-imitation: after each GRPO update, this many optimizer steps of lerobot's flow-matching loss
+    on the executed action chunks of the run's successful rollouts (0 = off; Trainer.success_bc)"""
+    success_bc_batch_size: int = 32
+    """chunks per self-imitation step, drawn uniformly from the buffer's query steps"""
+    success_bc_buffer: int = 64
+    """successful rollouts kept per task for self-imitation, oldest dropped first"""
     lr_head: float = 1e-5
     lr_backbone: float = 1e-6
     train_backbone: bool = False
@@ -270,6 +277,8 @@ class TrainConfig:
         for name in ("tasks_per_step", "num_iterations", "minibatch_size", "steps", "save_every"):
             if getattr(self, name) < 1:
                 raise UserError(f"{name} must be >= 1")
+        if self.success_bc_steps < 0 or self.success_bc_batch_size < 1 or self.success_bc_buffer < 1:
+            raise UserError("success_bc_steps must be >= 0, success_bc_batch_size and success_bc_buffer >= 1")
         if self.optimizer_steps_per_iteration < 0:
             raise UserError("optimizer_steps_per_iteration must be >= 0")
         if self.dual_clip is not None and self.dual_clip <= 1:

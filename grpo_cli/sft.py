@@ -17,6 +17,7 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -25,6 +26,9 @@ from grpo_cli.envs.libero import PRIVILEGED_STATE_DIM, STATE_DIM
 from grpo_cli.errors import UserError
 from grpo_cli.policies.smolvla import IMAGE_KEYS, STATE_KEY, SmolVLAAdapter, build_tiny, parameter_groups
 from grpo_cli.storage import read_demos
+
+if TYPE_CHECKING:
+    from grpo_cli.rollout import Trajectory
 
 
 @dataclass(frozen=True)
@@ -112,13 +116,30 @@ class DemoSet:
         return obs, [self.language[r] for r in rows], self.actions[index], pad
 
 
-def flow_matching_loss(adapter: SmolVLAAdapter, data: DemoSet, rows: np.ndarray,
-                       generator: torch.Generator | None = None) -> torch.Tensor:
+def rollout_batch(samples: list[tuple[Trajectory, int]], horizon: int
+                  ) -> tuple[list[dict[str, np.ndarray]], list[str], np.ndarray, np.ndarray]:
+    """Behaviour-cloning samples from rollouts, as DemoSet.batch: sample (traj, c) is the observation at
+    the trajectory's c-th policy query and the H actions the env then executed (pad flags past its end).
+    Returns observations, languages, action chunks (B, H, Da) and pad flags (B, H)."""
+    obs, languages, chunks, pads = [], [], [], []
+    for traj, c in samples:
+        start = traj.query_steps[c]
+        index = start + np.arange(horizon)
+        pads.append(index >= traj.length)
+        chunks.append(np.stack(traj.actions)[np.minimum(index, traj.length - 1)])
+        obs.append({**{k: v[c] for k, v in traj.query_images.items()}, STATE_KEY: traj.query_states[c]})
+        languages.append(traj.spec.task.language)
+    return obs, languages, np.stack(chunks), np.stack(pads)
+
+
+def flow_matching_loss(adapter: SmolVLAAdapter, obs: list[dict[str, np.ndarray]], languages: list[str],
+                       actions: np.ndarray, pad: np.ndarray, generator: torch.Generator | None = None
+                       ) -> torch.Tensor:
     """lerobot's flow-matching loss, masked to real action dims and in-episode steps (scalar).
 
-    With a generator the flow noise and times are drawn from it (a fixed evaluation loss)."""
+    obs and languages of B samples, actions (B, H, Da) in env units, pad (B, H) bool (steps past the
+    episode's end). With a generator the flow noise and times are drawn from it (a fixed evaluation loss)."""
     policy, model = adapter.policy, adapter.model
-    obs, languages, actions, pad = data.batch(rows, adapter.chunk_size)
     batch = adapter.preprocess(obs, languages, actions=actions)
     images, img_masks = policy.prepare_images(batch)
     state = policy.prepare_state(batch)
@@ -126,7 +147,7 @@ def flow_matching_loss(adapter: SmolVLAAdapter, data: DemoSet, rows: np.ndarray,
     noise = time = None
     if generator is not None:
         noise = torch.randn(target.shape, generator=generator)
-        time = _beta_sample(len(rows), generator)
+        time = _beta_sample(len(obs), generator)
     losses = model.forward(images, img_masks, batch["observation.language.tokens"],
                            batch["observation.language.attention_mask"], state, target, noise, time)
     mask = (~torch.from_numpy(pad))[:, :, None] & adapter.action_mask[None, None]  # (B, H, Dm)
@@ -167,7 +188,8 @@ def sft(cfg: SFTConfig, out_dir: str | Path, log: Callable[[str], None] = print,
     def eval_loss() -> float:
         adapter.policy.eval()
         with torch.no_grad():
-            return float(flow_matching_loss(adapter, data, held_out, torch.Generator().manual_seed(cfg.seed)))
+            return float(flow_matching_loss(adapter, *data.batch(held_out, adapter.chunk_size),
+                                            torch.Generator().manual_seed(cfg.seed)))
 
     first = eval_loss()
     log(f"{len(data)} demo steps, {int((data.start == np.arange(len(data))).sum())} demos; "
@@ -176,7 +198,8 @@ def sft(cfg: SFTConfig, out_dir: str | Path, log: Callable[[str], None] = print,
     t0, running = time.perf_counter(), []
     for step in range(cfg.steps):
         adapter.policy.train()
-        loss = flow_matching_loss(adapter, data, rng.integers(len(data), size=cfg.batch_size))
+        rows = rng.integers(len(data), size=cfg.batch_size)
+        loss = flow_matching_loss(adapter, *data.batch(rows, adapter.chunk_size))
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         grad_norm = float(torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm))

@@ -344,3 +344,68 @@ def test_gradient_accumulation_makes_k_optimizer_steps(tmp_path, monkeypatch) ->
     counts.clear()
     train(smoke("e5", **base, optimizer_steps_per_iteration="1"), tmp_path / "accumulated", log=lambda _: None)
     assert per_minibatch > 2 and len(counts) == 2  # one step per epoch, two epochs
+
+
+def test_success_bc_fits_the_successes_and_its_buffer_survives_a_checkpoint(tmp_path) -> None:
+    """Self-imitation: flow matching onto what successful rollouts executed lowers that loss, moves only
+    trainable parameters, and its buffer is checkpointed apart from E6's replay pool."""
+    from grpo_cli.rollout import EpisodeSpec
+    from grpo_cli.sft import flow_matching_loss, rollout_batch
+
+    cfg = smoke("recommended", num_generations="2", lr_head="1e-3", success_bc_steps="40",
+                success_bc_batch_size="4", success_bc_buffer="1")
+    trainer = Trainer(cfg, tmp_path)
+    assert trainer.success_bc(np.random.default_rng(0)) == {}  # an empty buffer: no update
+    trajs = trainer._run([EpisodeSpec(trainer.tasks[0], 0, 4, seed, member=i) for i, seed in enumerate((1, 2))])
+    for t in trajs:
+        t.success = True
+        trainer.successes.add(t)
+    assert trainer.successes.entries["0"] == [trajs[1]]  # the buffer keeps the newest success_bc_buffer
+
+    samples = [(trajs[1], c) for c in range(len(trajs[1].query_steps))]
+    obs, languages, actions, pad = rollout_batch(samples, trainer.adapter.chunk_size)
+    assert [t.query_steps for t in trajs][1] == [0, 5] and actions.shape == (2, 50, 7)
+    np.testing.assert_array_equal(actions[1, :5], np.stack(trajs[1].actions[5:10]))  # what the env ran
+    assert not pad[0, :10].any() and pad[0, 10:].all() and pad[1, 5:].all()
+
+    def fixed_loss() -> float:
+        with torch.no_grad():
+            return float(flow_matching_loss(trainer.adapter, obs, languages, actions, pad,
+                                            torch.Generator().manual_seed(0)))
+
+    before, params = fixed_loss(), {n: p.detach().clone() for n, p in trainer.adapter.policy.named_parameters()}
+    stats = trainer.success_bc(np.random.default_rng(0))
+    assert stats["success_bc/chunks"] == 2 and stats["success_bc/rollouts"] == 1
+    assert fixed_loss() < 0.8 * before
+    for name, value in trainer.adapter.policy.named_parameters():
+        assert torch.equal(value, params[name]) or name in trainer.names, name
+
+    trainer.pool.add(trajs[0])  # an E6 pool entry next to the buffer
+    trainer.step_index = 1
+    path = trainer.save()
+    trainer.close()
+    again = Trainer(cfg, tmp_path)
+    again.load(path)
+    again.close()
+    assert [len(v) for v in again.successes.entries.values()] == [1] and list(again.pool.entries) == ["0"]
+    np.testing.assert_array_equal(again.successes.entries["0"][0].actions, trajs[1].actions)
+    np.testing.assert_array_equal(again.pool.entries["0"][0].actions, trajs[0].actions)
+
+
+def test_successes_of_filtered_out_groups_feed_success_bc(tmp_path, monkeypatch) -> None:
+    """All-success groups carry no advantage (drop_degenerate drops them) but are still what worked."""
+    run = Trainer._run
+
+    def all_succeed(self, episodes):
+        trajs = run(self, episodes)
+        for t in trajs:
+            t.success = True
+        return trajs
+
+    monkeypatch.setattr(Trainer, "_run", all_succeed)
+    trainer = Trainer(smoke("recommended", num_generations="2", max_resample_tries="0", success_bc_steps="2"),
+                      tmp_path)
+    metrics = trainer.step()
+    trainer.close()
+    assert metrics["frac_groups_filtered"] == 1.0 and metrics["step_skipped"] == 1.0
+    assert metrics["success_bc/rollouts"] == 4 and metrics["success_bc/loss"] > 0
