@@ -352,7 +352,7 @@ def test_success_bc_fits_the_successes_and_its_buffer_survives_a_checkpoint(tmp_
     from grpo_cli.rollout import EpisodeSpec
     from grpo_cli.sft import flow_matching_loss, rollout_batch
 
-    cfg = smoke("recommended", num_generations="2", lr_head="1e-3", success_bc_steps="40",
+    cfg = smoke("recommended", num_generations="2", lr_head="1e-3", success_bc_steps="60",
                 success_bc_batch_size="4", success_bc_buffer="1")
     trainer = Trainer(cfg, tmp_path)
     assert trainer.success_bc(np.random.default_rng(0)) == {}  # an empty buffer: no update
@@ -374,9 +374,11 @@ def test_success_bc_fits_the_successes_and_its_buffer_survives_a_checkpoint(tmp_
                                             torch.Generator().manual_seed(0)))
 
     before, params = fixed_loss(), {n: p.detach().clone() for n, p in trainer.adapter.policy.named_parameters()}
+    torch.manual_seed(0)  # the training noise comes from torch's global stream, like lerobot's
     stats = trainer.success_bc(np.random.default_rng(0))
     assert stats["success_bc/chunks"] == 2 and stats["success_bc/rollouts"] == 1
-    assert fixed_loss() < 0.8 * before
+    after = fixed_loss()
+    assert after < 0.8 * before
     for name, value in trainer.adapter.policy.named_parameters():
         assert torch.equal(value, params[name]) or name in trainer.names, name
 
