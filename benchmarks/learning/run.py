@@ -69,6 +69,10 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--group-size", type=int, default=8, help="recommended's num_generations")
     parser.add_argument("--max-steps", type=int, default=280, help="episode limit in training and eval")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="an extra setting of the recommended run (repeatable); recorded in results.json")
+    parser.add_argument("--no-sde-evals", dest="sde_evals", action="store_false",
+                        help="evaluate with the deterministic sampler only (saves two 100-episode evals)")
     parser.add_argument("--quick", action="store_true", help="a ~15 minute version (make demo)")
     args = parser.parse_args()
     if args.quick:
@@ -106,7 +110,8 @@ def main() -> None:
     stage("eval_sft", ["eval", "--policy", str(policy), *evaluate, "--out", str(out / "eval_sft.h5")],
           out / "eval_sft.h5", log, times)
     runs = {"recommended": ["--exp", "recommended", "--set", f"num_generations={args.group_size}",
-                            "--set", f"lr_head={args.lr_head}"],
+                            "--set", f"lr_head={args.lr_head}",
+                            *(a for kv in args.overrides for a in ("--set", kv))],
             "e2": ["--exp", "e2"]}
     samplers = {}  # run -> the Flow-SDE noise its training samples with (0: the deterministic sampler)
     for name, preset in runs.items():
@@ -128,12 +133,13 @@ def main() -> None:
         last = sorted((run_dir / "checkpoints").glob("step_*.h5"))[-1]
         # Every policy is evaluated with the deterministic sampler, and an sde run also with the stochastic
         # policy its updates optimise (the Flow-SDE sampler at its noise level).
-        for suffix, noise in [("", 0.0)] + ([("_sde", samplers[name])] if samplers[name] else []):
+        sde = [("_sde", samplers[name])] if samplers[name] and args.sde_evals else []
+        for suffix, noise in [("", 0.0), *sde]:
             stage(f"eval_{name}{suffix}", ["eval", "--policy", str(last), *evaluate, "--sde-noise", str(noise),
                                            "--out", str(out / f"eval_{name}{suffix}.h5")],
                   out / f"eval_{name}{suffix}.h5", log, times)
     # SFT with each sampler an RL run is evaluated with: the baseline gets the same choice.
-    for noise in sorted({n for n in samplers.values() if n}):
+    for noise in sorted({n for n in samplers.values() if n and args.sde_evals}):
         stage("eval_sft_sde", ["eval", "--policy", str(policy), *evaluate, "--sde-noise", str(noise),
                                "--out", str(out / "eval_sft_sde.h5")], out / "eval_sft_sde.h5", log, times)
 
@@ -146,10 +152,11 @@ def main() -> None:
         b_s, b_n = base
         return 100 * (s / n - b_s / b_n), float(fisher_exact([[s, n - s], [b_s, b_n - b_s]])[1])
 
-    rows = {"sft": 0.0, **({"sft_sde": max(samplers.values())} if any(samplers.values()) else {})}
+    sde_evals = args.sde_evals and any(samplers.values())
+    rows = {"sft": 0.0, **({"sft_sde": max(samplers.values())} if sde_evals else {})}
     for name in runs:
         rows[name] = 0.0
-        if samplers[name]:
+        if samplers[name] and sde_evals:
             rows[f"{name}_sde"] = samplers[name]
     counts = {row: success_counts(out / f"eval_{row}.h5") for row in rows}
     sft_rows = [row for row in rows if row.startswith("sft")]
