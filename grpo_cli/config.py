@@ -191,6 +191,9 @@ class TrainConfig:
     on the executed action chunks of the run's successful rollouts (0 = off; Trainer.success_bc)"""
     success_bc_batch_size: int = 32
     """chunks per self-imitation step, drawn uniformly from the buffer's query steps"""
+    success_bc_epochs: float = 0.0
+    """cap on self-imitation's passes over its buffer per GRPO step (0 = no cap): with a few buffered
+    successes, success_bc_steps full batches would fit them dozens of times over"""
     success_bc_buffer: int = 64
     """successful rollouts kept per task for self-imitation, oldest dropped first"""
     lr_head: float = 1e-5
@@ -279,6 +282,8 @@ class TrainConfig:
                 raise UserError(f"{name} must be >= 1")
         if self.success_bc_steps < 0 or self.success_bc_batch_size < 1 or self.success_bc_buffer < 1:
             raise UserError("success_bc_steps must be >= 0, success_bc_batch_size and success_bc_buffer >= 1")
+        if self.success_bc_epochs < 0:
+            raise UserError("success_bc_epochs must be >= 0 (0: no cap)")
         if self.optimizer_steps_per_iteration < 0:
             raise UserError("optimizer_steps_per_iteration must be >= 0")
         if self.dual_clip is not None and self.dual_clip <= 1:

@@ -425,8 +425,11 @@ class Trainer:
             return {}
         params = self.groups["head"] + self.groups["backbone"]
         self.adapter.policy.train()
+        steps = cfg.success_bc_steps
+        if cfg.success_bc_epochs > 0:
+            steps = min(steps, math.ceil(cfg.success_bc_epochs * len(samples) / cfg.success_bc_batch_size))
         losses = []
-        for _ in range(cfg.success_bc_steps):
+        for _ in range(steps):
             picked = [samples[i] for i in rng.integers(len(samples), size=cfg.success_bc_batch_size)]
             loss = flow_matching_loss(self.adapter, *rollout_batch(picked, self.adapter.chunk_size))
             self.optimizer.zero_grad(set_to_none=True)
@@ -435,7 +438,8 @@ class Trainer:
             self.optimizer.step()
             losses.append(float(loss.detach()))
         self.adapter.policy.eval()
-        return {"success_bc/loss": float(np.mean(losses)), "success_bc/chunks": float(len(samples)),
+        return {"success_bc/loss": float(np.mean(losses)), "success_bc/steps": float(steps),
+                "success_bc/chunks": float(len(samples)),
                 "success_bc/rollouts": float(sum(len(b) for b in self.successes.entries.values()))}
 
     # --- checkpoints -----------------------------------------------------------------------------------

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from types import SimpleNamespace
 
@@ -378,9 +379,14 @@ def test_success_bc_fits_the_successes_and_its_buffer_survives_a_checkpoint(tmp_
     stats = trainer.success_bc(np.random.default_rng(0))
     assert stats["success_bc/chunks"] == 2 and stats["success_bc/rollouts"] == 1
     after = fixed_loss()
-    assert after < 0.8 * before
+    assert after < 0.8 * before and stats["success_bc/steps"] == 60
     for name, value in trainer.adapter.policy.named_parameters():
         assert torch.equal(value, params[name]) or name in trainer.names, name
+    # success_bc_epochs caps the passes over a small buffer: 2 epochs of 2 chunks in batches of 4 = 1 step
+    trainer.cfg = dataclasses.replace(cfg, success_bc_epochs=2.0)
+    assert trainer.success_bc(np.random.default_rng(1))["success_bc/steps"] == 1
+    assert fixed_loss() != after
+    trainer.cfg = cfg
 
     trainer.pool.add(trajs[0])  # an E6 pool entry next to the buffer
     trainer.step_index = 1
