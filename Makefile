@@ -21,7 +21,7 @@ install: $(VENV)/.installed
 
 test: install
 	$(VENV)/bin/ruff check grpo_cli tests benchmarks
-	$(VENV)/bin/pytest -q
+	$(VENV)/bin/pytest -q -n 2 --dist loadgroup
 
 demo: install
 	$(VENV)/bin/grpo-vla rollout --policy tiny --suite libero_10 --tasks 0 --init-states 0 \
