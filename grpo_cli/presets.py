@@ -70,7 +70,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         "epsilon": 0.2,
         "num_iterations": 2,  # reuse each batch twice: rollouts dominate the cost on CPU
         # optimizer_steps_per_iteration 2 (whole-batch Adam steps) at lr 3e-4 scored 21/100 vs 33 (BENCHMARKS)
-        # self-imitation off: with it, a 33% SFT policy went +8 (seed 0) and -10 (seed 1); alone +1 (BENCHMARKS)
+        # self-imitation off: with it, a 33% SFT policy went +8, -10 and -14 in three runs; alone +1 (BENCHMARKS)
         "success_bc_steps": 0,
         "beta": 0.0,  # no KL: the clip already bounds each update, and no reference model is loaded
         "lr_head": 1e-4, "lr_backbone": 0.0,  # the best measured: +9 points from a 61% SFT policy
