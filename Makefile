@@ -21,7 +21,8 @@ install: $(VENV)/.installed
 
 test: install
 	$(VENV)/bin/ruff check grpo_cli tests benchmarks
-	$(VENV)/bin/pytest -q -n 2 --dist loadgroup
+	# loadfile: a file runs on one xdist worker, so module fixtures (the test SLURM cluster) start once
+	$(VENV)/bin/pytest -q -n 2 --dist loadfile
 
 demo: install
 	$(VENV)/bin/grpo-vla rollout --policy tiny --suite libero_10 --tasks 0 --init-states 0 \

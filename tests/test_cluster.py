@@ -30,8 +30,6 @@ TRAIN = ["--set", "policy=tiny", "--set", "tasks=0", "--set", "max_steps=10", "-
 E5 = ["--exp", "e5", *TRAIN]  # E5's fallback rewards give all-fail groups of a random policy a signal
 # (fallback_steps is E5's; the other presets ignore it)
 cloudpickle.register_pickle_by_value(sys.modules[__name__])  # SLURM jobs cannot import this test module
-# One pytest-xdist worker runs this whole file: one SLURM cluster (module fixtures) and its CPUs for these jobs.
-pytestmark = pytest.mark.xdist_group("slurm")
 
 
 def cli(*args: str, env: dict[str, str] | None = None, timeout: float = 900) -> subprocess.CompletedProcess:
