@@ -130,7 +130,7 @@ class EvalConfig:
         return json.dumps(asdict(self), sort_keys=True)
 
 
-LIKELIHOODS = ("ode", "sde")
+LIKELIHOODS = ("ode", "sde", "noise")
 
 
 @dataclass(frozen=True)
@@ -168,7 +168,9 @@ class TrainConfig:
     max_resample_tries: int = 0
     """extra rollout rounds per step to replace filtered-out groups (keeps the batch full)"""
     likelihood: str = "ode"
-    """`ode` (the seed's reading: zero first-order gradient at theta_old) or `sde` (Flow-SDE)"""
+    """`ode` (the seed's reading: zero first-order gradient at theta_old), `sde` (Flow-SDE), or `noise`:
+    a noise-space policy N(mu_w(state), I) over the flow's initial noise, the flow model frozen
+    (DSRL-style steering; policies/noise_policy.py)"""
     sde_noise: float = 0.5
     sde_window: int = 0
     """with `sde`: score only the first W denoising steps, the later ones count as fixed dynamics (0 = all K)"""
@@ -251,6 +253,9 @@ class TrainConfig:
     def __post_init__(self) -> None:
         if self.likelihood not in LIKELIHOODS:
             raise UserError(f"likelihood must be one of {', '.join(LIKELIHOODS)}, got {self.likelihood!r}")
+        if self.likelihood == "noise" and (self.train_backbone or self.success_bc_steps):
+            raise UserError("likelihood = noise trains only the noise policy: set train_backbone false and "
+                            "success_bc_steps 0")
         if self.sde_window < 0:
             raise UserError("sde_window must be >= 0 (0 scores every denoising step)")
         if self.likelihood_positions not in ("all", "executed"):

@@ -290,7 +290,7 @@ class _Wave:
         adapter, obs, wave, gens = self.adapter, self.obs, self.wave, self.gens
         batch = adapter.preprocess([obs[i] for i in lane], [wave[i].task.language for i in lane])
         prefix = adapter.encode_prefix(batch)
-        noise = torch.cat([adapter.sample_noise(gens[i]) for i in lane])  # (B, H, Dm)
+        noise = adapter.initial_noise(batch, [gens[i] for i in lane])  # (B, H, Dm)
         chains = adapter.denoise(prefix, noise, [wave[i].denoise_steps for i in lane], sde_noise=self.sde_noise,
                                  generators=[gens[i] for i in lane])
         actions = adapter.unnormalize(torch.stack([c[-1] for c in chains]))  # (B, H, Da)

@@ -65,6 +65,8 @@ class ShardWorker(submitit.helpers.Checkpointable):
         cfg = resolve(None, json.loads(cfg_json))
         folder = Path(run_dir) / "shards"
         adapter = SmolVLAAdapter.load(cfg.policy)
+        if cfg.likelihood == "noise":
+            adapter.attach_noise_policy(cfg.seed)
         slots = make_env_slots(cfg.shard_envs, cfg.image_size, privileged_state=adapter.privileged_state,
                                progress_shaping=cfg.progress_shaping)
         loaded, served, idle_since = None, 0, time.time()

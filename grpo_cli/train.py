@@ -158,7 +158,11 @@ class Trainer:
     def __init__(self, cfg: TrainConfig, run_dir: Path, log: Callable[[str], None] = print):
         self.cfg, self.run_dir, self.log = cfg, Path(run_dir), log
         self.adapter = SmolVLAAdapter.load(cfg.policy, device=cfg.device)
-        self.groups = parameter_groups(self.adapter.policy, cfg.train_backbone, cfg.train_vision_encoder)
+        noise_space = cfg.likelihood == "noise"
+        if noise_space:  # the trainable policy is over the flow's initial noise; the flow stays as SFT left it
+            self.adapter.attach_noise_policy(cfg.seed)
+        self.groups = parameter_groups(self.adapter.policy, cfg.train_backbone, cfg.train_vision_encoder,
+                                       noise_policy_only=noise_space)
         self.names = [n for n, p in self.adapter.policy.named_parameters() if p.requires_grad]
         self.optimizer = torch.optim.AdamW(
             [{"params": self.groups["head"], "lr": cfg.lr_head, "name": "head"},
@@ -167,6 +171,8 @@ class Trainer:
         # beta = 0 loads no reference model at all (TRL's rule).
         self.reference = SmolVLAAdapter.load(cfg.policy, device=cfg.device) if cfg.beta > 0 else None
         if self.reference is not None:
+            if noise_space:
+                self.reference.attach_noise_policy(cfg.seed)  # mu = 0: the SFT policy's own noise
             self.reference.policy.requires_grad_(False)
         self.initial = {n: p.detach().clone() for n, p in self.adapter.policy.named_parameters()}
         self.pool = ReplayPool(cfg.replay_pool_size)
@@ -333,11 +339,14 @@ class Trainer:
             batch = adapter.preprocess(obs, [m.traj.spec.task.language for m, _ in picked])
             chains = torch.from_numpy(np.stack([m.traj.chains[c] for m, c in picked]))  # (B_k, K+1, H, Dm)
             with torch.set_grad_enabled(grad):
-                prefix = adapter.encode_prefix(batch, grad=grad and cfg.train_backbone)
-                # sde_window: only the first, noisiest steps; a late step's std is ~13x smaller, so its
-                # score (x - mu) / std^2 dominates the gradient while its noise barely moves the action.
-                targets, mean, std = adapter.transitions(prefix, chains, cfg.likelihood, cfg.sde_noise,
-                                                         cfg.ode_sigma, cfg.sde_window)
+                if cfg.likelihood == "noise":  # no pass through the VLM: the noise policy reads the state
+                    targets, mean, std = adapter.noise_transitions(batch, chains)
+                else:
+                    prefix = adapter.encode_prefix(batch, grad=grad and cfg.train_backbone)
+                    # sde_window: only the first, noisiest steps; a late step's std is ~13x smaller, so its
+                    # score (x - mu) / std^2 dominates the gradient while its noise barely moves the action.
+                    targets, mean, std = adapter.transitions(prefix, chains, cfg.likelihood, cfg.sde_noise,
+                                                             cfg.ode_sigma, cfg.sde_window)
                 lp = grpo.gaussian_logdensity(targets.flatten(0, 1), mean.flatten(0, 1), std.flatten(),
                                               self.score_mask).view(targets.shape)
             for j, i in enumerate(idx):

@@ -417,3 +417,51 @@ def test_successes_of_filtered_out_groups_feed_success_bc(tmp_path, monkeypatch)
     trainer.close()
     assert metrics["frac_groups_filtered"] == 1.0 and metrics["step_skipped"] == 1.0
     assert metrics["success_bc/rollouts"] == 4 and metrics["success_bc/loss"] > 0
+
+
+def test_noise_policy_starts_as_sft_and_steers_only_the_initial_noise(tmp_path) -> None:
+    from grpo_cli.policies.smolvla import SmolVLAAdapter
+    from grpo_cli.rollout import EpisodeSpec
+    from grpo_cli.storage import read_checkpoint
+
+    cfg = smoke(None, likelihood="noise", num_generations="2", denoise_tiers="2x4", train_backbone="false",
+                minibatch_size="64", lr_head="1e-3", ratio_level="token", num_iterations="1", steps="1")
+    trainer = Trainer(cfg, tmp_path / "unit")
+    assert trainer.names and all(n.startswith("noise_policy.") for n in trainer.names)
+    # mu = 0 at the start: the same noise draws as the SFT policy, so the same chunks and episodes.
+    batch = trainer.adapter.preprocess([{"observation.images.image": np.zeros((64, 64, 3), np.uint8),
+                                         "observation.images.image2": np.zeros((64, 64, 3), np.uint8),
+                                         "observation.state": np.ones(8, np.float32)}], ["x"])
+    torch.testing.assert_close(trainer.adapter.initial_noise(batch, [torch.Generator().manual_seed(3)]),
+                               trainer.adapter.sample_noise(torch.Generator().manual_seed(3)), rtol=0, atol=0)
+    trajs = trainer._run([EpisodeSpec(trainer.tasks[0], 0, 4, seed, member=i) for i, seed in enumerate((11, 12))])
+    members = [Member(trajs[0], 1.0, advantage=1.0), Member(trajs[1], 0.0, advantage=-1.0)]
+
+    def noise_logp() -> list[float]:
+        with torch.no_grad():
+            return [float(sum(lp.sum() for lp in trainer._score(trainer.adapter, [(m, c) for c in range(
+                len(m.traj.chains))], grad=False)[0])) for m in members]
+
+    before_params = {n: p.detach().clone() for n, p in trainer.adapter.policy.named_parameters()}
+    before = noise_logp()
+    stats = trainer._update(members, np.random.default_rng(0))
+    after = noise_logp()
+    assert stats["ratio/min"] == stats["ratio/max"] == 1.0
+    assert after[0] > before[0] and after[1] < before[1]  # advantage +1 up, advantage -1 down
+    for name, value in trainer.adapter.policy.named_parameters():
+        assert torch.equal(value, before_params[name]) == (not name.startswith("noise_policy.out")), name
+    shifted = trainer.adapter.initial_noise(batch, [torch.Generator().manual_seed(3)])
+    assert not torch.equal(shifted, trainer.adapter.sample_noise(torch.Generator().manual_seed(3)))
+    trainer.close()
+
+    # A run's checkpoint carries the noise policy, and loading it (as eval does) restores it.
+    last = train(cfg, tmp_path / "run")
+    loaded = SmolVLAAdapter.load(str(last))
+    params = read_checkpoint(last)["params"]
+    assert loaded.noise_policy is not None
+    noise_params = {n: p for n, p in params.items() if n.startswith("noise_policy.")}
+    assert len(noise_params) == 4
+    for name, value in loaded.policy.named_parameters():
+        torch.testing.assert_close(value.detach(), params[name], rtol=0, atol=0)
+    with pytest.raises(UserError, match="likelihood = noise"):
+        smoke(None, likelihood="noise", success_bc_steps="4")

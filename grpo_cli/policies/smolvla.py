@@ -32,6 +32,7 @@ import torch
 from grpo_cli import grpo
 from grpo_cli.envs.libero import PRIVILEGED_STATE_DIM
 from grpo_cli.errors import UserError
+from grpo_cli.policies.noise_policy import NOISE_POLICY_PREFIX, NoisePolicy
 from grpo_cli.policies.offline_vlm import SMOLVLM2_500M, TinyVLMSpec, write_tiny_vlm
 
 DEFAULT_HUB_POLICY = "HuggingFaceVLA/smolvla_libero"
@@ -259,6 +260,38 @@ class SmolVLAAdapter:
         """z ~ N(0, I) of shape (batch, H, Dm) from a caller-owned generator (reproducible per stream)."""
         return torch.randn((batch, self.chunk_size, self.max_action_dim), generator=generator)
 
+    # --- noise-space policy (likelihood = noise) ----------------------------------------------------------
+    @property
+    def noise_policy(self) -> NoisePolicy | None:
+        return getattr(self.policy, "noise_policy", None)
+
+    def attach_noise_policy(self, seed: int = 0) -> NoisePolicy:
+        """Add a noise-space policy (mu = 0 at first, so the policy is unchanged) unless one is attached."""
+        if self.noise_policy is None:
+            head = NoisePolicy(self.state_dim, self.chunk_size, self.action_dim, self.max_action_dim, seed=seed)
+            self.policy.add_module(NOISE_POLICY_PREFIX.rstrip("."), head.to(next(self.policy.parameters()).device))
+        return self.noise_policy  # type: ignore[return-value]
+
+    def initial_noise(self, batch: dict[str, Any], generators: Sequence[torch.Generator]) -> torch.Tensor:
+        """The chains' starting noise (B, H, Dm): N(0, I), or N(mu_w(state), I) with a noise policy.
+
+        The same standard-normal draws either way, so mu_w = 0 reproduces the SFT policy bit for bit."""
+        noise = torch.cat([self.sample_noise(g) for g in generators])
+        if self.noise_policy is None:
+            return noise
+        with torch.no_grad():
+            return self.noise_policy(batch[STATE_KEY]).to(noise.device) + noise
+
+    def noise_transitions(self, batch: dict[str, Any], chains: torch.Tensor
+                          ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """`transitions` for likelihood = noise: the one scored step is z ~ N(mu_w(state), I).
+
+        chains (B, K+1, H, Dm) -> targets, means (B, 1, H, Dm) and stds (B, 1); differentiable in w only."""
+        if self.noise_policy is None:
+            raise ValueError("likelihood = noise needs a noise policy (attach_noise_policy)")
+        mean = self.noise_policy(batch[STATE_KEY])
+        return chains[:, :1], mean[:, None], torch.ones(chains.shape[0], 1, device=chains.device)
+
 
 def _quiet() -> contextlib.AbstractContextManager:
     """lerobot prints progress lines on stdout while building; keep our stdout for results."""
@@ -272,7 +305,8 @@ MODULES = {"vision": "model.vlm_with_expert.vlm.model.vision_model.",
            "connector": "model.vlm_with_expert.vlm.model.connector.",
            "text": "model.vlm_with_expert.vlm.model.text_model.",
            "expert": "model.vlm_with_expert.lm_expert.",
-           "heads": HEAD_PREFIXES[1:]}
+           "heads": HEAD_PREFIXES[1:],
+           "noise_policy": NOISE_POLICY_PREFIX}
 
 
 def module_of(name: str) -> str:
@@ -283,16 +317,21 @@ def module_of(name: str) -> str:
     return "other"
 
 
-def parameter_groups(policy: torch.nn.Module, train_backbone: bool, train_vision_encoder: bool = False
-                     ) -> dict[str, list[torch.nn.Parameter]]:
+def parameter_groups(policy: torch.nn.Module, train_backbone: bool, train_vision_encoder: bool = False,
+                     noise_policy_only: bool = False) -> dict[str, list[torch.nn.Parameter]]:
     """Set requires_grad explicitly (lerobot 0.4.4's own freeze patterns miss layers) and return groups.
 
     `head`: action expert + action/state/time projections; `backbone`: the VLM's connector and text
     model, plus the vision encoder only if `train_vision_encoder` (lerobot freezes it by default).
+    noise_policy_only: `head` is the attached noise policy and the whole flow model is frozen.
     """
     groups: dict[str, list[torch.nn.Parameter]] = {"head": [], "backbone": []}
     for name, param in policy.named_parameters():
-        if name.startswith(HEAD_PREFIXES):
+        if noise_policy_only or name.startswith(NOISE_POLICY_PREFIX):
+            param.requires_grad_(noise_policy_only and name.startswith(NOISE_POLICY_PREFIX))
+            if param.requires_grad:
+                groups["head"].append(param)
+        elif name.startswith(HEAD_PREFIXES):
             param.requires_grad_(True)
             groups["head"].append(param)
         elif (train_backbone and name.startswith(BACKBONE_PREFIX)
@@ -356,6 +395,8 @@ def _load_checkpoint(path: Path, device: str) -> SmolVLAAdapter:
         params = {name: torch.from_numpy(ds[()]) for name, ds in f["params"].items()}
         step = int(f.attrs["step"])
     adapter = SmolVLAAdapter.load(base["source"], device=device)
+    if any(name.startswith(NOISE_POLICY_PREFIX) for name in params):
+        adapter.attach_noise_policy()
     adapter.policy.load_state_dict(params, strict=True)
     adapter.identity = {"source": str(path), "kind": "checkpoint", "step": step,
                         "params_sha1": params_digest(adapter.policy), "lineage": base}
