@@ -472,6 +472,12 @@ def drift_cmd(checkpoint: str, ref: str | None, as_json: bool) -> None:
     _setup_runtime()
     tuned = _load_policy(checkpoint, "cpu")
     reference = _load_policy(ref or tuned.identity["lineage"]["source"], "cpu")
+    if tuned.noise_policy is not None and reference.noise_policy is None:
+        # likelihood = noise: the run started from SFT plus a noise policy initialised from its seed
+        from grpo_cli.storage import open_kind
+
+        with open_kind(checkpoint, "checkpoint") as f:
+            reference.attach_noise_policy(int(json.loads(f.attrs["config"]).get("seed", 0)))
     names = dict(tuned.policy.named_parameters())
     ref_params = dict(reference.policy.named_parameters())
     if set(names) != set(ref_params) or any(names[n].shape != ref_params[n].shape for n in names):
@@ -502,7 +508,11 @@ def export(checkpoint: str, out: str) -> None:
     if Path(out).exists() and any(Path(out).iterdir()):
         raise UserError(f"{out} exists and is not empty")
     _setup_runtime()
-    _load_policy(checkpoint, "cpu").save_pretrained(out)
+    adapter = _load_policy(checkpoint, "cpu")
+    if adapter.noise_policy is not None:
+        raise UserError(f"{checkpoint} holds a noise-space policy (likelihood = noise), which lerobot's format "
+                        "cannot carry; evaluate or roll out the .h5 checkpoint itself")
+    adapter.save_pretrained(out)
     click.echo(f"wrote {out}")
 
 

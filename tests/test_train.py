@@ -465,3 +465,19 @@ def test_noise_policy_starts_as_sft_and_steers_only_the_initial_noise(tmp_path) 
         torch.testing.assert_close(value.detach(), params[name], rtol=0, atol=0)
     with pytest.raises(UserError, match="likelihood = noise"):
         smoke(None, likelihood="noise", success_bc_steps="4")
+
+
+def test_drift_and_export_of_a_noise_policy_checkpoint(tmp_path) -> None:
+    from click.testing import CliRunner
+
+    from grpo_cli.cli import cli
+
+    last = train(smoke(None, likelihood="noise", num_generations="2", train_backbone="false", steps="1",
+                       seed="3"), tmp_path / "run")
+    result = CliRunner().invoke(cli, ["drift", str(last), "--json"])
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.output)
+    assert report["total"]["drift_pct"] == 0.0  # one all-fail step: nothing moved, hidden layer seeded alike
+    assert report["noise_policy"]["numel"] > 0
+    result = CliRunner().invoke(cli, ["export", str(last), "--out", str(tmp_path / "exported")])
+    assert result.exit_code != 0 and "noise-space policy" in str(result.exception)
