@@ -472,12 +472,8 @@ def drift_cmd(checkpoint: str, ref: str | None, as_json: bool) -> None:
     _setup_runtime()
     tuned = _load_policy(checkpoint, "cpu")
     reference = _load_policy(ref or tuned.identity["lineage"]["source"], "cpu")
-    if tuned.noise_policy is not None and reference.noise_policy is None:
-        # likelihood = noise: the run started from SFT plus a noise policy initialised from its seed
-        from grpo_cli.storage import open_kind
-
-        with open_kind(checkpoint, "checkpoint") as f:
-            reference.attach_noise_policy(int(json.loads(f.attrs["config"]).get("seed", 0)))
+    if tuned.noise_policy is not None:
+        reference.attach_noise_policy()  # likelihood = noise starts at m = 0, the SFT policy
     names = dict(tuned.policy.named_parameters())
     ref_params = dict(reference.policy.named_parameters())
     if set(names) != set(ref_params) or any(names[n].shape != ref_params[n].shape for n in names):

@@ -169,8 +169,10 @@ class TrainConfig:
     """extra rollout rounds per step to replace filtered-out groups (keeps the batch full)"""
     likelihood: str = "ode"
     """`ode` (the seed's reading: zero first-order gradient at theta_old), `sde` (Flow-SDE), or `noise`:
-    a noise-space policy N(mu_w(state), I) over the flow's initial noise, the flow model frozen
-    (DSRL-style steering; policies/noise_policy.py)"""
+    the flow model frozen, the policy is a per-episode latent offset N(m, noise_std^2) added to its
+    initial noise (DSRL-style steering; policies/noise_policy.py)"""
+    noise_std: float = 0.5
+    """with `noise`: exploration std of the per-episode latent offset (evaluation uses m itself)"""
     sde_noise: float = 0.5
     sde_window: int = 0
     """with `sde`: score only the first W denoising steps, the later ones count as fixed dynamics (0 = all K)"""
@@ -293,6 +295,8 @@ class TrainConfig:
             raise UserError("optimizer_steps_per_iteration must be >= 0")
         if self.dual_clip is not None and self.dual_clip <= 1:
             raise UserError("dual_clip must be > 1 (or unset)")
+        if self.noise_std <= 0:
+            raise UserError("noise_std must be > 0")
         if self.epsilon <= 0 or self.beta < 0 or self.sde_noise <= 0:
             raise UserError("epsilon and sde_noise must be > 0 and beta >= 0")
 

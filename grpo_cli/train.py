@@ -160,7 +160,7 @@ class Trainer:
         self.adapter = SmolVLAAdapter.load(cfg.policy, device=cfg.device)
         noise_space = cfg.likelihood == "noise"
         if noise_space:  # the trainable policy is over the flow's initial noise; the flow stays as SFT left it
-            self.adapter.attach_noise_policy(cfg.seed)
+            self.adapter.attach_noise_policy()
         self.groups = parameter_groups(self.adapter.policy, cfg.train_backbone, cfg.train_vision_encoder,
                                        noise_policy_only=noise_space)
         self.names = [n for n, p in self.adapter.policy.named_parameters() if p.requires_grad]
@@ -171,8 +171,6 @@ class Trainer:
         # beta = 0 loads no reference model at all (TRL's rule).
         self.reference = SmolVLAAdapter.load(cfg.policy, device=cfg.device) if cfg.beta > 0 else None
         if self.reference is not None:
-            if noise_space:
-                self.reference.attach_noise_policy(cfg.seed)  # mu = 0: the SFT policy's own noise
             self.reference.policy.requires_grad_(False)
         self.initial = {n: p.detach().clone() for n, p in self.adapter.policy.named_parameters()}
         self.pool = ReplayPool(cfg.replay_pool_size)
@@ -296,6 +294,7 @@ class Trainer:
                 return run_episodes(self.adapter, self.slots, episodes, max_steps=cfg.max_steps,
                                     n_action_steps=cfg.n_action_steps, keep_images=True,
                                     sde_noise=cfg.sde_noise if cfg.likelihood == "sde" else 0.0,
+                                    noise_std=cfg.noise_std if cfg.likelihood == "noise" else 0.0,
                                     overlap=cfg.overlap_policy)
             except EnvFailure as err:
                 self.env_failures += 1
@@ -339,14 +338,11 @@ class Trainer:
             batch = adapter.preprocess(obs, [m.traj.spec.task.language for m, _ in picked])
             chains = torch.from_numpy(np.stack([m.traj.chains[c] for m, c in picked]))  # (B_k, K+1, H, Dm)
             with torch.set_grad_enabled(grad):
-                if cfg.likelihood == "noise":  # no pass through the VLM: the noise policy reads the state
-                    targets, mean, std = adapter.noise_transitions(batch, chains)
-                else:
-                    prefix = adapter.encode_prefix(batch, grad=grad and cfg.train_backbone)
-                    # sde_window: only the first, noisiest steps; a late step's std is ~13x smaller, so its
-                    # score (x - mu) / std^2 dominates the gradient while its noise barely moves the action.
-                    targets, mean, std = adapter.transitions(prefix, chains, cfg.likelihood, cfg.sde_noise,
-                                                             cfg.ode_sigma, cfg.sde_window)
+                prefix = adapter.encode_prefix(batch, grad=grad and cfg.train_backbone)
+                # sde_window: only the first, noisiest steps; a late step's std is ~13x smaller, so its
+                # score (x - mu) / std^2 dominates the gradient while its noise barely moves the action.
+                targets, mean, std = adapter.transitions(prefix, chains, cfg.likelihood, cfg.sde_noise,
+                                                         cfg.ode_sigma, cfg.sde_window)
                 lp = grpo.gaussian_logdensity(targets.flatten(0, 1), mean.flatten(0, 1), std.flatten(),
                                               self.score_mask).view(targets.shape)
             for j, i in enumerate(idx):
@@ -355,6 +351,8 @@ class Trainer:
 
     def _update(self, members: list[Member], rng: np.random.Generator) -> dict[str, float]:
         cfg = self.cfg
+        if cfg.likelihood == "noise":
+            return self._update_noise_policy(members)
         chunks_of = {id(m): [(m, c) for c in range(len(m.traj.chains))] for m in members}
         # Minibatches of whole trajectories, fixed for the step: pi_old is scored with exactly the batch
         # composition used later, so at theta = theta_old the ratio is exactly 1 (batched float math differs
@@ -421,6 +419,34 @@ class Trainer:
         self.adapter.policy.eval()
         reduce = {"ratio/max": np.max, "ratio/min": np.min}
         return {k: float(reduce.get(k, np.mean)(v)) for k, v in stats.items()}
+
+    def _update_noise_policy(self, members: list[Member]) -> dict[str, float]:
+        """Eq. 5 for the noise-space policy: each trajectory's sample is its latent offset delta (Da,), one
+        ratio per dim ("token" level); num_iterations Adam steps on the whole batch (it is N x Da numbers).
+        The KL to the SFT policy (m = 0, same std) is exact: |m|^2 / (2 s^2)."""
+        cfg, head = self.cfg, self.adapter.noise_policy
+        assert head is not None
+        delta = torch.from_numpy(np.stack([m.traj.noise_offset for m in members]))  # (N, Da)
+        adv = torch.tensor([m.advantage for m in members])[:, None].expand_as(delta)  # (N, Da)
+        with torch.no_grad():
+            old = head.log_prob(delta, cfg.noise_std)
+        stats: dict[str, list[float]] = {}
+        for _ in range(cfg.num_iterations):
+            policy_loss, clip = grpo.clipped_surrogate((head.log_prob(delta, cfg.noise_std) - old).flatten(),
+                                                       adv.flatten(), cfg.epsilon, cfg.epsilon_high, cfg.dual_clip)
+            kl = (head.offset**2).sum() / (2 * cfg.noise_std**2)
+            loss = policy_loss + cfg.beta * kl
+            self.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            stats.setdefault("grad_norm/head", []).append(_norm([head.offset.grad]))
+            torch.nn.utils.clip_grad_norm_(self.groups["head"], cfg.max_grad_norm)
+            self.optimizer.step()
+            for key, value in {"loss": loss, "loss/policy": policy_loss, "kl": kl, **clip}.items():
+                stats.setdefault(key, []).append(float(torch.as_tensor(value).detach()))
+        reduce = {"ratio/max": np.max, "ratio/min": np.min}
+        out = {k: float(reduce.get(k, np.mean)(v)) for k, v in stats.items()}
+        out.update({f"noise_offset/{d}": float(v) for d, v in enumerate(head.offset.detach())})
+        return out
 
     def success_bc(self, rng: np.random.Generator) -> dict[str, float]:
         """Self-imitation (Oh et al., 2018, with "better than expected" read as success): `success_bc_steps`

@@ -1,49 +1,40 @@
-"""A noise-space policy (DSRL's latent steering, Wagenmaker et al. 2025): RL acts on the flow's initial noise.
+"""A noise-space policy (after DSRL's latent steering, Wagenmaker et al. 2025): RL acts on the flow's noise.
 
-The flow policy samples a chunk by integrating its ODE from z ~ N(0, I). Here z ~ N(mu_w(s), I), with
-mu_w a small MLP of the normalised robot state (one shift per action dim, see NoisePolicy) and the flow
-model frozen. Why:
-- the likelihood is exact and cheap (one Gaussian over z, no chain through the action expert);
-- at mu_w = 0 (its last layer starts at zero) the policy *is* the SFT policy, and it is evaluated
-  with the sampler it trains (the deterministic sampler from sampled noise): no sampler mismatch;
-- every chunk stays an output of the SFT flow, so updates steer among behaviours it already has
-  instead of moving the action expert (which drifted without gains in the `sde` runs).
-
-Dimension legend: B batch, S state dims, H chunk, Dm padded action dim (the flow's noise is (H, Dm)).
+The flow policy samples each chunk by integrating its ODE from z ~ N(0, I). Here every chunk of an
+episode starts from z = eps + delta: eps ~ N(0, I) as before, and one latent offset per episode,
+delta ~ N(m, s^2 I) over the real action dims (added at every chunk position). The flow model is
+frozen; the policy's parameters are m. Why this shape:
+- the likelihood is exact and tiny: one 7-dim Gaussian per *episode*. A score-function gradient's
+  variance grows with the number of random draws that share one episode outcome: Flow-SDE chains draw
+  ~70,000 per LIBERO episode (20 chunks x 10 steps x 350 elements), per-chunk noise ~7,000; at a few
+  hundred episodes their gradients are noise (BENCHMARKS.md, runs 2-10). Here there are 7.
+- m = 0 with exploration off (evaluation: delta = m) is exactly the SFT policy, chunk for chunk.
+- every chunk stays an output of the SFT flow: updates steer among behaviours it already has.
+What it cannot do: react to the state (m is one offset for the task); it is a steering knob, not a
+new skill.
 """
 
 from __future__ import annotations
+
+import math
 
 import torch
 from torch import nn
 
 NOISE_POLICY_PREFIX = "noise_policy."  # its parameters' names inside the lerobot policy module
-HIDDEN = 64
 
 
 class NoisePolicy(nn.Module):
-    """mu_w(state): (B, S) normalised state -> (B, H, Dm) mean of the initial noise; std fixed at 1.
+    """m: the mean (Da,) of the per-episode latent offset; the exploration std s is the run's `noise_std`."""
 
-    One shift per real action dim, shared by the chunk's H positions (padded dims keep mean 0): a
-    per-element mean (H x Dm = 1,600 outputs) would have to be learnt from one episode outcome per
-    trajectory, and its gradient would be noise; a shared shift sums H positions' evidence and still
-    steers the whole chunk (a bias on each action dim's latent, e.g. the gripper's)."""
-
-    def __init__(self, state_dim: int, chunk_size: int, action_dim: int, padded_dim: int, hidden: int = HIDDEN,
-                 seed: int = 0):
+    def __init__(self, action_dim: int):
         super().__init__()
-        self.chunk_size, self.padded_dim = chunk_size, padded_dim
-        generator = torch.Generator().manual_seed(seed)
-        self.hidden = nn.Linear(state_dim, hidden)
-        self.out = nn.Linear(hidden, action_dim)
-        with torch.no_grad():
-            bound = 1.0 / state_dim**0.5
-            self.hidden.weight.uniform_(-bound, bound, generator=generator)
-            self.hidden.bias.uniform_(-bound, bound, generator=generator)
-            self.out.weight.zero_()  # mu = 0: exactly the SFT policy's N(0, I) noise at the start
-            self.out.bias.zero_()
+        self.offset = nn.Parameter(torch.zeros(action_dim))  # m = 0: the SFT policy
 
-    def forward(self, state: torch.Tensor) -> torch.Tensor:
-        shift = self.out(torch.tanh(self.hidden(state.float())))  # (B, Da)
-        mean = torch.nn.functional.pad(shift, (0, self.padded_dim - shift.shape[1]))  # (B, Dm)
-        return mean[:, None, :].expand(-1, self.chunk_size, -1)
+    def sample(self, std: float, generator: torch.Generator) -> torch.Tensor:
+        """delta ~ N(m, std^2 I), (Da,); std = 0 gives m (evaluation)."""
+        return self.offset.detach() + std * torch.randn(self.offset.shape, generator=generator)
+
+    def log_prob(self, delta: torch.Tensor, std: float) -> torch.Tensor:
+        """Element-wise log N(delta; m, std^2): delta (N, Da) -> (N, Da), differentiable in m."""
+        return -0.5 * ((delta - self.offset) / std) ** 2 - math.log(std) - 0.5 * math.log(2 * math.pi)

@@ -36,6 +36,7 @@ from grpo_cli.policies.noise_policy import NOISE_POLICY_PREFIX, NoisePolicy
 from grpo_cli.policies.offline_vlm import SMOLVLM2_500M, TinyVLMSpec, write_tiny_vlm
 
 DEFAULT_HUB_POLICY = "HuggingFaceVLA/smolvla_libero"
+OFFSET_STREAM = 0x5EED0FF5E7  # xor'ed into an episode's noise seed: the stream of its latent offset
 VLM_SUBDIR = "vlm"  # a saved policy carries its VLM config/tokenizer here, so it can be moved
 IMAGE_KEYS = ("observation.images.image", "observation.images.image2")
 STATE_KEY = "observation.state"
@@ -265,32 +266,29 @@ class SmolVLAAdapter:
     def noise_policy(self) -> NoisePolicy | None:
         return getattr(self.policy, "noise_policy", None)
 
-    def attach_noise_policy(self, seed: int = 0) -> NoisePolicy:
-        """Add a noise-space policy (mu = 0 at first, so the policy is unchanged) unless one is attached."""
+    def attach_noise_policy(self) -> NoisePolicy:
+        """Add a noise-space policy (m = 0, so the policy is unchanged) unless one is attached."""
         if self.noise_policy is None:
-            head = NoisePolicy(self.state_dim, self.chunk_size, self.action_dim, self.max_action_dim, seed=seed)
-            self.policy.add_module(NOISE_POLICY_PREFIX.rstrip("."), head.to(next(self.policy.parameters()).device))
+            head = NoisePolicy(self.action_dim).to(next(self.policy.parameters()).device)
+            self.policy.add_module(NOISE_POLICY_PREFIX.rstrip("."), head)
         return self.noise_policy  # type: ignore[return-value]
 
-    def initial_noise(self, batch: dict[str, Any], generators: Sequence[torch.Generator]) -> torch.Tensor:
-        """The chains' starting noise (B, H, Dm): N(0, I), or N(mu_w(state), I) with a noise policy.
+    def episode_offset(self, noise_seed: int, std: float) -> np.ndarray | None:
+        """An episode's latent offset delta (Da,) (None without a noise policy), from its own stream so
+        the chunks' noise draws stay those the SFT policy would make."""
+        if self.noise_policy is None:
+            return None
+        generator = torch.Generator().manual_seed(noise_seed ^ OFFSET_STREAM)
+        return self.noise_policy.sample(std, generator).cpu().numpy()
 
-        The same standard-normal draws either way, so mu_w = 0 reproduces the SFT policy bit for bit."""
+    def initial_noise(self, generators: Sequence[torch.Generator], offsets: Sequence[np.ndarray | None]
+                      ) -> torch.Tensor:
+        """The chains' starting noise (B, H, Dm): eps ~ N(0, I) plus each episode's offset on the real dims."""
         noise = torch.cat([self.sample_noise(g) for g in generators])
-        if self.noise_policy is None:
-            return noise
-        with torch.no_grad():
-            return self.noise_policy(batch[STATE_KEY]).to(noise.device) + noise
-
-    def noise_transitions(self, batch: dict[str, Any], chains: torch.Tensor
-                          ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """`transitions` for likelihood = noise: the one scored step is z ~ N(mu_w(state), I).
-
-        chains (B, K+1, H, Dm) -> targets, means (B, 1, H, Dm) and stds (B, 1); differentiable in w only."""
-        if self.noise_policy is None:
-            raise ValueError("likelihood = noise needs a noise policy (attach_noise_policy)")
-        mean = self.noise_policy(batch[STATE_KEY])
-        return chains[:, :1], mean[:, None], torch.ones(chains.shape[0], 1, device=chains.device)
+        for b, offset in enumerate(offsets):
+            if offset is not None:
+                noise[b, :, : self.action_dim] += torch.from_numpy(offset).to(noise)
+        return noise
 
 
 def _quiet() -> contextlib.AbstractContextManager:
