@@ -55,6 +55,7 @@ class Trajectory:
     noise_offset: np.ndarray | None = None  # (Da,) the episode's latent offset (noise-space policy only)
     chains: list[np.ndarray] = field(default_factory=list)  # C x (K+1, H, Dm)
     success: bool = False
+    stalled: bool = False  # ended early by the stall rule (training only; EnvWorker.stall_steps)
     progress: float = 0.0
     """goal progress at the end (LiberoEnv.progress with the slots' shaping); 1.0 on success"""
 
@@ -63,16 +64,18 @@ class Trajectory:
         return len(self.actions)
 
 
-ChunkResult = tuple[list[np.ndarray], list[float], bool, dict[str, np.ndarray], float]
+ChunkResult = tuple[list[np.ndarray], list[float], bool, dict[str, np.ndarray], float, bool]
+STALL_DISTANCE = 0.03  # m: a goal object that has moved less than this has not been picked up or pushed
 
 
 class EnvWorker:
     """One env slot: a LiberoEnv built lazily and rebuilt only when the slot changes task."""
 
     def __init__(self, image_size: int, images: bool = True, privileged_state: bool = False,
-                 progress_shaping: float = 0.0):
+                 progress_shaping: float = 0.0, stall_steps: int = 0):
         self.image_size, self.images = image_size, images
         self.privileged_state, self.progress_shaping = privileged_state, progress_shaping
+        self.stall_steps = stall_steps
         self.env: LiberoEnv | None = None
 
     def reset(self, task: TaskSpec, init_state: int) -> dict[str, np.ndarray]:
@@ -86,7 +89,9 @@ class EnvWorker:
         """Execute up to len(actions) steps; stop on success or when steps_left run out.
 
         Renders cameras only on the last step (the one whose observation the policy reads next).
-        Returns (state after each step, reward of each step, success, last observation, goal progress).
+        Returns (state after each step, reward of each step, success, last observation, goal progress,
+        stalled). stalled: `stall_steps` > 0 steps have passed and the goal object has not moved
+        STALL_DISTANCE (LIBERO-Object: such episodes never succeed later; BENCHMARKS.md).
         """
         assert self.env is not None, "reset a slot before stepping it"
         n = min(len(actions), steps_left)
@@ -97,7 +102,9 @@ class EnvWorker:
             rewards.append(reward)
             if success:
                 break
-        return states, rewards, success, obs, 1.0 if success else self.env.progress(self.progress_shaping)
+        stalled = (not success and 0 < self.stall_steps <= self.env.steps
+                   and self.env.target_displacement() < STALL_DISTANCE)
+        return states, rewards, success, obs, 1.0 if success else self.env.progress(self.progress_shaping), stalled
 
     def close(self) -> None:
         if self.env is not None:
@@ -264,13 +271,14 @@ EnvSlots = LocalEnvSlots | ProcessEnvSlots
 
 
 def make_env_slots(size: int, image_size: int, images: bool = True, processes: bool = False,
-                   privileged_state: bool = False, progress_shaping: float = 0.0) -> EnvSlots:
+                   privileged_state: bool = False, progress_shaping: float = 0.0, stall_steps: int = 0) -> EnvSlots:
     """`processes=True`: one spawned worker per slot, stepped in parallel; else all in this process.
 
     privileged_state: append the goal objects' positions to the state (policies trained that way);
     progress_shaping: the distance-shaping weight of each trajectory's goal progress."""
     return (ProcessEnvSlots if processes else LocalEnvSlots)(
-        size, image_size, images, privileged_state=privileged_state, progress_shaping=progress_shaping)
+        size, image_size, images, privileged_state=privileged_state, progress_shaping=progress_shaping,
+        stall_steps=stall_steps)
 
 
 class _Wave:
@@ -311,15 +319,15 @@ class _Wave:
     def collect(self, lane: list[int], on_episode: Callable[[Trajectory], None] | None) -> list[int]:
         """Wait for the lane's chunks; returns the slots whose episodes go on."""
         still_active = []
-        for i, (after, rewards, success, last_obs, progress) in zip(lane, self.slots.gather_chunks(lane),
-                                                                    strict=True):
+        for i, (after, rewards, success, last_obs, progress, stalled) in zip(lane, self.slots.gather_chunks(lane),
+                                                                             strict=True):
             traj = self.trajs[i]
             self.obs[i] = last_obs
             traj.states += [traj.query_states[-1], *after[:-1]]  # observation before each action
             traj.actions += list(self.chunks[i][: len(rewards)])
             traj.rewards += rewards
-            traj.success, traj.progress = success, progress
-            if success or traj.length >= self.limits[i]:
+            traj.success, traj.progress, traj.stalled = success, progress, stalled
+            if success or stalled or traj.length >= self.limits[i]:
                 if on_episode:
                     on_episode(traj)
             else:

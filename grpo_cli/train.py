@@ -185,7 +185,8 @@ class Trainer:
     def _make_slots(self) -> Any:
         cfg = self.cfg
         return make_env_slots(cfg.num_envs or cfg.num_generations, cfg.image_size, processes=cfg.parallel_envs,
-                              privileged_state=self.adapter.privileged_state, progress_shaping=cfg.progress_shaping)
+                              privileged_state=self.adapter.privileged_state, progress_shaping=cfg.progress_shaping,
+                              stall_steps=cfg.stall_steps)
 
     # --- one GRPO step ---------------------------------------------------------------------------------
     def step(self, env_step_room: int | None = None) -> dict[str, float]:
@@ -266,6 +267,7 @@ class Trainer:
             "frac_all_success": counts["all_success_groups"] / max(len(groups), 1),
             "frac_groups_filtered": 1 - len(groups) / len(rolled), "groups_rolled_out": len(rolled),
             "progress": float(np.mean([t.progress for t in natural])),
+            "frac_stalled": float(np.mean([t.stalled for t in natural])),
             **{f"reward_composition/{k}": v for k, v in counts.items()},
             "step_skipped": float(not members), "drift_pct": d["total"]["drift_pct"],
             "drift_rel_l2": d["total"]["rel_l2"],

@@ -121,3 +121,35 @@ def test_sft_lowers_the_flow_matching_loss_and_recommended_runs(demo_file, tmp_p
     metrics = json.loads((tmp_path / "run" / "metrics.jsonl").read_text().splitlines()[-1])
     assert metrics["groups_rolled_out"] >= 1 and 0.0 <= metrics["progress"] <= 2.0
     assert "frac_groups_filtered" in metrics
+
+
+def test_stall_rule_ends_only_episodes_whose_goal_object_never_moved() -> None:
+    from grpo_cli.rollout import EnvWorker
+
+    task = task_spec("libero_object", 0)
+    worker = EnvWorker(64, images=False, privileged_state=True, stall_steps=5)
+    try:
+        worker.reset(task, 0)
+        assert worker.run_chunk(np.zeros((3, 7)), 100)[-1] is False  # 3 steps: too early to tell
+        assert worker.run_chunk(np.zeros((3, 7)), 100)[-1] is True  # 6 steps, the soup has not moved
+        worker.reset(task, 0)
+        env = worker.env
+        target = env.goal[0][1]
+        _place(env, target, env.position(target) + np.array([0.06, 0.0, 0.0]))  # pushed 6 cm along the table
+        assert worker.run_chunk(np.zeros((6, 7)), 100)[-1] is False
+        assert env.target_displacement() > 0.03
+    finally:
+        worker.close()
+    off = EnvWorker(64, images=False, privileged_state=True)
+    try:
+        off.reset(task, 0)
+        assert off.run_chunk(np.zeros((10, 7)), 100)[-1] is False  # stall_steps 0: never
+    finally:
+        off.close()
+    stove = EnvWorker(64, images=False, stall_steps=5)  # LIBERO-Goal "turn on the stove": a fixture goal
+    try:
+        stove.reset(task_spec("libero_goal", 7), 0)
+        assert stove.env.goal[0][1] in stove.env.raw_env.fixtures_dict
+        assert stove.run_chunk(np.zeros((10, 7)), 100)[-1] is False  # the stall rule never fires
+    finally:
+        stove.close()

@@ -238,6 +238,8 @@ class LiberoEnv:
             obs, _, _, _ = self.step(NOOP_ACTION, render=i == NUM_SETTLE_STEPS - 1, count=False)
         self._start_satisfied = self.goal_flags()
         self._start_distance = [self._goal_distance(p) for p in self.goal]
+        target = self.goal[0][1] if len(self.goal[0]) > 1 else None
+        self._start_target = self.position(target) if target in self._raw.objects_dict else None
         return obs
 
     def step(self, action: np.ndarray, render: bool = True, count: bool = True
@@ -265,6 +267,13 @@ class LiberoEnv:
         """(6,): positions of the first goal predicate's two arguments (the object twice for unary ones)."""
         args = self.goal[0][1:3] if len(self.goal[0]) > 2 else self.goal[0][1:2] * 2
         return np.concatenate([self.position(a) for a in args]).astype(np.float32)
+
+    def target_displacement(self) -> float:
+        """How far (m) the first goal predicate's object has moved since reset; inf when it is not a movable
+        object (a fixture, e.g. a stove to turn on), so stall rules never fire on such tasks."""
+        if self._start_target is None:
+            return float("inf")
+        return float(np.linalg.norm(self.position(self.goal[0][1]) - self._start_target))
 
     def goal_flags(self) -> list[bool]:
         """Which of the BDDL goal predicates hold now."""
