@@ -72,6 +72,8 @@ PRESETS: dict[str, dict[str, Any]] = {
         # optimizer_steps_per_iteration 2 (whole-batch Adam steps) at lr 3e-4 scored 21/100 vs 33 (BENCHMARKS)
         # self-imitation off: with it, a 33% SFT policy went +8, -10 and -14 in three runs; alone +1 (BENCHMARKS)
         "success_bc_steps": 0,
+        # stall_steps 80 bought 13 updates instead of 7 in the same budget and scored 27/100 vs 33 (BENCHMARKS)
+        # likelihood noise (a per-episode latent offset): exploration alone dropped success to 0-6% (BENCHMARKS)
         "beta": 0.0,  # no KL: the clip already bounds each update, and no reference model is loaded
         "lr_head": 1e-4, "lr_backbone": 0.0,  # the best measured: +9 points from a 61% SFT policy
         "train_backbone": False,  # the action expert is where RL acts; the VLM stays as SFT left it

@@ -11,7 +11,9 @@ frozen; the policy's parameters are m. Why this shape:
 - m = 0 with exploration off (evaluation: delta = m) is exactly the SFT policy, chunk for chunk.
 - every chunk stays an output of the SFT flow: updates steer among behaviours it already has.
 What it cannot do: react to the state (m is one offset for the task); it is a steering knob, not a
-new skill.
+new skill. Measured (BENCHMARKS.md, session 9, LIBERO-Object task 0, tiny SmolVLA at 33%): exploring
+at s = 0.5 and s = 0.15 dropped training success to 0/40 and 1/16 (Flow-SDE on the same init states:
+4/16) -- the flow is very sensitive to a coherent noise shift, so there was no gain to find.
 """
 
 from __future__ import annotations
