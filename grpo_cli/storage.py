@@ -123,7 +123,7 @@ def _write_demo(g: h5py.Group, traj: Trajectory) -> None:
                     "language": spec.task.language, "init_state": spec.init_state, "group": spec.group,
                     "member": spec.member, "denoise_steps": spec.denoise_steps,
                     "noise_seed": np.uint64(spec.noise_seed), "success": bool(traj.success),
-                    "progress": float(traj.progress),
+                    "progress": float(traj.progress), "stalled": bool(traj.stalled),
                     "episode_length": traj.length})
     T = traj.length
     g.create_dataset("actions", data=np.asarray(traj.actions, dtype=np.float32).reshape(T, -1))
@@ -221,6 +221,7 @@ def read_demo(g: h5py.Group, task: Any) -> Trajectory:
                       query_states=list(p["state"][()]), query_images=images, noise=list(p["noise"][()]),
                       chains=list(p["chains"][()]), success=bool(a["success"]),
                       noise_offset=p["noise_offset"][()] if "noise_offset" in p else None,
+                      stalled=bool(a.get("stalled", False)),
                       progress=float(a.get("progress", float(a["success"]))))
 
 

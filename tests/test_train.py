@@ -442,11 +442,15 @@ def test_noise_policy_starts_as_sft_and_learns_its_latent_offset(tmp_path) -> No
     np.testing.assert_allclose(trajs[0].noise[0][:, :7] - plain.noise[0][:, :7], np.broadcast_to(offsets[0], (50, 7)),
                                atol=1e-6)  # the same eps stream (episode seed 11) plus the offset
     # The offset survives the HDF5 round trip (rollout shards hand trajectories over that way).
+    trajs[0].stalled = True
     write_rollout(tmp_path / "r.h5", trajs[:1], "{}", {}, {})
+    trajs[0].stalled = False
     import h5py
 
     with h5py.File(tmp_path / "r.h5") as f:
-        np.testing.assert_array_equal(read_demo(f["data/demo_0"], trainer.tasks[0]).noise_offset, offsets[0])
+        back = read_demo(f["data/demo_0"], trainer.tasks[0])
+        np.testing.assert_array_equal(back.noise_offset, offsets[0])
+        assert back.stalled
     # One update moves m toward the positive-advantage offsets and nothing else.
     before = {n: p.detach().clone() for n, p in trainer.adapter.policy.named_parameters()}
     members = [Member(t, 0.0, advantage=a) for t, a in zip(trajs, (1.0, 1.0, -1.0, -1.0), strict=True)]
