@@ -162,6 +162,9 @@ class TrainConfig:
     """`binary` (success, the seed), `progress` (BDDL goal progress) or `progress+success`"""
     progress_shaping: float = 0.0
     """weight of distance shaping inside goal progress (0 = predicates only)"""
+    reach_shaping: float = 0.0
+    """weight of the gripper's closest approach to the goal object inside goal progress (0 = off);
+    progress_shaping + reach_shaping < 1 so that a near miss earns less than a satisfied predicate"""
     stall_steps: int = 0
     """training rollouts end (as failures) once this many steps have passed and the goal's object has not
     moved 3 cm (0 = off; tasks whose goal object is a fixture never stall). Evaluation never stops early."""
@@ -281,9 +284,13 @@ class TrainConfig:
             raise UserError("rollout_shards must be >= 0, shard_envs >= 1, shard_executor local or slurm")
         if self.shard_failure not in ("stop", "continue"):
             raise UserError(f"shard_failure must be stop or continue, got {self.shard_failure!r}")
-        if (self.max_resample_tries < 0 or self.progress_shaping < 0 or self.env_failure_retries < 0
-                or self.stall_steps < 0):
-            raise UserError("max_resample_tries, progress_shaping, env_failure_retries and stall_steps must be >= 0")
+        if (self.max_resample_tries < 0 or self.progress_shaping < 0 or self.reach_shaping < 0
+                or self.env_failure_retries < 0 or self.stall_steps < 0):
+            raise UserError("max_resample_tries, progress_shaping, reach_shaping, env_failure_retries and "
+                            "stall_steps must be >= 0")
+        if self.progress_shaping + self.reach_shaping >= 1:
+            raise UserError(f"progress_shaping + reach_shaping must be < 1 (a near miss must earn less than "
+                            f"a satisfied predicate), got {self.progress_shaping} + {self.reach_shaping}")
         steps = parse_tiers(self.denoise_tiers, self.num_generations)
         if self.tier_weights and len(self.tier_weights) != len(steps):
             raise UserError(f"tier_weights has {len(self.tier_weights)} entries but the group has "

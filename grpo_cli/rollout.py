@@ -72,9 +72,10 @@ class EnvWorker:
     """One env slot: a LiberoEnv built lazily and rebuilt only when the slot changes task."""
 
     def __init__(self, image_size: int, images: bool = True, privileged_state: bool = False,
-                 progress_shaping: float = 0.0, stall_steps: int = 0):
+                 progress_shaping: float = 0.0, reach_shaping: float = 0.0, stall_steps: int = 0):
         self.image_size, self.images = image_size, images
         self.privileged_state, self.progress_shaping = privileged_state, progress_shaping
+        self.reach_shaping = reach_shaping
         self.stall_steps = stall_steps
         self.env: LiberoEnv | None = None
 
@@ -104,7 +105,8 @@ class EnvWorker:
                 break
         stalled = (not success and 0 < self.stall_steps <= self.env.steps
                    and self.env.target_displacement() < STALL_DISTANCE)
-        return states, rewards, success, obs, 1.0 if success else self.env.progress(self.progress_shaping), stalled
+        progress = 1.0 if success else self.env.progress(self.progress_shaping, self.reach_shaping)
+        return states, rewards, success, obs, progress, stalled
 
     def close(self) -> None:
         if self.env is not None:
@@ -271,14 +273,15 @@ EnvSlots = LocalEnvSlots | ProcessEnvSlots
 
 
 def make_env_slots(size: int, image_size: int, images: bool = True, processes: bool = False,
-                   privileged_state: bool = False, progress_shaping: float = 0.0, stall_steps: int = 0) -> EnvSlots:
+                   privileged_state: bool = False, progress_shaping: float = 0.0, reach_shaping: float = 0.0,
+                   stall_steps: int = 0) -> EnvSlots:
     """`processes=True`: one spawned worker per slot, stepped in parallel; else all in this process.
 
     privileged_state: append the goal objects' positions to the state (policies trained that way);
-    progress_shaping: the distance-shaping weight of each trajectory's goal progress."""
+    progress_shaping, reach_shaping: the shaping weights of each trajectory's goal progress."""
     return (ProcessEnvSlots if processes else LocalEnvSlots)(
         size, image_size, images, privileged_state=privileged_state, progress_shaping=progress_shaping,
-        stall_steps=stall_steps)
+        reach_shaping=reach_shaping, stall_steps=stall_steps)
 
 
 class _Wave:

@@ -68,7 +68,8 @@ class ShardWorker(submitit.helpers.Checkpointable):
         if cfg.likelihood == "noise":
             adapter.attach_noise_policy()
         slots = make_env_slots(cfg.shard_envs, cfg.image_size, privileged_state=adapter.privileged_state,
-                               progress_shaping=cfg.progress_shaping, stall_steps=cfg.stall_steps)
+                               progress_shaping=cfg.progress_shaping, reach_shaping=cfg.reach_shaping,
+                               stall_steps=cfg.stall_steps)
         loaded, served, idle_since = None, 0, time.time()
         try:
             while not (folder / f"stop_{generation}").exists():

@@ -186,7 +186,7 @@ class Trainer:
         cfg = self.cfg
         return make_env_slots(cfg.num_envs or cfg.num_generations, cfg.image_size, processes=cfg.parallel_envs,
                               privileged_state=self.adapter.privileged_state, progress_shaping=cfg.progress_shaping,
-                              stall_steps=cfg.stall_steps)
+                              reach_shaping=cfg.reach_shaping, stall_steps=cfg.stall_steps)
 
     # --- one GRPO step ---------------------------------------------------------------------------------
     def step(self, env_step_room: int | None = None) -> dict[str, float]:

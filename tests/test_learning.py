@@ -46,6 +46,39 @@ def test_goal_progress_and_privileged_state(object_env) -> None:
     assert env.goal_flags() == [True] and env.progress() == 1.0 and env.progress(shaping=0.5) == 1.0
 
 
+def test_reach_shaping_ranks_missed_grasps_by_the_closest_approach(object_env) -> None:
+    """A missed grasp leaves the object in place: only the gripper's closest approach tells near misses apart."""
+    env = object_env
+    env.reset(1)
+    target = env.goal[0][1]
+    far = env.progress(reach=0.3)
+    assert env.progress() == 0.0 and 0.0 <= far < 0.05  # the gripper starts tens of cm away
+    above = env.position(target) + np.array([0.0, 0.0, 0.06])
+    for _ in range(60):  # OSC delta actions toward a point 6 cm above the object, gripper open
+        eef = env.raw_env._observables["robot0_eef_pos"].obs
+        env.step(np.r_[np.clip((above - eef) / 0.05, -0.5, 0.5), 0, 0, 0, -1], render=False)
+    near = env.progress(reach=0.3)
+    assert env.target_displacement() < 0.01  # the object was not touched
+    assert near > far + 0.1 and env.progress(shaping=0.5) == 0.0  # object-to-basket shaping sees nothing
+    for _ in range(20):  # back up: the closest approach is what counts
+        env.step(np.array([0, 0, 0.5, 0, 0, 0, -1]), render=False)
+    assert env.progress(reach=0.3) == pytest.approx(near)
+    assert near < 0.3  # a near miss never earns a satisfied predicate's credit
+
+
+def test_reach_shaping_ignores_fixture_goals_and_is_bounded() -> None:
+    from grpo_cli.presets import resolve
+
+    env = LiberoEnv(task_spec("libero_goal", 7), image_size=64, images=False)  # turn on the stove
+    try:
+        env.reset(0)
+        assert env.progress(reach=0.3) == env.progress() == 0.0
+    finally:
+        env.close()
+    with pytest.raises(UserError, match="progress_shaping \\+ reach_shaping must be < 1"):
+        resolve(None, {"progress_shaping": "0.5", "reach_shaping": "0.5"})
+
+
 def test_progress_ignores_predicates_true_at_the_start() -> None:
     """LIBERO-10 task 8 starts with the stove on: that predicate earns nothing."""
     env = LiberoEnv(task_spec("libero_10", 8), image_size=64, images=False)

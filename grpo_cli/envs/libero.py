@@ -194,6 +194,8 @@ class LiberoEnv:
         self.goal = [tuple(str(x) for x in p) for p in self._raw.parsed_problem["goal_state"]]
         self._start_satisfied: list[bool] = []
         self._start_distance: list[float] = []
+        self._start_target: np.ndarray | None = None
+        self._closest_reach: list[float] = []  # per goal predicate: the gripper's closest approach (m)
 
     # --- rendering control -------------------------------------------------------------------------
     def _set_cameras(self, on: bool) -> None:
@@ -240,6 +242,7 @@ class LiberoEnv:
         self._start_distance = [self._goal_distance(p) for p in self.goal]
         target = self.goal[0][1] if len(self.goal[0]) > 1 else None
         self._start_target = self.position(target) if target in self._raw.objects_dict else None
+        self._closest_reach = [self._reach_distance(p) for p in self.goal]
         return obs
 
     def step(self, action: np.ndarray, render: bool = True, count: bool = True
@@ -253,6 +256,8 @@ class LiberoEnv:
         raw, reward, _, info = self._env.step(np.asarray(action, dtype=np.float64))
         if count:
             self.steps += 1
+            self._closest_reach = [min(c, self._reach_distance(p, raw["robot0_eef_pos"]))
+                                   for c, p in zip(self._closest_reach, self.goal, strict=True)]
         return self._observation(raw, look), float(reward), bool(self._env.check_success()), info
 
     def success(self) -> bool:
@@ -284,12 +289,23 @@ class LiberoEnv:
             return float("nan")
         return float(np.linalg.norm(self.position(predicate[1]) - self.position(predicate[2])))
 
-    def progress(self, shaping: float = 0.0) -> float:
+    def _reach_distance(self, predicate: tuple[str, ...], eef: np.ndarray | None = None) -> float:
+        """Gripper-to-object distance (m) for a predicate whose first argument is a movable object, else inf."""
+        if len(predicate) < 2 or predicate[1] not in self._raw.objects_dict:
+            return float("inf")
+        if eef is None:
+            eef = self._raw._observables["robot0_eef_pos"].obs
+        return float(np.linalg.norm(self.position(predicate[1]) - np.asarray(eef)))
+
+    def progress(self, shaping: float = 0.0, reach: float = 0.0) -> float:
         """Dense progress in [0, 1]: the share of goal predicates satisfied now.
 
         Predicates that already held after reset are left out (LIBERO-10 task 8 starts with the stove
         on), unless all did. With `shaping` > 0 an unsatisfied binary predicate earns up to `shaping`
         for bringing its object closer to its target than at the start: shaping * (1 - d / d_start).
+        With `reach` > 0 it also earns reach * (1 - tanh(10 d_reach)) for the closest the gripper came
+        to the predicate's object during the episode (robosuite's reaching reward): a missed grasp
+        leaves the object where it was, so only this term ranks the near misses among such failures.
         """
         flags = self.goal_flags()
         keep = [i for i, done in enumerate(self._start_satisfied) if not done] or list(range(len(flags)))
@@ -300,6 +316,8 @@ class LiberoEnv:
             elif shaping > 0 and np.isfinite(self._start_distance[i]) and self._start_distance[i] > 0:
                 closer = 1.0 - self._goal_distance(self.goal[i]) / self._start_distance[i]
                 score += shaping * float(np.clip(closer, 0.0, 1.0))
+            if not flags[i] and reach > 0 and np.isfinite(self._closest_reach[i]):
+                score += reach * float(1.0 - np.tanh(10.0 * self._closest_reach[i]))
         return score / len(keep)
 
     @property
