@@ -10,6 +10,9 @@ Statistics:
 - each column against the baseline column: Fisher's exact test (two-sided) per task, Holm-corrected
   across the tasks of that column; for the mean, Fisher's test on pooled episodes, Holm-corrected
   across columns. `*` marks differences distinguishable from noise (adjusted p < 0.05);
+- when a column and the baseline ran the same episodes (task, init state, noise seed: `eval` with one
+  seed), the episodes gained and lost and McNemar's exact test on them: paired, hence more sensitive,
+  and it tells a reshuffle of outcomes (as many lost as gained) from an improvement;
 - Table 2: Pearson and Spearman correlation (scipy) of total drift with mean success.
 """
 
@@ -30,7 +33,7 @@ import numpy as np
 from scipy import stats
 
 from grpo_cli.errors import UserError
-from grpo_cli.stats import wilson_interval
+from grpo_cli.stats import paired_test, wilson_interval
 from grpo_cli.storage import publish, read_eval
 
 ALPHA = 0.05
@@ -63,6 +66,7 @@ class Column:
     names: dict[int, str]
     counts: dict[int, tuple[int, int]]  # task_id -> (successes, episodes)
     kind: str = ""  # the evaluated policy's kind: tiny / pretrained / checkpoint / imported
+    outcomes: dict[tuple[int, int, int], bool] | None = None  # (task, init state, noise seed) -> success
     drift: dict[str, float] | None = None  # module -> drift %, with "total"; None when unknown
     run: Run | None = None
 
@@ -152,6 +156,9 @@ def load_column(path: Path, label: str, runs: list[Run], baseline_like: bool = F
     if not counts or any(n == 0 for _, n in counts.values()):
         raise UserError(f"{path}: an eval file without episodes for every task it lists")
     column = Column(label or path.stem, path, str(data["suite"]), names, counts, kind=policy.get("kind", ""))
+    keys = list(zip(*(episodes[k].tolist() for k in ("task_id", "init_state", "noise_seed")), strict=True))
+    if policy.get("kind") != "imported" and len(set(keys)) == len(keys):  # imported episodes are synthesised
+        column.outcomes = dict(zip(keys, episodes["success"].astype(bool).tolist(), strict=True))
     if policy.get("kind") == "imported":
         column.label = label or policy.get("label") or path.stem
         column.drift = policy.get("drift")
@@ -210,6 +217,11 @@ def pct(x: float) -> str:
     return f"{100 * x:.1f}"
 
 
+def _of_task(outcomes: dict[tuple[int, int, int], bool], task: Any) -> dict[tuple[int, int, int], bool]:
+    """The episodes of one task id (all of them for "mean")."""
+    return outcomes if task == "mean" else {k: v for k, v in outcomes.items() if k[0] == task}
+
+
 def significance(columns: list[Column], baseline: Column) -> dict[str, dict[Any, dict[str, float]]]:
     """{label: {task_id or "mean": {delta, p, p_holm}}} for every column but the baseline."""
     out: dict[str, dict[Any, dict[str, float]]] = {}
@@ -221,6 +233,9 @@ def significance(columns: list[Column], baseline: Column) -> dict[str, dict[Any,
         out[c.label] = {t: {"delta": c.counts[t][0] / c.counts[t][1] - baseline.counts[t][0] / baseline.counts[t][1],
                             "p": p, "p_holm": q} for t, p, q in zip(tasks, raw, holm(raw), strict=True)}
         out[c.label]["mean"] = {"delta": c.mean - baseline.mean, "p": fisher_p(c.pooled, baseline.pooled)}
+        if c.outcomes is not None and baseline.outcomes is not None:
+            for key in [*tasks, "mean"]:
+                out[c.label][key]["paired"] = paired_test(_of_task(c.outcomes, key), _of_task(baseline.outcomes, key))
     means = [out[label]["mean"]["p"] for label in out]
     for label, q in zip(out, holm(means), strict=True):
         out[label]["mean"]["p_holm"] = q
@@ -262,12 +277,18 @@ def significance_table(columns: list[Column], baseline: Column, sig: dict) -> Ta
             continue
         for key in [*sorted(c.counts), "mean"]:
             r = sig[c.label][key]
+            paired = r.get("paired")
             rows.append([c.label, "Mean" if key == "mean" else f"T{key}", f"{100 * r['delta']:+.1f}",
                          f"{r['p']:.3g}", f"{r['p_holm']:.3g}",
-                         "yes" if r["p_holm"] < ALPHA else "no (within noise)"])
+                         "yes" if r["p_holm"] < ALPHA else "no (within noise)",
+                         f"+{paired['gained']} / −{paired['lost']} ({paired['p']:.3g})" if paired else "–"])
     return Table(f"Significance against `{baseline.label}`",
-                 ["run", "task", "Δ points", "Fisher p", "Holm p", "distinguishable"], rows,
-                 ["Per task: Holm across that run's tasks. Mean: Fisher on pooled episodes, Holm across runs."])
+                 ["run", "task", "Δ points", "Fisher p", "Holm p", "distinguishable",
+                  "same episodes: gained / lost (McNemar p)"], rows,
+                 ["Per task: Holm across that run's tasks. Mean: Fisher on pooled episodes, Holm across runs.",
+                  "Same episodes: when both evals ran the same (task, init state, noise seed) episodes, the "
+                  "episodes the run newly solves and newly fails, with McNemar's exact test (grpo_cli/stats.py); "
+                  "as many losses as gains means outcomes were reshuffled, not improved."])
 
 
 def table2(columns: list[Column]) -> tuple[Table, dict[str, float]]:

@@ -99,6 +99,35 @@ def test_report_statistics_match_scipy(inputs: list[str], tmp_path: Path) -> Non
     assert "| T0 task 0 | 20.0 [8.1, 41.6] | **75.0 [53.1, 88.8]** * | 15.0 [5.2, 36.0] |" in md
 
 
+def test_same_episodes_get_a_paired_test(inputs: list[str], tmp_path: Path) -> None:
+    """Evals of the same (task, init state, noise seed) episodes: gained/lost and McNemar's exact p."""
+    sig = build_report(inputs, tmp_path / "report")["significance"]
+    # eval_file: episode i of a task succeeds when i < successes, so BETTER only gains and WORSE only loses.
+    assert sig["recommended"]["0"]["paired"] == {"gained": 11, "lost": 0,
+                                                 "p": pytest.approx(stats.binomtest(11, 11).pvalue)}
+    assert sig["recommended"]["mean"]["paired"]["gained"] == 11 + 7 + 3
+    assert sig["e2"]["mean"]["paired"] == {"gained": 0, "lost": 1 + 7 + 15,
+                                           "p": pytest.approx(stats.binomtest(0, 23).pvalue)}
+    assert "+21 / −0" in (tmp_path / "report" / "report.md").read_text()
+    # Other noise seeds: not the same episodes, so no pairing (Fisher only).
+    other = eval_file(tmp_path / "other.h5", BETTER)
+    with h5py.File(other, "a") as f:
+        f["episodes/noise_seed"][...] = f["episodes/noise_seed"][()] + 1000
+    sig = build_report([inputs[0], str(other)], tmp_path / "report2")["significance"]
+    assert "paired" not in sig["other"]["mean"] or sig["other"]["mean"]["paired"] is None
+
+
+def test_paired_test_tells_a_reshuffle_from_an_improvement() -> None:
+    from grpo_cli.stats import paired_test
+
+    base = {(0, i, i): i < 10 for i in range(20)}
+    reshuffled = {(0, i, i): 4 <= i < 14 for i in range(20)}  # 4 lost, 4 gained: same rate
+    assert paired_test(reshuffled, base) == {"gained": 4, "lost": 4, "p": 1.0}
+    better = {(0, i, i): i < 16 for i in range(20)}
+    assert paired_test(better, base)["p"] == pytest.approx(stats.binomtest(6, 6).pvalue)
+    assert paired_test(better, {(0, i, i + 1): True for i in range(20)}) is None  # different episodes
+
+
 def test_table2_correlation_matches_numpy(tmp_path: Path) -> None:
     drifts, successes = [0.0, 0.2, 0.5, 0.3], [(14, 20), (12, 20), (4, 20), (9, 20)]
     files = []
