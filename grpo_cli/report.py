@@ -145,6 +145,16 @@ def load_run(path: Path, label: str) -> Run:
     return Run(label or config.get("exp") or path.name, path, config, metrics)
 
 
+def episode_outcomes(data: dict[str, Any]) -> dict[tuple[int, int, int], bool] | None:
+    """(task, init state, noise seed) -> success of an eval (`read_eval`'s dict); None when episodes
+    cannot be told apart (imported counts are synthesised, repeated keys are ambiguous)."""
+    episodes = data["episodes"]
+    keys = list(zip(*(episodes[k].tolist() for k in ("task_id", "init_state", "noise_seed")), strict=True))
+    if data["policy"].get("kind") == "imported" or len(set(keys)) != len(keys):
+        return None
+    return dict(zip(keys, episodes["success"].astype(bool).tolist(), strict=True))
+
+
 def load_column(path: Path, label: str, runs: list[Run], baseline_like: bool = False) -> Column:
     data = read_eval(path)
     policy, episodes = data["policy"], data["episodes"]
@@ -156,9 +166,7 @@ def load_column(path: Path, label: str, runs: list[Run], baseline_like: bool = F
     if not counts or any(n == 0 for _, n in counts.values()):
         raise UserError(f"{path}: an eval file without episodes for every task it lists")
     column = Column(label or path.stem, path, str(data["suite"]), names, counts, kind=policy.get("kind", ""))
-    keys = list(zip(*(episodes[k].tolist() for k in ("task_id", "init_state", "noise_seed")), strict=True))
-    if policy.get("kind") != "imported" and len(set(keys)) == len(keys):  # imported episodes are synthesised
-        column.outcomes = dict(zip(keys, episodes["success"].astype(bool).tolist(), strict=True))
+    column.outcomes = episode_outcomes(data)
     if policy.get("kind") == "imported":
         column.label = label or policy.get("label") or path.stem
         column.drift = policy.get("drift")

@@ -145,7 +145,9 @@ def main() -> None:
 
     from scipy.stats import fisher_exact
 
-    from grpo_cli.stats import wilson_interval
+    from grpo_cli.report import episode_outcomes
+    from grpo_cli.stats import paired_test, wilson_interval
+    from grpo_cli.storage import read_eval
 
     def compare(s: int, n: int, base: tuple[int, int]) -> tuple[float, float]:
         """(points over the base, two-sided Fisher p)"""
@@ -173,6 +175,9 @@ def main() -> None:
             entry["delta_points_vs_sft_same_sampler"], entry["fisher_p_vs_sft_same_sampler"] = compare(
                 s, n, counts[same])
             entry["delta_points_vs_best_sft"], entry["fisher_p_vs_best_sft"] = compare(s, n, counts[best_sft])
+            # Same episodes (init states, noise seeds) as SFT's eval: which did the run gain and lose?
+            entry["paired_vs_sft_same_sampler"] = paired_test(
+                *(episode_outcomes(read_eval(out / f"eval_{r}.h5")) or {} for r in (row, same)))
             entry["trained_sampler"] = noise == samplers[name]
             metrics = [json.loads(line) for line in (out / f"run_{name}" / "metrics.jsonl").read_text().splitlines()]
             entry["train_steps"] = len(metrics)
@@ -184,16 +189,18 @@ def main() -> None:
     (out / "results.json").write_text(json.dumps(summary, indent=1))
     lines = [f"Best SFT evaluation: {best_sft}. Rows marked * use the sampler the run trains.", "",
              "| policy | sampler | success | 95% Wilson | Δ vs SFT, same sampler (p) | Δ vs best SFT (p) "
-             "| GRPO steps | env steps |", "|---|---|---|---|---|---|---|---|"]
+             "| same episodes: gained / lost (McNemar p) | GRPO steps | env steps |", "|---" * 9 + "|"]
     for row, r in results.items():
         lo, hi = r["wilson95"]
         same = (f"{r['delta_points_vs_sft_same_sampler']:+.1f} ({r['fisher_p_vs_sft_same_sampler']:.3g})"
                 if "train_steps" in r else "")
         best = f"{r['delta_points_vs_best_sft']:+.1f} ({r['fisher_p_vs_best_sft']:.3g})" if "train_steps" in r else ""
         mark = " *" if r.get("trained_sampler") else ""
+        paired = r.get("paired_vs_sft_same_sampler")
+        paired_text = f"+{paired['gained']} / −{paired['lost']} ({paired['p']:.3g})" if paired else ""
         lines.append(f"| {row}{mark} | {r['sampler']} | {r['success']}/{r['episodes']} ({100 * r['rate']:.1f}%) | "
-                     f"[{100 * lo:.1f}, {100 * hi:.1f}] | {same} | {best} | {r.get('train_steps', '')} | "
-                     f"{r.get('env_steps', '')} |")
+                     f"[{100 * lo:.1f}, {100 * hi:.1f}] | {same} | {best} | {paired_text} | "
+                     f"{r.get('train_steps', '')} | {r.get('env_steps', '')} |")
     (out / "results.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
     # Tables, significance, learning curves and diagnoses of both runs: OUT/report/report.{md,html}.
