@@ -190,6 +190,11 @@ class TrainConfig:
     loss_type: str = "bnpo"
     """TRL's: `bnpo` averages the objective over all samples, `grpo` per trajectory first (grpo.sample_weights)"""
     scale_rewards: str = "group"
+    advantage_baseline: str = "group"
+    """`group` (Eq. 1: one advantage per trajectory against its group) or `value`: per chunk,
+    A = r - V(chunk-start state), V a small MLP refit each step on the previous `value_buffer_steps`
+    steps' chunks (grpo_cli/value.py); the first step of a run (or of a resume) uses `group`"""
+    value_buffer_steps: int = 4
     epsilon: float = 0.2
     epsilon_high: float | None = None
     dual_clip: float | None = None
@@ -274,6 +279,12 @@ class TrainConfig:
             raise UserError(f"ratio_level must be one of {', '.join(RATIO_LEVELS)}, got {self.ratio_level!r}")
         if self.scale_rewards not in ("group", "batch", "none"):
             raise UserError(f"scale_rewards must be group, batch or none, got {self.scale_rewards!r}")
+        if self.advantage_baseline not in ("group", "value"):
+            raise UserError(f"advantage_baseline must be group or value, got {self.advantage_baseline!r}")
+        if self.advantage_baseline == "value" and (self.likelihood == "noise" or self.ratio_level == "trajectory"
+                                                   or self.value_buffer_steps < 1):
+            raise UserError("advantage_baseline = value gives each chunk its own advantage: it needs per-chunk "
+                            "ratios (not likelihood noise or ratio_level trajectory) and value_buffer_steps >= 1")
         if self.reward not in REWARDS:
             raise UserError(f"reward must be one of {', '.join(REWARDS)}, got {self.reward!r}")
         if self.group_filter not in GROUP_FILTERS:

@@ -235,3 +235,18 @@ def keep_groups(success: torch.Tensor, rewards: torch.Tensor, mode: str, band: t
         rate = success.to(torch.float32).mean(-1)
         return (rate >= band[0]) & (rate <= band[1])
     raise ValueError(f"group_filter must be one of {GROUP_FILTERS}, got {mode!r}")
+
+
+def value_advantages(rewards: torch.Tensor, values: list[torch.Tensor], scale_rewards: str = "batch",
+                     eps: float = 1e-4) -> list[torch.Tensor]:
+    """Per-chunk advantages against a learned value: A_ic = r_i - V(s_ic).
+
+    rewards (T,) per trajectory; values: T tensors (C_i,), the value of each chunk's start state ->
+    T tensors (C_i,). `scale_rewards` other than `none` divides by the std of all the batch's A_ic
+    (a group std means little once the baseline differs chunk by chunk).
+    """
+    adv = [r - v for r, v in zip(rewards, values, strict=True)]
+    if scale_rewards == "none" or not adv:
+        return adv
+    scale = torch.cat(adv).std(unbiased=False)
+    return [a / (scale + eps) for a in adv]

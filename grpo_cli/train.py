@@ -35,6 +35,7 @@ from grpo_cli.sft import flow_matching_loss, rollout_batch
 from grpo_cli.shards import ShardPool
 from grpo_cli.sinks import Sinks
 from grpo_cli.storage import read_checkpoint, write_checkpoint
+from grpo_cli.value import ChunkValue
 
 SUCCESS_BC_KEY = "success_bc/"  # checkpoint pool keys of the self-imitation buffer (E6's are task ids)
 
@@ -47,6 +48,7 @@ class Member:
     reward: float
     origin: str = "natural"
     advantage: float = 0.0
+    chunk_advantages: list[float] | None = None  # advantage_baseline = value: one per chunk (else `advantage`)
 
 
 class ReplayPool:
@@ -174,6 +176,7 @@ class Trainer:
             self.reference.policy.requires_grad_(False)
         self.initial = {n: p.detach().clone() for n, p in self.adapter.policy.named_parameters()}
         self.pool = ReplayPool(cfg.replay_pool_size)
+        self.value = ChunkValue(cfg.value_buffer_steps, seed=cfg.seed) if cfg.advantage_baseline == "value" else None
         self.successes = ReplayPool(cfg.success_bc_buffer)  # self-imitation's buffer (success_bc_steps)
         self.step_index = 0
         self.tasks = [task_spec(cfg.suite, t) for t in cfg.tasks]
@@ -236,11 +239,12 @@ class Trainer:
                 adv = grpo.group_advantages(r[None], cfg.scale_rewards)[0]
             for m, a in zip(members, adv.tolist(), strict=True):
                 m.advantage = a
+        value_stats = self._value_advantages(batch) if self.value is not None else {}
         t_rollout = time.perf_counter() - t0
 
         # 4. Policy update: num_iterations epochs over minibatches of whole trajectories (Eq. 5).
         t1 = time.perf_counter()
-        members = [m for group in batch for m in group if m.advantage != 0.0]
+        members = [m for group in batch for m in group if m.advantage != 0.0 or m.chunk_advantages is not None]
         update = self._update(members, rng) if members else {}
 
         # 5. Self-imitation: flow matching toward what the run's successful rollouts executed.
@@ -276,10 +280,32 @@ class Trainer:
             "env_failures": self.env_failures, "episodes_lost": self.episodes_lost,
             "time/rollout": t_rollout, "time/update": t_update, "env_steps": env_steps,
             **({"time/shard_handoff": self.shards.handoff_s - handoff_before} if self.shards is not None else {}),
-            "SPS": env_steps / max(t_rollout + t_update, 1e-9), **update,
+            "SPS": env_steps / max(t_rollout + t_update, 1e-9), **value_stats, **update,
         }
         self.step_index += 1
         return metrics
+
+    def _value_advantages(self, batch: list[list[Member]]) -> dict[str, float]:
+        """advantage_baseline = value: per-chunk advantages r - V(s_c) from a value fitted on earlier steps
+        (the group advantages stay when there are none yet); then this step's chunks join its buffer."""
+        assert self.value is not None
+        members = [m for group in batch for m in group]
+        states = [np.stack(m.traj.query_states[:len(m.traj.chains)]) for m in members]
+        rewards = torch.tensor([m.reward for m in members])
+        stats: dict[str, float] = {}
+        if self.value.fitted and members:
+            values = [self.value(s) for s in states]
+            for m, a in zip(members, grpo.value_advantages(rewards, values, self.cfg.scale_rewards), strict=True):
+                m.chunk_advantages = a.tolist()
+            residual = torch.cat([r - v for r, v in zip(rewards, values, strict=True)])
+            target = torch.cat([r.expand(len(v)) for r, v in zip(rewards, values, strict=True)])
+            # How much of the rewards' variance the value explains on chunks it never saw (1 = all, <= 0 = none).
+            stats = {"value/explained_variance": float(1 - residual.var() / target.var().clamp_min(1e-8)),
+                     "value/fit_loss": self.value.loss}
+        if members:
+            self.value.add(np.concatenate(states), np.repeat(rewards.numpy(), [len(s) for s in states]))
+            self.value.fit()
+        return stats
 
     def _run(self, episodes: list[EpisodeSpec]) -> list[Trajectory]:
         """Roll out the episodes; on an env failure restart the envs and rerun them (same seeds, so the
@@ -388,7 +414,8 @@ class Trainer:
                     chunks = [c for m in mb for c in chunks_of[id(m)]]
                     logp, means, stds = self._score(self.adapter, chunks, grad=True)
                     logratio, adv, owner = grpo.ratio_samples(
-                        logp, old[b], torch.tensor([m.advantage for m, _ in chunks]), cfg.ratio_level,
+                        logp, old[b], torch.tensor([m.advantage if m.chunk_advantages is None
+                                                    else m.chunk_advantages[c] for m, c in chunks]), cfg.ratio_level,
                         [len(chunks_of[id(m)]) for m in mb], self.score_mask)
                     policy_loss, clip = grpo.clipped_surrogate(logratio, adv, cfg.epsilon, cfg.epsilon_high,
                                                                cfg.dual_clip, grpo.sample_weights(owner, cfg.loss_type))

@@ -173,3 +173,16 @@ def test_dual_clip_bounds_exploded_negative_samples() -> None:
     lr = logratio.clone().requires_grad_(True)
     grpo.clipped_surrogate(lr, adv, 0.2, dual_clip=3.0)[0].backward()
     assert lr.grad[0] == 0  # the exploded sample no longer drives the update
+
+
+def test_value_advantages_credit_each_chunk_against_its_state() -> None:
+    # Two episodes: a success (reward 2) whose value rose as the grasp held, a failure (0) whose value fell.
+    rewards = torch.tensor([2.0, 0.0])
+    values = [torch.tensor([1.0, 1.8, 2.0]), torch.tensor([1.0, 0.1])]
+    raw = grpo.value_advantages(rewards, values, "none")
+    torch.testing.assert_close(raw[0], torch.tensor([1.0, 0.2, 0.0]))  # the decisive first chunk gets the credit
+    torch.testing.assert_close(raw[1], torch.tensor([-1.0, -0.1]))
+    scaled = grpo.value_advantages(rewards, values, "group")
+    scale = torch.cat(raw).std(unbiased=False)
+    for a, r in zip(scaled, raw, strict=True):
+        torch.testing.assert_close(a, r / (scale + 1e-4))

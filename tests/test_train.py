@@ -487,3 +487,36 @@ def test_drift_and_export_of_a_noise_policy_checkpoint(tmp_path) -> None:
     assert report["noise_policy"]["numel"] > 0
     result = CliRunner().invoke(cli, ["export", str(last), "--out", str(tmp_path / "exported")])
     assert result.exit_code != 0 and "noise-space policy" in str(result.exception)
+
+
+def test_value_baseline_gives_each_chunk_its_own_advantage(tmp_path) -> None:
+    members = _members(tmp_path, "sde")
+    assert all(len(m.traj.chains) == 2 for m in members)  # SMOKE: 10 steps, chunks of 5
+    members[0].chunk_advantages, members[1].chunk_advantages = [1.0, -1.0], [-1.0, 1.0]
+    cfg = smoke("recommended", num_generations="2", minibatch_size="64", lr_head="1e-4",
+                advantage_baseline="value")
+    trainer = Trainer(cfg, tmp_path)
+
+    def chunk_logp() -> list[float]:
+        with torch.no_grad():
+            return [float(trainer._score(trainer.adapter, [(m, c)], grad=False)[0][0].sum())
+                    for m in members for c in range(2)]
+
+    before = chunk_logp()
+    trainer._update(members, np.random.default_rng(0))
+    after = chunk_logp()
+    trainer.close()
+    assert [a > b for a, b in zip(after, before, strict=True)] == [True, False, False, True]
+
+
+def test_value_baseline_runs_from_the_second_step(tmp_path) -> None:
+    cfg = smoke("recommended", num_generations="2", steps="2", advantage_baseline="value",
+                value_buffer_steps="2", reach_shaping="0.3")  # tiny-policy failures differ only in their reach
+    train(cfg, tmp_path / "run")
+    metrics = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert "value/explained_variance" not in metrics[0]  # nothing to fit before the first step: group baseline
+    assert np.isfinite(metrics[1]["value/explained_variance"]) and metrics[1]["value/fit_loss"] >= 0
+    with pytest.raises(UserError, match="advantage_baseline = value"):
+        resolve("recommended", {"advantage_baseline": "value", "ratio_level": "trajectory"})
+    with pytest.raises(UserError, match="advantage_baseline must be group or value"):
+        resolve("recommended", {"advantage_baseline": "critic"})
