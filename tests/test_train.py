@@ -407,7 +407,7 @@ def test_successes_of_filtered_out_groups_feed_success_bc(tmp_path, monkeypatch)
     def all_succeed(self, episodes):
         trajs = run(self, episodes)
         for t in trajs:
-            t.success = True
+            t.success, t.progress = True, 1.0  # as a rollout records a success
         return trajs
 
     monkeypatch.setattr(Trainer, "_run", all_succeed)
