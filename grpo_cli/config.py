@@ -193,7 +193,7 @@ class TrainConfig:
     advantage_baseline: str = "group"
     """`group` (Eq. 1: one advantage per trajectory against its group) or `value`: per chunk,
     A = r - V(chunk-start state), V a small MLP refit each step on the previous `value_buffer_steps`
-    steps' chunks (grpo_cli/value.py); the first step of a run (or of a resume) uses `group`"""
+    steps' chunks (grpo_cli/value.py; checkpointed); the first step of a run uses `group`"""
     value_buffer_steps: int = 4
     epsilon: float = 0.2
     epsilon_high: float | None = None

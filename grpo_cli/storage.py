@@ -230,8 +230,9 @@ def read_demo(g: h5py.Group, task: Any) -> Trajectory:
 def write_checkpoint(path: str | Path, *, step: int, params: dict[str, Any], optimizer_state: dict[str, Any],
                      param_names: list[str], config_json: str, policy: dict[str, Any],
                      reference: dict[str, Any] | None, replay: dict[str, list[Trajectory]],
-                     extra: dict[str, Any]) -> Path:
-    """Parameters by name, AdamW state, step, config, identities and the replay pool; atomic."""
+                     extra: dict[str, Any], value_buffer: Sequence[tuple[np.ndarray, np.ndarray]] = ()) -> Path:
+    """Parameters by name, AdamW state, step, config, identities, the replay pool and the chunk value's
+    buffer (`advantage_baseline = value`: per step, chunk-start states and their episodes' rewards); atomic."""
     import torch
 
     path = Path(path)
@@ -258,6 +259,9 @@ def write_checkpoint(path: str | Path, *, step: int, params: dict[str, Any], opt
                 _write_demo(rg.create_group(f"demo_{n}"), traj)
                 rg[f"demo_{n}"].attrs["pool_key"] = key
                 n += 1
+        for i, (states, rewards) in enumerate(value_buffer):
+            f.create_dataset(f"value_buffer/step_{i}/states", data=states)
+            f.create_dataset(f"value_buffer/step_{i}/rewards", data=rewards)
     return path
 
 
@@ -274,12 +278,14 @@ def read_checkpoint(path: str | Path, task_lookup: Any = None) -> dict[str, Any]
             for name in sorted(f["replay"], key=lambda s: int(s.split("_")[1])):
                 g = f["replay"][name]
                 replay.setdefault(g.attrs["pool_key"], []).append(read_demo(g, task_lookup(int(g.attrs["task_id"]))))
+        vb = f.get("value_buffer", {})
+        value_buffer = [(vb[k]["states"][()], vb[k]["rewards"][()]) for k in sorted(vb, key=lambda s: int(s[5:]))]
         return {"step": int(f.attrs["step"]), "params": params,
                 "optimizer": {"state": state, "param_groups": json.loads(og.attrs["param_groups"])},
                 "param_names": json.loads(og.attrs["param_names"]), "config": json.loads(f.attrs["config"]),
                 "policy": json.loads(f.attrs["policy"]), "reference": json.loads(f.attrs["reference"]),
                 "extra": json.loads(f.attrs["extra"]), "rng_torch": torch.from_numpy(f["rng/torch"][()]),
-                "replay": replay}
+                "replay": replay, "value_buffer": value_buffer}
 
 
 # --- demonstrations (LIBERO / robomimic layout) ----------------------------------------------------------

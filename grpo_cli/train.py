@@ -516,7 +516,7 @@ class Trainer:
                          reference=self.reference.identity if self.reference else None,
                          replay={**self.pool.entries,
                                  **{SUCCESS_BC_KEY + k: v for k, v in self.successes.entries.items()}},
-                         extra={})
+                         extra={}, value_buffer=self.value.buffer if self.value is not None else ())
         return path
 
     def load(self, path: Path) -> None:
@@ -529,6 +529,8 @@ class Trainer:
         self.pool = ReplayPool(self.cfg.replay_pool_size, {k: v for k, v in pools.items() if k not in ours})
         self.successes = ReplayPool(self.cfg.success_bc_buffer,
                                     {k.removeprefix(SUCCESS_BC_KEY): pools[k] for k in ours})
+        if self.value is not None:
+            self.value.load_buffer(ckpt["value_buffer"])
         self.step_index = ckpt["step"]
         torch.set_rng_state(ckpt["rng_torch"])
 

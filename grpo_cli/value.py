@@ -18,8 +18,8 @@ class ChunkValue:
 
     Refit from scratch every step on the chunks of the previous `steps` steps, never on the current
     step's: fitted on the trajectories it then scores, an MLP memorises their rewards and cancels the
-    advantages. The buffer lives in memory only: a resumed run starts with an empty one (group
-    baseline for its first step, as at the start of a run).
+    advantages. The fit is a pure function of the buffer (seeded init, full-batch Adam), so a checkpoint
+    stores the buffer and a resumed run refits the same V (`load_buffer`).
     """
 
     def __init__(self, steps: int = 4, hidden: int = 64, fit_iters: int = 300, lr: float = 1e-3, seed: int = 0):
@@ -42,10 +42,11 @@ class ChunkValue:
         x = torch.from_numpy(np.concatenate([s for s, _ in self.buffer]))
         y = torch.from_numpy(np.concatenate([r for _, r in self.buffer]))
         self.mean, self.std = x.mean(0), x.std(0) + 1e-3
-        torch.manual_seed(self.seed + len(self.buffer))
-        net = torch.nn.Sequential(torch.nn.Linear(x.shape[1], self.hidden), torch.nn.Tanh(),
-                                  torch.nn.Linear(self.hidden, self.hidden), torch.nn.Tanh(),
-                                  torch.nn.Linear(self.hidden, 1))
+        with torch.random.fork_rng(devices=[]):  # the init is seeded without touching the run's torch stream
+            torch.manual_seed(self.seed + len(self.buffer))
+            net = torch.nn.Sequential(torch.nn.Linear(x.shape[1], self.hidden), torch.nn.Tanh(),
+                                      torch.nn.Linear(self.hidden, self.hidden), torch.nn.Tanh(),
+                                      torch.nn.Linear(self.hidden, 1))
         opt = torch.optim.Adam(net.parameters(), lr=self.lr, weight_decay=1e-4)
         z = (x - self.mean) / self.std
         for _ in range(self.fit_iters):
@@ -54,6 +55,14 @@ class ChunkValue:
             loss.backward()
             opt.step()
         self.net, self.loss = net.eval(), float(loss.detach())
+
+    def load_buffer(self, buffer: list[tuple[np.ndarray, np.ndarray]]) -> None:
+        """Restore a checkpointed buffer and refit: the same V the interrupted run had after that step."""
+        self.buffer, self.net = [], None
+        for states, rewards in buffer:
+            self.add(states, rewards)
+        if self.buffer:
+            self.fit()
 
     @torch.no_grad()
     def __call__(self, states: np.ndarray) -> torch.Tensor:

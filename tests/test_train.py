@@ -176,8 +176,9 @@ def test_every_preset_runs_end_to_end(tmp_path) -> None:
 
 
 def test_resume_is_exact(tmp_path) -> None:
+    # E5's replay pool and fallback rewards, and the chunk value's buffer (fitted after step 1, used from step 2)
     cfg = smoke("e5", likelihood="sde", steps="4", num_generations="2", denoise_tiers="2x4", tier_weights="",
-                fallback_steps="4", lr_head="1e-3", train_backbone="false")
+                fallback_steps="4", lr_head="1e-3", train_backbone="false", advantage_baseline="value")
     train(cfg, tmp_path / "straight")
     train(resolve(None, {**json.loads(cfg.to_json()), "steps": 2}), tmp_path / "split")
     with pytest.raises(UserError, match="already holds a run"):
@@ -195,6 +196,8 @@ def test_resume_is_exact(tmp_path) -> None:
     assert moved  # the run did learn something between step 1 and 4, so equality is not vacuous
     lines = (tmp_path / "split" / "metrics.jsonl").read_text().splitlines()
     assert [json.loads(x)["step"] for x in lines] == [1, 2, 3, 4]
+    assert "value/explained_variance" in json.loads(lines[2])  # step 3, the first after the resume, used V
+    assert len(b["value_buffer"]) == 4 and b["value_buffer"][0][0].ndim == 2  # steps 1-4 (value_buffer_steps 4)
 
 
 def test_kill_9_loses_only_the_step_in_flight(tmp_path) -> None:
