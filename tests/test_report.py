@@ -241,3 +241,36 @@ def test_merge_evals_cli(tmp_path: Path) -> None:
     proc = subprocess.run([*CLI, "merge-evals", str(a), str(a), "--out", str(tmp_path / "n.h5")],
                           capture_output=True, text=True)
     assert proc.returncode == 2 and "repeats task(s) [0]" in proc.stderr and not (tmp_path / "n.h5").exists()
+
+
+def test_learning_script_tabulates_every_rl_seed(tmp_path: Path) -> None:
+    """benchmarks/learning/run.py over finished stages (each skipped: its output exists) computes the
+    table, the replicate summary and the report; the seed-1 replicate is a row of its own."""
+    out = tmp_path / "learning"
+    (out / "sft").mkdir(parents=True)
+    (out / "demos_00-00.h5").touch()
+    eval_file(out / "eval_sft.h5", {0: (61, 100)})
+    for name, counts, exp in [("recommended", (77, 100), "recommended"), ("e2", (47, 100), "e2"),
+                              ("recommended_seed1", (65, 100), "recommended")]:
+        run = run_dir(out / f"run_{name}", exp, [step_metrics(s) for s in range(1, 4)])
+        (run / "config.json").write_text(json.dumps({"exp": exp, "likelihood": "sde" if exp != "e2" else "ode",
+                                                     "sde_noise": 0.3, "env_step_budget": 30000}))
+        (run / "done").touch()
+        (run / "checkpoints" / "step_000003.h5").touch()
+        eval_file(out / f"eval_{name}.h5", {0: counts})
+    proc = subprocess.run([sys.executable, str(REPO / "benchmarks" / "learning" / "run.py"), "--out", str(out),
+                           "--demo-init-states", "0-0", "--rl-seeds", "0,1"], capture_output=True, text=True,
+                          env={**os.environ, "PYTHONPATH": str(REPO)})
+    assert proc.returncode == 0, proc.stderr
+    results = json.loads((out / "results.json").read_text())
+    seeds = results["recommended_rl_seeds"]
+    assert seeds["seeds"] == [0, 1] and seeds["delta_points"] == pytest.approx([16.0, 4.0])
+    assert seeds["fisher_p"][0] == pytest.approx(stats.fisher_exact([[77, 23], [61, 39]])[1])
+    assert seeds["seeds_at_target"] == 1 and seeds["mean_delta_points"] == pytest.approx(10.0)
+    assert results["results"]["recommended_seed1"]["env_steps"] == 3000
+    assert results["results"]["recommended_seed1"]["paired_vs_sft_same_sampler"] == {
+        "gained": 4, "lost": 0, "p": pytest.approx(stats.binomtest(4, 4).pvalue)}
+    table = (out / "results.md").read_text()
+    assert "| recommended_seed1 * |" not in table and "| recommended_seed1 | ode | 65/100" in table
+    assert "Δ vs SFT +16, +4 points (mean +10.0); 1 of 2 at ≥ +15" in table
+    assert (out / "report" / "report.md").exists() and not (out / "commands.log").exists()
