@@ -56,6 +56,15 @@ def local_rollout(tmp_path_factory) -> Path:
     return out
 
 
+@pytest.fixture(scope="module")
+def unsharded_e5(tmp_path_factory) -> list[Path]:
+    """The checkpoints (steps 1-4) of an uninterrupted, unsharded E5 run: what every sharded one must match."""
+    run = tmp_path_factory.mktemp("unsharded") / "run"
+    proc = cli("train", "--run-dir", str(run), "--steps", "4", *E5)
+    assert proc.returncode == 0, proc.stderr
+    return sorted((run / "checkpoints").glob("*.h5"))
+
+
 # --- without SLURM ----------------------------------------------------------------------------------------
 def test_split_is_contiguous_and_complete() -> None:
     assert split(list(range(5)), 2) == [[0, 1, 2], [3, 4]] or split(list(range(5)), 2) == [[0, 1], [2, 3, 4]]
@@ -106,16 +115,17 @@ def test_debug_executor_shards_match_local(local_rollout: Path, tmp_path: Path) 
     assert not list(tmp_path.glob(".*"))  # parts removed after the merge
 
 
-def test_training_with_local_rollout_shards_matches_unsharded(tmp_path: Path) -> None:
+def test_training_with_local_rollout_shards_matches_unsharded(unsharded_e5: list[Path], tmp_path: Path) -> None:
     """Two long-lived shard workers (local subprocesses, one env each) give the trainer the same
     trajectories as its own single env, so the runs end with bit-identical parameters."""
-    for name, extra in (("own", []), ("sharded", ["--set", "rollout_shards=2", "--set", "shard_envs=1"])):
-        proc = cli("train", "--run-dir", str(tmp_path / name), "--steps", "2", *E5, *extra)
-        assert proc.returncode == 0, proc.stderr
+    proc = cli("train", "--run-dir", str(tmp_path / "sharded"), "--steps", "2", *E5,
+               "--set", "rollout_shards=2", "--set", "shard_envs=1")
+    assert proc.returncode == 0, proc.stderr
     assert "started 2 rollout shard workers (local)" in proc.stderr
-    a = read_checkpoint(sorted((tmp_path / "own" / "checkpoints").glob("*.h5"))[-1])
+    a = read_checkpoint(unsharded_e5[1])  # step 2 of the 4-step run: `steps` only says when to stop
     b = read_checkpoint(sorted((tmp_path / "sharded" / "checkpoints").glob("*.h5"))[-1])
-    first = read_checkpoint(sorted((tmp_path / "own" / "checkpoints").glob("*.h5"))[0])
+    assert a["step"] == b["step"] == 2
+    first = read_checkpoint(unsharded_e5[0])
     assert any(not torch.equal(a["params"][n], first["params"][n]) for n in a["params"])
     for name in a["params"]:
         torch.testing.assert_close(a["params"][name], b["params"][name], rtol=0, atol=0)
@@ -214,15 +224,13 @@ def test_slurm_eval_array_merges_tasks(slurm, tmp_path: Path) -> None:
     assert data["config"]["episodes_per_task"] == 2 and "mean over tasks" in proc.stdout
 
 
-def test_slurm_sweep_with_shards_survives_preemption_and_requeue(slurm, tmp_path: Path) -> None:
+def test_slurm_sweep_with_shards_survives_preemption_and_requeue(slurm, unsharded_e5: list[Path],
+                                                                 tmp_path: Path) -> None:
     """`train --exp e5,e4 --executor slurm`: one array job, each trainer handing its rollouts to 2 shard
     workers (SLURM jobs too). The e5 task gets a preemption warning, then a hard requeue, and still ends
     with the same steps and bit-identical parameters as an uninterrupted, unsharded run (shards of one
     env roll out exactly alike)."""
-    steps = 4
-    straight = tmp_path / "straight"
-    proc = cli("train", "--exp", "e5", "--run-dir", str(straight), "--steps", str(steps), *TRAIN)
-    assert proc.returncode == 0, proc.stderr
+    steps = len(unsharded_e5)
     sweep = tmp_path / "sweep"
     proc = cli("train", "--exp", "e5,e4", "--run-dir", str(sweep), "--steps", str(steps), *TRAIN,
                "--set", "rollout_shards=2", "--set", "shard_envs=1", "--set", "shard_executor=slurm",
@@ -259,11 +267,11 @@ def test_slurm_sweep_with_shards_survives_preemption_and_requeue(slurm, tmp_path
         assert [m["step"] for m in lines] == list(range(1, steps + 1))  # no step lost or repeated
         assert len(list((sweep / exp / "shards" / "submitit").glob("*_log.out"))) >= 2  # shard workers' jobs
         assert json.loads((sweep / exp / "slurm.json").read_text())["cpus_per_task"] == 1
-    a = read_checkpoint(sorted((straight / "checkpoints").glob("*.h5"))[-1])
+    a = read_checkpoint(unsharded_e5[-1])
     b = read_checkpoint(sorted((run / "checkpoints").glob("*.h5"))[-1])
     assert a["step"] == b["step"] == steps
     for name in a["params"]:
         torch.testing.assert_close(a["params"][name], b["params"][name], rtol=0, atol=0)
-    first = read_checkpoint(sorted((straight / "checkpoints").glob("*.h5"))[0])
+    first = read_checkpoint(unsharded_e5[0])
     moved = sum(not torch.equal(a["params"][n], first["params"][n]) for n in a["params"])
     assert moved > 0  # the run learnt between steps, so equal parameters are not vacuous
