@@ -61,7 +61,8 @@ PRESETS: dict[str, dict[str, Any]] = {
         # a missed grasp never moves the object, so only the gripper's closest approach ranks those failures
         "reach_shaping": 0.3,
         # per-chunk credit r - V(s): the grasp chunks get the signal, chunks after a settled outcome ~0;
-        # with it (and the two rows around it) a 61% SFT policy went to 77/100 (+16, p 0.021; BENCHMARKS)
+        # with it (and the two rows around it) a 61% SFT policy went to 77/100 (+16, p 0.021) with RL seed 0,
+        # but to 69 and 53 with seeds 1 and 2 (BENCHMARKS): the best measured, not yet a robust gain
         "advantage_baseline": "value",
         "group_filter": "drop_degenerate",  # groups with equal rewards give zero advantage: replace them
         "max_resample_tries": 2,  # bounded extra rounds keep the batch full without stalling a step
