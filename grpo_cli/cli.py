@@ -428,10 +428,9 @@ def demos(suite: str, tasks: str, init_states: str, repeats: int, noise_std: flo
               "image_size": image_size, "privileged_state": privileged_state, "seed": seed}
     write_demos(path, result, specs, json.dumps(config), {"image_size": image_size, "suite": suite})
     ok = sum(d.success for d in result)
-    if len(task_ids) > 1:  # the family, task by task: where the expert (and so SFT) has holes
-        click.echo("expert success by task: " + ", ".join(
-            f"{t}: {sum(d.success for d in result if d.task_id == t)}/{sum(d.task_id == t for d in result)}"
-            for t in task_ids))
+    click.echo("expert success by task: " + ", ".join(  # where the expert (and so SFT) has holes
+        f"{t}: {sum(d.success for d in result if d.task_id == t)}/{sum(d.task_id == t for d in result)}"
+        for t in task_ids))
     click.echo(f"expert success {ok}/{len(result)} ({100 * ok / len(result):.1f}%), "
                f"mean length {sum(d.length for d in result) / len(result):.0f} steps; wrote {path}")
 

@@ -109,7 +109,7 @@ def test_failed_shard_is_retried_then_reported(tmp_path: Path) -> None:
 
 def test_debug_executor_shards_match_local(local_rollout: Path, tmp_path: Path) -> None:
     out = tmp_path / "sharded.h5"
-    proc = cli(*ROLLOUT, "--out", str(out), "--shards", "3", "--executor", "debug")
+    proc = cli(*ROLLOUT, "--out", str(out), "--shards", "2", "--executor", "debug")
     assert proc.returncode == 0, proc.stderr
     same_rollouts(local_rollout, out)
     assert not list(tmp_path.glob(".*"))  # parts removed after the merge

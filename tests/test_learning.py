@@ -98,20 +98,20 @@ def test_scripted_expert_solves_most_init_states(object_env) -> None:
     assert len(demos[0].images["observation.images.image"]) == demos[0].length
 
 
-def test_demos_cli_covers_other_tasks_of_the_family(tmp_path) -> None:
-    """`grpo-vla demos` on two other LIBERO-Object tasks (other objects): the expert is not tuned to
-    task 0, and the per-task tally and per-demo task attrs keep a multi-task file readable."""
+def test_demos_cli_covers_another_task_of_the_family(tmp_path) -> None:
+    """`grpo-vla demos` on LIBERO-Object task 7 (another object): the expert is not tuned to task 0.
+    One episode: rendering makes each ~30 s here (all ten tasks: BENCHMARKS.md, 48/50)."""
     import subprocess
     import sys
 
     out = tmp_path / "demos.h5"
-    proc = subprocess.run([sys.executable, "-m", "grpo_cli", "demos", "--tasks", "3,7", "--init-states", "0",
-                           "--image-size", "32", "--workers", "2", "--out", str(out)], capture_output=True, text=True)
+    proc = subprocess.run([sys.executable, "-m", "grpo_cli", "demos", "--tasks", "7", "--init-states", "0",
+                           "--image-size", "32", "--workers", "1", "--out", str(out)], capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
-    assert "expert success by task: 3: 1/1, 7: 1/1" in proc.stdout and "expert success 2/2" in proc.stdout
+    assert "expert success by task: 7: 1/1" in proc.stdout and "expert success 1/1" in proc.stdout
     demos = read_demos(out, privileged_state=True)
-    assert [d["task_id"] for d in demos] == [3, 7] and all(d["success"] for d in demos)
-    assert demos[0]["language"] == task_spec("libero_object", 3).language != demos[1]["language"]
+    assert [d["task_id"] for d in demos] == [7] and demos[0]["success"]
+    assert demos[0]["language"] == task_spec("libero_object", 7).language != task_spec("libero_object", 0).language
     bad = subprocess.run([sys.executable, "-m", "grpo_cli", "demos", "--init-states", "70", "--out",
                           str(tmp_path / "bad.h5")], capture_output=True, text=True)
     assert bad.returncode == 2 and bad.stderr.startswith("error: bad --init-states")
