@@ -91,11 +91,16 @@ def test_progress_ignores_predicates_true_at_the_start() -> None:
         env.close()
 
 
-def test_scripted_expert_solves_most_init_states(object_env) -> None:
-    demos = [run_expert(object_env, i, noise_std=0.1, seed=0) for i in range(3)]
+def test_scripted_expert_solves_most_init_states() -> None:
+    # No cameras: the expert reads privileged state, and rendering costs ~30 s an episode here
+    # (demo images: test_demo_files_use_libero_layout and the demos CLI test).
+    env = LiberoEnv(task_spec("libero_object", 0), image_size=64, images=False, privileged_state=True)
+    try:
+        demos = [run_expert(env, i, noise_std=0.1, seed=0) for i in range(3)]
+    finally:
+        env.close()
     assert sum(d.success for d in demos) >= 2
     assert all(d.length < 280 for d in demos if d.success)
-    assert len(demos[0].images["observation.images.image"]) == demos[0].length
 
 
 def test_demos_cli_covers_another_task_of_the_family(tmp_path) -> None:

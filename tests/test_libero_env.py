@@ -133,3 +133,19 @@ def test_quat_to_axis_angle_matches_lerobot() -> None:
     ours = np.stack([quat_to_axis_angle(q) for q in quats])
     theirs = LiberoProcessorStep()._quat2axisangle(torch.from_numpy(quats).float()).numpy()
     np.testing.assert_allclose(ours, theirs, atol=1e-5)
+
+
+def test_closing_another_env_keeps_this_envs_images() -> None:
+    """Closing a second env in the process used to leave this one rendering without a GL context
+    (corrupt images; robosuite's EGL teardown releases the current context)."""
+    a = LiberoEnv(task_spec("libero_object", 0), image_size=32, images=True)
+    try:
+        first = a.reset(0)
+        b = LiberoEnv(task_spec("libero_goal", 7), image_size=32, images=False)
+        b.reset(0)
+        b.close()
+        again = a.reset(0)
+        for key in ("observation.images.image", "observation.images.image2"):
+            np.testing.assert_array_equal(first[key], again[key])
+    finally:
+        a.close()

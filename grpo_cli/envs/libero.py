@@ -220,6 +220,14 @@ class LiberoEnv:
                 obs[key] = np.ascontiguousarray(raw[name][::-1, ::-1])  # lerobot's 180 degree rotation
         return obs
 
+    def _claim_gl_context(self) -> None:
+        """Make this env's offscreen GL context current before it renders: closing any other env in
+        this process releases the thread's current context (robosuite's EGL teardown), and a render
+        without one returns garbage images, quickly (tested)."""
+        context = getattr(self.sim, "_render_context_offscreen", None)
+        if context is not None:
+            context.gl_ctx.make_current()
+
     # --- episode API -------------------------------------------------------------------------------
     def reset(self, init_state: int) -> dict[str, np.ndarray]:
         """Reset to fixed init state `init_state`, settle with no-ops, return the first observation."""
@@ -253,6 +261,8 @@ class LiberoEnv:
         """
         look = self.images and (render or self.render_every_step)
         self._set_cameras(look or self.render_every_step)
+        if look or self.render_every_step:
+            self._claim_gl_context()
         raw, reward, _, info = self._env.step(np.asarray(action, dtype=np.float64))
         if count:
             self.steps += 1
