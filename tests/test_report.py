@@ -274,3 +274,20 @@ def test_learning_script_tabulates_every_rl_seed(tmp_path: Path) -> None:
     assert "| recommended_seed1 * |" not in table and "| recommended_seed1 | ode | 65/100" in table
     assert "Δ vs SFT +16, +4 points (mean +10.0); 1 of 2 at ≥ +15" in table
     assert (out / "report" / "report.md").exists() and not (out / "commands.log").exists()
+
+
+def test_extending_a_run_keeps_its_old_evals_and_no_other_runs(tmp_path: Path) -> None:
+    """run.py extends a finished run to a larger budget: that run's evals are kept under the old
+    budget's name; another run whose name starts the same (recommended_seed1) is untouched."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("learning_run", REPO / "benchmarks" / "learning" / "run.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    for name in ["eval_recommended.h5", "eval_recommended_sde.h5", "eval_recommended_seed1.h5"]:
+        (tmp_path / name).write_text(name)
+    kept = module.retire_evals(tmp_path, "recommended", 30000)
+    assert sorted(p.name for p in kept) == ["eval_recommended_30000steps.h5", "eval_recommended_sde_30000steps.h5"]
+    assert (tmp_path / "eval_recommended_30000steps.h5").read_text() == "eval_recommended.h5"
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "eval_recommended_30000steps.h5", "eval_recommended_sde_30000steps.h5", "eval_recommended_seed1.h5"]

@@ -49,6 +49,19 @@ def stage(name: str, args: list[str], output: Path, log: Path, times: dict[str, 
         f.write(f"{time.strftime('%Y-%m-%d %H:%M:%S')}  {name}  {times[name]:.0f}s  {command}\n")
 
 
+def retire_evals(out: Path, name: str, budget: int) -> list[Path]:
+    """Before run `name` is extended past `budget` env steps, rename its evals (deterministic and
+    Flow-SDE sampler) to eval_<name>[_sde]_<budget>steps.h5: they score the old last checkpoint, and
+    deleting them would lose results. Only this run's files: eval_recommended_seed1.h5 is not one of
+    recommended's."""
+    kept = []
+    for suffix in ("", "_sde"):
+        path = out / f"eval_{name}{suffix}.h5"
+        if path.exists():
+            kept.append(path.rename(out / f"eval_{name}{suffix}_{budget}steps.h5"))
+    return kept
+
+
 def success_counts(path: Path) -> tuple[int, int]:
     from grpo_cli.storage import read_eval
 
@@ -125,11 +138,11 @@ def main() -> None:
     for name, preset in runs.items():
         run_dir = out / f"run_{name}"
         saved = run_dir / "config.json"
-        if (run_dir / "done").exists() and json.loads(saved.read_text())["env_step_budget"] < args.env_step_budget:
+        budget = json.loads(saved.read_text())["env_step_budget"] if saved.exists() else 0
+        if (run_dir / "done").exists() and budget < args.env_step_budget:
             # A larger budget extends a finished run (resume is exact: same as running it from scratch).
             (run_dir / "done").unlink()
-            for old in out.glob(f"eval_{name}*.h5"):
-                old.unlink()
+            retire_evals(out, name, budget)
             stage(f"extend_{name}", ["train", "--resume", "--run-dir", str(run_dir),
                                      "--set", f"env_step_budget={args.env_step_budget}"], run_dir / "done", log, times)
             (run_dir / "done").touch()
