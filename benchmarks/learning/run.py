@@ -8,7 +8,9 @@ trainings start from the same SFT policy and stop at the same budget of environm
 (success with Wilson intervals, Fisher's exact test of each run against SFT, wall times) go to
 OUT/results.json and OUT/results.md. `--rl-seeds` replicates the `recommended` run with other RL seeds
 (which init states and flow noise its rollouts draw; the SFT policy and the eval episodes stay the same):
-at 30k env steps the RL seed alone has moved eval success by 18 points (BENCHMARKS.md).
+at 30k env steps the RL seed alone has moved eval success by 18 points (BENCHMARKS.md). A larger
+`--env-step-budget` over a finished OUT resumes its runs to the new budget; their earlier evals are
+kept as OUT/eval_<run>_<old budget>steps.h5.
 
 CPU-friendly configuration, stated plainly: a tiny SmolVLA (lerobot's classes, random-initialised
 SmolVLM of 4 layers) trained from scratch on the demos; 64 px cameras; the robot state extended with
