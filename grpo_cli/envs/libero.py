@@ -260,8 +260,9 @@ class LiberoEnv:
         Returns (obs, reward, success, info). `success` is LIBERO's goal check after this step.
         """
         look = self.images and (render or self.render_every_step)
-        self._set_cameras(look or self.render_every_step)
-        if look or self.render_every_step:
+        renders = look or self.render_every_step
+        self._set_cameras(renders)
+        if renders:
             self._claim_gl_context()
         raw, reward, _, info = self._env.step(np.asarray(action, dtype=np.float64))
         if count:
