@@ -133,9 +133,10 @@ def main() -> None:
     recommended = ["--exp", "recommended", "--set", f"num_generations={args.group_size}", "--set",
                    f"lr_head={args.lr_head}", *(a for kv in args.overrides for a in ("--set", kv))]
     rl_seeds = [int(x) for x in args.rl_seeds.split(",") if x.strip() and int(x) != args.seed]
-    runs = {"recommended": [*recommended, "--set", f"seed={args.seed}"],  # run name -> preset and RL seed
-            "e2": ["--exp", "e2", "--set", f"seed={args.seed}"],
-            **{f"recommended_seed{s}": [*recommended, "--set", f"seed={s}"] for s in rl_seeds}}
+    # Run name -> preset and RL seed; the headline preset's seeds first, the seed-faithful e2 last.
+    runs = {"recommended": [*recommended, "--set", f"seed={args.seed}"],
+            **{f"recommended_seed{s}": [*recommended, "--set", f"seed={s}"] for s in rl_seeds},
+            "e2": ["--exp", "e2", "--set", f"seed={args.seed}"]}
     samplers = {}  # run -> the Flow-SDE noise its training samples with (0: the deterministic sampler)
     for name, preset in runs.items():
         run_dir = out / f"run_{name}"
