@@ -173,6 +173,9 @@ class TrainConfig:
     success_band: tuple[float, ...] = (0.1, 0.9)
     max_resample_tries: int = 0
     """extra rollout rounds per step to replace filtered-out groups (keeps the batch full)"""
+    skip_solved: int = 0
+    """never draw again an init state whose last this-many groups all succeeded (RIPT-VLA's dynamic
+    sampling; 0 = off): saves the env steps of groups that a filter would drop; checkpointed"""
     likelihood: str = "ode"
     """`ode` (the seed's reading: zero first-order gradient at theta_old), `sde` (Flow-SDE), or `noise`:
     the flow model frozen, the policy is a per-episode latent offset N(m, noise_std^2) added to its
@@ -296,9 +299,9 @@ class TrainConfig:
         if self.shard_failure not in ("stop", "continue"):
             raise UserError(f"shard_failure must be stop or continue, got {self.shard_failure!r}")
         if (self.max_resample_tries < 0 or self.progress_shaping < 0 or self.reach_shaping < 0
-                or self.env_failure_retries < 0 or self.stall_steps < 0):
-            raise UserError("max_resample_tries, progress_shaping, reach_shaping, env_failure_retries and "
-                            "stall_steps must be >= 0")
+                or self.env_failure_retries < 0 or self.stall_steps < 0 or self.skip_solved < 0):
+            raise UserError("max_resample_tries, progress_shaping, reach_shaping, env_failure_retries, "
+                            "stall_steps and skip_solved must be >= 0")
         if self.progress_shaping + self.reach_shaping >= 1:
             raise UserError(f"progress_shaping + reach_shaping must be < 1 (a near miss must earn less than "
                             f"a satisfied predicate), got {self.progress_shaping} + {self.reach_shaping}")

@@ -27,7 +27,7 @@ from grpo_cli import grpo
 from grpo_cli.cluster import split
 from grpo_cli.config import TrainConfig
 from grpo_cli.drift import drift
-from grpo_cli.envs.libero import task_spec
+from grpo_cli.envs.libero import TaskSpec, task_spec
 from grpo_cli.errors import UserError
 from grpo_cli.policies.smolvla import SmolVLAAdapter, module_of, parameter_groups
 from grpo_cli.rollout import EnvFailure, EpisodeSpec, Trajectory, episode_seed, make_env_slots, run_episodes
@@ -66,6 +66,44 @@ class ReplayPool:
     def sample(self, task_id: int, rng: np.random.Generator) -> Trajectory | None:
         bucket = self.entries.get(str(task_id), [])
         return bucket[int(rng.integers(len(bucket)))] if bucket else None
+
+
+class SolvedInitStates:
+    """RIPT-VLA's dynamic sampling: an init state whose last `k` groups were all successes is not drawn
+    again. Such groups carry no success signal (at most a dense-reward ranking of equal outcomes) and a
+    group filter would drop them after paying for their env steps. k = 0 keeps every init state.
+
+    Streaks are keyed "task_id:init_state" and checkpointed, so a resumed run skips what it skipped.
+    """
+
+    def __init__(self, k: int, streaks: dict[str, int] | None = None):
+        self.k = k
+        self.streaks: dict[str, int] = dict(streaks or {})
+
+    def record(self, task_id: int, init_state: int, all_success: bool) -> None:
+        key = f"{task_id}:{init_state}"
+        self.streaks[key] = self.streaks.get(key, 0) + 1 if all_success else 0
+
+    def skipped(self, task_id: int, init_state: int) -> bool:
+        return self.k > 0 and self.streaks.get(f"{task_id}:{init_state}", 0) >= self.k
+
+    def draw(self, tasks: list[TaskSpec], rng: np.random.Generator) -> tuple[TaskSpec, int]:
+        """A task uniformly, then one of its init states uniformly, among those not skipped. With k = 0
+        the draws are exactly those of a run without the option; once every init state is skipped, all
+        are drawn again (the run never stalls)."""
+        if not self.k:
+            task = tasks[int(rng.integers(len(tasks)))]
+            return task, int(rng.integers(task.num_init_states))
+        open_states = {t.task_id: [i for i in range(t.num_init_states) if not self.skipped(t.task_id, i)]
+                       for t in tasks}
+        candidates = [t for t in tasks if open_states[t.task_id]] or tasks
+        task = candidates[int(rng.integers(len(candidates)))]
+        states = open_states[task.task_id] or list(range(task.num_init_states))
+        return task, states[int(rng.integers(len(states)))]
+
+    def frac_skipped(self, tasks: list[TaskSpec]) -> float:
+        total = sum(t.num_init_states for t in tasks)
+        return sum(self.skipped(t.task_id, i) for t in tasks for i in range(t.num_init_states)) / max(total, 1)
 
 
 def assemble_rewards(groups: list[list[Trajectory]], cfg: TrainConfig,
@@ -178,6 +216,7 @@ class Trainer:
         self.pool = ReplayPool(cfg.replay_pool_size)
         self.value = ChunkValue(cfg.value_buffer_steps, seed=cfg.seed) if cfg.advantage_baseline == "value" else None
         self.successes = ReplayPool(cfg.success_bc_buffer)  # self-imitation's buffer (success_bc_steps)
+        self.solved = SolvedInitStates(cfg.skip_solved)
         self.step_index = 0
         self.tasks = [task_spec(cfg.suite, t) for t in cfg.tasks]
         self.env_failures = 0
@@ -205,8 +244,7 @@ class Trainer:
         def rollout_groups(first: int, count: int) -> list[list[Trajectory]]:
             episodes = []
             for g in range(first, first + count):
-                task = self.tasks[int(rng.integers(len(self.tasks)))]
-                init_state = int(rng.integers(task.num_init_states))
+                task, init_state = self.solved.draw(self.tasks, rng)
                 episodes += [EpisodeSpec(task, init_state, k, episode_seed(cfg.seed, s, g, m), group=g, member=m)
                              for m, k in enumerate(cfg.steps_per_member)]
             trajs = self._run(episodes)
@@ -217,6 +255,8 @@ class Trainer:
             return whole
 
         groups, rolled = filtered_groups(rollout_groups, cfg, env_step_room)
+        for trajs in rolled:
+            self.solved.record(trajs[0].spec.task.task_id, trajs[0].spec.init_state, all(t.success for t in trajs))
 
         # 2. Rewards (Eq. 4), E5 fallback and E6 replay for all-fail groups.
         def fallback(g: int, first: Trajectory) -> Trajectory:
@@ -270,6 +310,7 @@ class Trainer:
             "frac_all_fail": counts["all_fail_groups"] / max(len(groups), 1),
             "frac_all_success": counts["all_success_groups"] / max(len(groups), 1),
             "frac_groups_filtered": 1 - len(groups) / len(rolled), "groups_rolled_out": len(rolled),
+            **({"frac_init_states_skipped": self.solved.frac_skipped(self.tasks)} if cfg.skip_solved else {}),
             "progress": float(np.mean([t.progress for t in natural])),
             "frac_stalled": float(np.mean([t.stalled for t in natural])),
             **{f"reward_composition/{k}": v for k, v in counts.items()},
@@ -516,7 +557,8 @@ class Trainer:
                          reference=self.reference.identity if self.reference else None,
                          replay={**self.pool.entries,
                                  **{SUCCESS_BC_KEY + k: v for k, v in self.successes.entries.items()}},
-                         extra={}, value_buffer=self.value.buffer if self.value is not None else ())
+                         extra={"solved_streaks": self.solved.streaks},
+                         value_buffer=self.value.buffer if self.value is not None else ())
         return path
 
     def load(self, path: Path) -> None:
@@ -531,6 +573,7 @@ class Trainer:
                                     {k.removeprefix(SUCCESS_BC_KEY): pools[k] for k in ours})
         if self.value is not None:
             self.value.load_buffer(ckpt["value_buffer"])
+        self.solved = SolvedInitStates(self.cfg.skip_solved, ckpt["extra"].get("solved_streaks"))
         self.step_index = ckpt["step"]
         torch.set_rng_state(ckpt["rng_torch"])
 

@@ -15,7 +15,16 @@ from grpo_cli.drift import drift
 from grpo_cli.errors import UserError
 from grpo_cli.policies.smolvla import module_of
 from grpo_cli.presets import PRESETS, resolve
-from grpo_cli.train import Member, ReplayPool, Trainer, assemble_rewards, checkpoints, filtered_groups, train
+from grpo_cli.train import (
+    Member,
+    ReplayPool,
+    SolvedInitStates,
+    Trainer,
+    assemble_rewards,
+    checkpoints,
+    filtered_groups,
+    train,
+)
 
 SMOKE = {"policy": "tiny", "tasks": "0", "max_steps": "10", "n_action_steps": "5", "image_size": "64",
          "num_envs": "1", "save_every": "1"}
@@ -289,6 +298,65 @@ def test_group_filter_resamples_until_the_batch_is_full() -> None:
     kept, rolled = filtered_groups(rollout_groups, resolve(None, {**SMOKE, "tasks_per_step": "2",
                                                                   "num_generations": "4"}))
     assert len(kept) == len(rolled) == 2
+
+
+def test_solved_init_states_are_skipped_after_k_all_success_groups() -> None:
+    tasks = [SimpleNamespace(task_id=3, num_init_states=4), SimpleNamespace(task_id=7, num_init_states=2)]
+    # k = 0: exactly the draws of a run without the option (task, then init state, from the same rng).
+    a, b = np.random.default_rng(5), np.random.default_rng(5)
+    off = SolvedInitStates(0)
+    off.record(3, 0, True)
+    for _ in range(20):
+        task, init = off.draw(tasks, a)
+        expected = tasks[int(b.integers(2))]
+        assert (task.task_id, init) == (expected.task_id, int(b.integers(expected.num_init_states)))
+    solved = SolvedInitStates(2)
+    solved.record(3, 1, True)
+    solved.record(3, 1, False)  # a failure resets the streak
+    solved.record(3, 1, True)
+    assert not solved.skipped(3, 1)
+    solved.record(3, 1, True)
+    solved.record(7, 0, True)
+    solved.record(7, 0, True)
+    assert solved.skipped(3, 1) and solved.skipped(7, 0) and solved.frac_skipped(tasks) == pytest.approx(2 / 6)
+    rng = np.random.default_rng(0)
+    drawn = {(t.task_id, i) for t, i in (solved.draw(tasks, rng) for _ in range(300))}
+    assert drawn == {(3, 0), (3, 2), (3, 3), (7, 1)}
+    solved.record(7, 1, True)
+    solved.record(7, 1, True)  # task 7 has no init state left: only task 3's are drawn
+    assert {t.task_id for t, _ in (solved.draw(tasks, rng) for _ in range(50))} == {3}
+    for i in (0, 2, 3):
+        solved.record(3, i, True)
+        solved.record(3, i, True)
+    # Every init state solved: all are drawn again rather than stalling the run.
+    assert len({(t.task_id, i) for t, i in (solved.draw(tasks, rng) for _ in range(300))}) == 6
+
+
+def test_skip_solved_counts_groups_and_survives_a_checkpoint(tmp_path, monkeypatch) -> None:
+    run = Trainer._run
+
+    def all_succeed(self, episodes):
+        trajs = run(self, episodes)
+        for t in trajs:
+            t.success, t.progress = True, 1.0
+        return trajs
+
+    monkeypatch.setattr(Trainer, "_run", all_succeed)
+    cfg = smoke("recommended", num_generations="2", max_resample_tries="1", skip_solved="1")
+    trainer = Trainer(cfg, tmp_path)
+    metrics = trainer.step()
+    trainer.save()
+    trainer.close()
+    # Both rounds' groups (2 asked + 2 resampled, every one all-success) count, filtered or not.
+    assert metrics["groups_rolled_out"] == 4
+    solved = {k for k, v in trainer.solved.streaks.items() if v >= 1}
+    assert metrics["frac_init_states_skipped"] == pytest.approx(len(solved) / 50) and solved
+    resumed = Trainer(cfg, tmp_path)
+    resumed.load(checkpoints(tmp_path)[-1])
+    resumed.close()
+    assert resumed.solved.streaks == trainer.solved.streaks
+    rng = np.random.default_rng(1)
+    assert not {f"0:{resumed.solved.draw(resumed.tasks, rng)[1]}" for _ in range(200)} & solved
 
 
 def test_env_step_budget_stops_the_run(tmp_path) -> None:
