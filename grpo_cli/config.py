@@ -214,6 +214,13 @@ class TrainConfig:
     successes, success_bc_steps full batches would fit them dozens of times over"""
     success_bc_buffer: int = 64
     """successful rollouts kept per task for self-imitation, oldest dropped first"""
+    success_bc_demos: tuple[str, ...] = ()
+    """demo files (LIBERO / `grpo-vla demos` HDF5) mixed into every self-imitation batch: an anchor on
+    the data the SFT policy learnt from, so imitating a few hundred own successes cannot drift the policy
+    off it (iRe-VLA alternates RL with supervised steps on expert data plus collected successes)"""
+    success_bc_demo_fraction: float = 0.5
+    """share of each self-imitation batch drawn from `success_bc_demos` once the buffer holds a success
+    (before that, whole batches of demos)"""
     lr_head: float = 1e-5
     lr_backbone: float = 1e-6
     train_backbone: bool = False
@@ -316,6 +323,10 @@ class TrainConfig:
             raise UserError("success_bc_steps must be >= 0, success_bc_batch_size and success_bc_buffer >= 1")
         if self.success_bc_epochs < 0:
             raise UserError("success_bc_epochs must be >= 0 (0: no cap)")
+        if self.success_bc_demos and not self.success_bc_steps:
+            raise UserError("success_bc_demos are mixed into self-imitation: set success_bc_steps > 0")
+        if not 0 <= self.success_bc_demo_fraction <= 1:
+            raise UserError(f"success_bc_demo_fraction must lie in [0, 1], got {self.success_bc_demo_fraction}")
         if self.optimizer_steps_per_iteration < 0:
             raise UserError("optimizer_steps_per_iteration must be >= 0")
         if self.dual_clip is not None and self.dual_clip <= 1:

@@ -31,7 +31,7 @@ from grpo_cli.envs.libero import TaskSpec, task_spec
 from grpo_cli.errors import UserError
 from grpo_cli.policies.smolvla import SmolVLAAdapter, module_of, parameter_groups
 from grpo_cli.rollout import EnvFailure, EpisodeSpec, Trajectory, episode_seed, make_env_slots, run_episodes
-from grpo_cli.sft import flow_matching_loss, rollout_batch
+from grpo_cli.sft import DemoSet, flow_matching_loss, rollout_batch
 from grpo_cli.shards import ShardPool
 from grpo_cli.sinks import Sinks
 from grpo_cli.storage import read_checkpoint, write_checkpoint
@@ -216,6 +216,7 @@ class Trainer:
         self.pool = ReplayPool(cfg.replay_pool_size)
         self.value = ChunkValue(cfg.value_buffer_steps, seed=cfg.seed) if cfg.advantage_baseline == "value" else None
         self.successes = ReplayPool(cfg.success_bc_buffer)  # self-imitation's buffer (success_bc_steps)
+        self.demos = self._anchor_demos() if cfg.success_bc_demos else None
         self.solved = SolvedInitStates(cfg.skip_solved)
         self.step_index = 0
         self.tasks = [task_spec(cfg.suite, t) for t in cfg.tasks]
@@ -223,6 +224,18 @@ class Trainer:
         self.episodes_lost = 0  # this step's episodes lost with failed shards (shard_failure = continue)
         self.slots = self._make_slots() if not cfg.rollout_shards else None
         self.shards: ShardPool | None = None  # started at the first rollout
+
+    def _anchor_demos(self) -> DemoSet:
+        """The demos mixed into self-imitation, in the policy's state layout and the run's image size."""
+        demos = DemoSet.load(self.cfg.success_bc_demos, self.adapter.privileged_state, only_successful=True)
+        size = demos.images[self.adapter.image_keys[0]].shape[1:3]
+        if tuple(size) != (self.cfg.image_size, self.cfg.image_size):
+            raise UserError(f"success_bc_demos were recorded at {size[0]}x{size[1]} px but the run renders "
+                            f"{self.cfg.image_size} px: record them at image_size or set image_size={size[0]}")
+        if demos.state.shape[1] != self.adapter.state_dim:
+            raise UserError(f"success_bc_demos give a {demos.state.shape[1]}-dim state but the policy reads "
+                            f"{self.adapter.state_dim}")
+        return demos
 
     def _make_slots(self) -> Any:
         cfg = self.cfg
@@ -526,17 +539,28 @@ class Trainer:
         cfg = self.cfg
         samples = [(t, c) for bucket in self.successes.entries.values() for t in bucket
                    for c in range(len(t.query_steps))]
-        if not samples:
+        if not samples and self.demos is None:
             return {}
         params = self.groups["head"] + self.groups["backbone"]
         self.adapter.policy.train()
         steps = cfg.success_bc_steps
-        if cfg.success_bc_epochs > 0:
+        if cfg.success_bc_epochs > 0 and samples:
             steps = min(steps, math.ceil(cfg.success_bc_epochs * len(samples) / cfg.success_bc_batch_size))
+        # With anchor demos: a fixed share of every batch from them (all of it while there is no success yet).
+        n_demo = 0 if self.demos is None else (
+            round(cfg.success_bc_batch_size * cfg.success_bc_demo_fraction) if samples else cfg.success_bc_batch_size)
+        horizon = self.adapter.chunk_size
         losses = []
         for _ in range(steps):
-            picked = [samples[i] for i in rng.integers(len(samples), size=cfg.success_bc_batch_size)]
-            loss = flow_matching_loss(self.adapter, *rollout_batch(picked, self.adapter.chunk_size))
+            parts = []
+            if n_demo < cfg.success_bc_batch_size:
+                picked = [samples[i] for i in rng.integers(len(samples), size=cfg.success_bc_batch_size - n_demo)]
+                parts.append(rollout_batch(picked, horizon))
+            if n_demo:
+                parts.append(self.demos.batch(rng.integers(len(self.demos), size=n_demo), horizon))
+            obs, languages = [o for p in parts for o in p[0]], [x for p in parts for x in p[1]]
+            actions, pad = (np.concatenate([p[i] for p in parts]) for i in (2, 3))
+            loss = flow_matching_loss(self.adapter, obs, languages, actions, pad)
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
@@ -544,7 +568,7 @@ class Trainer:
             losses.append(float(loss.detach()))
         self.adapter.policy.eval()
         return {"success_bc/loss": float(np.mean(losses)), "success_bc/steps": float(steps),
-                "success_bc/chunks": float(len(samples)),
+                "success_bc/chunks": float(len(samples)), "success_bc/demo_share": n_demo / cfg.success_bc_batch_size,
                 "success_bc/rollouts": float(sum(len(b) for b in self.successes.entries.values()))}
 
     # --- checkpoints -----------------------------------------------------------------------------------
