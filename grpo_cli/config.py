@@ -6,7 +6,7 @@ import json
 from dataclasses import asdict, dataclass
 
 from grpo_cli.errors import UserError
-from grpo_cli.grpo import GROUP_FILTERS, LOSS_TYPES, RATIO_LEVELS, REWARDS
+from grpo_cli.grpo import GROUP_FILTERS, LOSS_TYPES, RATIO_LEVELS, REWARDS, STEP_WEIGHTINGS
 
 
 def parse_tiers(tiers: str | None, num_generations: int | None, default_steps: int = 10) -> list[int]:
@@ -190,6 +190,10 @@ class TrainConfig:
     """PPO ratio per `trajectory`, `chunk`, denoising `step` or action `token` (grpo.ratio_samples)"""
     likelihood_positions: str = "all"
     """`all` chunk positions enter the likelihood, or only the `executed` first n_action_steps (Trainer.score_mask)"""
+    step_weighting: str = "uniform"
+    """with `sde` and step or token ratios: `uniform`, or `noise`: each denoising step's terms weighted by
+    sigma_t^2 (its mean's inverse Fisher information), so the late, nearly noiseless steps stop dominating
+    the gradient (grpo.noise_aware_weights)"""
     loss_type: str = "bnpo"
     """TRL's: `bnpo` averages the objective over all samples, `grpo` per trajectory first (grpo.sample_weights)"""
     scale_rewards: str = "group"
@@ -283,6 +287,11 @@ class TrainConfig:
             raise UserError("sde_window must be >= 0 (0 scores every denoising step)")
         if self.likelihood_positions not in ("all", "executed"):
             raise UserError(f"likelihood_positions must be all or executed, got {self.likelihood_positions!r}")
+        if self.step_weighting not in STEP_WEIGHTINGS:
+            raise UserError(f"step_weighting must be one of {', '.join(STEP_WEIGHTINGS)}, got {self.step_weighting!r}")
+        if self.step_weighting == "noise" and (self.likelihood != "sde" or self.ratio_level not in ("step", "token")):
+            raise UserError("step_weighting = noise weights Flow-SDE denoising steps: it needs likelihood sde and "
+                            "ratio_level step or token")
         if self.loss_type not in LOSS_TYPES:
             raise UserError(f"loss_type must be one of {', '.join(LOSS_TYPES)}, got {self.loss_type!r}")
         if self.ratio_level not in RATIO_LEVELS:

@@ -471,8 +471,12 @@ class Trainer:
                         logp, old[b], torch.tensor([m.advantage if m.chunk_advantages is None
                                                     else m.chunk_advantages[c] for m, c in chunks]), cfg.ratio_level,
                         [len(chunks_of[id(m)]) for m in mb], self.score_mask)
+                    weights = grpo.sample_weights(owner, cfg.loss_type)
+                    if cfg.step_weighting == "noise":
+                        weights = weights * grpo.noise_aware_weights(logp, stds, cfg.ratio_level, self.score_mask)
+                        weights = weights / weights.sum()
                     policy_loss, clip = grpo.clipped_surrogate(logratio, adv, cfg.epsilon, cfg.epsilon_high,
-                                                               cfg.dual_clip, grpo.sample_weights(owner, cfg.loss_type))
+                                                               cfg.dual_clip, weights)
                     kl = torch.zeros(())
                     if self.reference is not None:
                         with torch.no_grad():

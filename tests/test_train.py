@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 
+from grpo_cli import grpo
 from grpo_cli.config import TrainConfig
 from grpo_cli.drift import drift
 from grpo_cli.errors import UserError
@@ -26,6 +27,7 @@ from grpo_cli.train import (
     train,
 )
 
+NOISE_AWARE = grpo.noise_aware_weights
 SMOKE = {"policy": "tiny", "tasks": "0", "max_steps": "10", "n_action_steps": "5", "image_size": "64",
          "num_envs": "1", "save_every": "1"}
 
@@ -51,6 +53,8 @@ def test_presets_follow_the_seed() -> None:
         resolve("e2", {"sde_window": "-1"})
     with pytest.raises(UserError, match="loss_type must be one of bnpo, grpo"):
         resolve("e2", {"loss_type": "dapo"})
+    with pytest.raises(UserError, match="needs likelihood sde and ratio_level step or token"):
+        resolve("e2", {"step_weighting": "noise"})  # e2 scores deterministic (ode) chunks
 
 
 def _fake(success: bool, task_id: int = 0) -> SimpleNamespace:
@@ -133,16 +137,20 @@ def test_one_update_moves_exactly_the_trainable_parameters(tmp_path, likelihood:
         assert stats["grad_norm/head"] < 1e-2
 
 
-@pytest.mark.parametrize("ratio_level, loss_type, positions, window", [
-    ("trajectory", "bnpo", "all", 0), ("chunk", "bnpo", "all", 0), ("step", "bnpo", "all", 0),
-    ("token", "bnpo", "all", 0), ("token", "grpo", "all", 0), ("token", "bnpo", "executed", 0),
-    ("token", "bnpo", "all", 2)])
-def test_update_raises_the_likelihood_of_positive_advantage_chains(tmp_path, ratio_level: str, loss_type: str,
-                                                                   positions: str, window: int) -> None:
+@pytest.mark.parametrize("ratio_level, loss_type, positions, window, weighting", [
+    ("trajectory", "bnpo", "all", 0, "uniform"), ("chunk", "bnpo", "all", 0, "uniform"),
+    ("step", "bnpo", "all", 0, "uniform"), ("token", "bnpo", "all", 0, "uniform"),
+    ("token", "grpo", "all", 0, "uniform"), ("token", "bnpo", "executed", 0, "uniform"),
+    ("token", "bnpo", "all", 2, "uniform"), ("token", "bnpo", "all", 0, "noise"), ("step", "grpo", "all", 0, "noise")])
+def test_update_raises_the_likelihood_of_positive_advantage_chains(tmp_path, monkeypatch, ratio_level: str,
+                                                                   loss_type: str, positions: str, window: int,
+                                                                   weighting: str) -> None:
     members = _members(tmp_path, "sde")
     cfg = smoke("e2", likelihood="sde", num_generations="2", denoise_tiers="2x4", tier_weights="",
                 train_backbone="false", minibatch_size="64", lr_head="1e-4", ratio_level=ratio_level,
-                loss_type=loss_type, likelihood_positions=positions, sde_window=str(window))
+                loss_type=loss_type, likelihood_positions=positions, sde_window=str(window), step_weighting=weighting)
+    weighed = []
+    monkeypatch.setattr(grpo, "noise_aware_weights", lambda *a: weighed.append(1) or NOISE_AWARE(*a))
     trainer = Trainer(cfg, tmp_path)
     scored = trainer._score(trainer.adapter, [(members[0], 0)], grad=False)[0][0]  # (S, H, Dm)
     assert scored.shape[0] == (window or 4)  # the first `window` of K = 4 denoising steps
@@ -160,6 +168,7 @@ def test_update_raises_the_likelihood_of_positive_advantage_chains(tmp_path, rat
     trainer.close()
     assert stats["ratio/min"] == stats["ratio/max"] == 1.0
     assert after[0] > before[0] and after[1] < before[1]  # advantage +1 up, advantage -1 down
+    assert bool(weighed) == (weighting == "noise")  # sigma^2 step weights enter the loss only when asked
 
 
 def test_every_preset_runs_end_to_end(tmp_path) -> None:
