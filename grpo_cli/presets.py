@@ -63,6 +63,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         # per-chunk credit r - V(s): the grasp chunks get the signal, chunks after a settled outcome ~0;
         # with it (and the two rows around it) a 61% SFT policy went to 77/100 (+16, p 0.021) with RL seed 0,
         # but to 69 and 53 with seeds 1 and 2 (BENCHMARKS): the best measured, not yet a robust gain
+        # and from weaker starts it does not help: 33% -> 18, 45% -> 47 at 30k and 44 at 90k (BENCHMARKS)
         "advantage_baseline": "value",
         "group_filter": "drop_degenerate",  # groups with equal rewards give zero advantage: replace them
         "max_resample_tries": 2,  # bounded extra rounds keep the batch full without stalling a step
