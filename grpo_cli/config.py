@@ -202,6 +202,9 @@ class TrainConfig:
     A = r - V(chunk-start state), V a small MLP refit each step on the previous `value_buffer_steps`
     steps' chunks (grpo_cli/value.py; checkpointed); the first step of a run uses `group`"""
     value_buffer_steps: int = 4
+    gae_lambda: float = 1.0
+    """advantage_baseline = value: GAE's lambda over a trajectory's chunks. 1: A = r - V(s_c); below 1 a
+    chunk is credited more with the change in V it caused, V(s_c+1) - V(s_c) (0: only that)"""
     epsilon: float = 0.2
     epsilon_high: float | None = None
     dual_clip: float | None = None
@@ -304,6 +307,8 @@ class TrainConfig:
                                                    or self.value_buffer_steps < 1):
             raise UserError("advantage_baseline = value gives each chunk its own advantage: it needs per-chunk "
                             "ratios (not likelihood noise or ratio_level trajectory) and value_buffer_steps >= 1")
+        if not 0.0 <= self.gae_lambda <= 1.0:
+            raise UserError(f"gae_lambda must be in [0, 1], got {self.gae_lambda}")
         if self.reward not in REWARDS:
             raise UserError(f"reward must be one of {', '.join(REWARDS)}, got {self.reward!r}")
         if self.group_filter not in GROUP_FILTERS:

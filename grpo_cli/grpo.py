@@ -261,14 +261,24 @@ def keep_groups(success: torch.Tensor, rewards: torch.Tensor, mode: str, band: t
 
 
 def value_advantages(rewards: torch.Tensor, values: list[torch.Tensor], scale_rewards: str = "batch",
-                     eps: float = 1e-4) -> list[torch.Tensor]:
-    """Per-chunk advantages against a learned value: A_ic = r_i - V(s_ic).
+                     gae_lambda: float = 1.0, eps: float = 1e-4) -> list[torch.Tensor]:
+    """Per-chunk advantages against a learned value, by GAE over chunks (gamma 1, reward only at the end).
 
     rewards (T,) per trajectory; values: T tensors (C_i,), the value of each chunk's start state ->
-    T tensors (C_i,). `scale_rewards` other than `none` divides by the std of all the batch's A_ic
-    (a group std means little once the baseline differs chunk by chunk).
+    T tensors (C_i,). With TD errors d_c = V(s_c+1) - V(s_c) and d_last = r - V(s_last),
+    A_c = sum_k lambda^k d_c+k: lambda 1 gives r - V(s_c) (Monte Carlo), lambda 0 gives d_c, the change
+    in expected outcome the chunk itself caused. `scale_rewards` other than `none` divides by the std of
+    all the batch's A_ic (a group std means little once the baseline differs chunk by chunk).
     """
-    adv = [r - v for r, v in zip(rewards, values, strict=True)]
+    adv = []
+    for r, v in zip(rewards, values, strict=True):
+        delta = torch.cat([v[1:], r.reshape(1).to(v.dtype)]) - v  # (C,)
+        a = torch.empty_like(delta)
+        running = torch.zeros((), dtype=delta.dtype)
+        for c in range(len(delta) - 1, -1, -1):  # backwards: A_c = d_c + lambda * A_c+1
+            running = delta[c] + gae_lambda * running
+            a[c] = running
+        adv.append(a)
     if scale_rewards == "none" or not adv:
         return adv
     scale = torch.cat(adv).std(unbiased=False)

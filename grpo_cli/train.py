@@ -349,7 +349,8 @@ class Trainer:
         stats: dict[str, float] = {}
         if self.value.fitted and members:
             values = [self.value(s) for s in states]
-            for m, a in zip(members, grpo.value_advantages(rewards, values, self.cfg.scale_rewards), strict=True):
+            for m, a in zip(members, grpo.value_advantages(
+                    rewards, values, self.cfg.scale_rewards, self.cfg.gae_lambda), strict=True):
                 m.chunk_advantages = a.tolist()
             residual = torch.cat([r - v for r, v in zip(rewards, values, strict=True)])
             target = torch.cat([r.expand(len(v)) for r, v in zip(rewards, values, strict=True)])

@@ -210,3 +210,17 @@ def test_value_advantages_credit_each_chunk_against_its_state() -> None:
     scale = torch.cat(raw).std(unbiased=False)
     for a, r in zip(scaled, raw, strict=True):
         torch.testing.assert_close(a, r / (scale + 1e-4))
+
+
+def test_gae_lambda_credits_each_chunk_with_the_value_change_it_caused() -> None:
+    rewards = torch.tensor([2.0, 0.0])
+    values = [torch.tensor([1.0, 1.8, 2.0]), torch.tensor([1.0, 0.1])]
+    td = grpo.value_advantages(rewards, values, "none", gae_lambda=0.0)
+    torch.testing.assert_close(td[0], torch.tensor([0.8, 0.2, 0.0]))  # V(s_c+1) - V(s_c); last: r - V
+    torch.testing.assert_close(td[1], torch.tensor([-0.9, -0.1]))
+    half = grpo.value_advantages(rewards, values, "none", gae_lambda=0.5)
+    torch.testing.assert_close(half[0], torch.tensor([0.8 + 0.5 * 0.2, 0.2, 0.0]))
+    torch.testing.assert_close(half[1], torch.tensor([-0.9 + 0.5 * -0.1, -0.1]))
+    # Lambda 1 telescopes to r - V(s_c), the Monte Carlo advantage.
+    for mc, r, v in zip(grpo.value_advantages(rewards, values, "none", gae_lambda=1.0), rewards, values, strict=True):
+        torch.testing.assert_close(mc, r - v)

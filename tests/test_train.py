@@ -600,3 +600,31 @@ def test_value_baseline_runs_from_the_second_step(tmp_path) -> None:
         resolve("recommended", {"advantage_baseline": "value", "ratio_level": "trajectory"})
     with pytest.raises(UserError, match="advantage_baseline must be group or value"):
         resolve("recommended", {"advantage_baseline": "critic"})
+    with pytest.raises(UserError, match="gae_lambda must be in"):
+        resolve("recommended", {"gae_lambda": "1.5"})
+
+
+@pytest.mark.parametrize("gae_lambda", [0.0, 1.0])
+def test_value_baseline_uses_gae_lambda(tmp_path, gae_lambda: float) -> None:
+    members = _members(tmp_path, "sde")  # two trajectories of two chunks, rewards 1 and 0
+    cfg = smoke("recommended", num_generations="2", advantage_baseline="value", scale_rewards="none",
+                gae_lambda=str(gae_lambda))
+    trainer = Trainer(cfg, tmp_path)
+    trainer.close()
+
+    class RisingValue:  # V = 0.25 then 0.75 along every trajectory, already fitted
+        fitted, loss = True, 0.0
+
+        def __call__(self, states: np.ndarray) -> torch.Tensor:
+            return torch.tensor([0.25, 0.75])[: len(states)]
+
+        def add(self, states: np.ndarray, rewards: np.ndarray) -> None:
+            pass
+
+        def fit(self) -> None:
+            pass
+
+    trainer.value = RisingValue()
+    trainer._value_advantages([members])
+    expected = [[0.75, 0.25], [-0.25, -0.75]] if gae_lambda == 1.0 else [[0.5, 0.25], [0.5, -0.75]]
+    assert [a for m in members for a in m.chunk_advantages] == pytest.approx([a for e in expected for a in e])
