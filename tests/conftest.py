@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import fcntl
 import os
 from pathlib import Path
 
@@ -25,6 +26,25 @@ torch.set_num_threads(1)
 def _require_assets() -> None:
     if not (Path(os.environ.get("GRPO_VLA_LIBERO_ASSETS", "")) / "scenes").is_dir():
         pytest.fail("LIBERO assets missing: set GRPO_VLA_LIBERO_ASSETS or provide ../shared/libero/assets")
+
+
+@pytest.fixture(autouse=True)
+def _memory_lock(request, tmp_path_factory):
+    """Tests marked `memory_heavy` run alone; the others run two at a time (one per xdist worker).
+
+    A LIBERO env process holds ~2.5 GB (its MuJoCo arena alone is 1.3 GB: robosuite's njmax/nconmax
+    5000), a pytest worker 3-5 GB. A test with four simulation processes beside the other worker's
+    three once OOM-killed a worker on the 24 GiB CI box, and the run hung. A readers-writer flock shared
+    by the workers: heavy tests take it exclusively, the rest shared; the turnstile lets a waiting heavy
+    test in before new shared holders, so it is not starved.
+    """
+    shared = tmp_path_factory.getbasetemp().parent  # pytest-N/, above every worker's popen-gwK/
+    heavy = request.node.get_closest_marker("memory_heavy") is not None
+    with (shared / "memory.turnstile").open("a") as turnstile, (shared / "memory.lock").open("a") as lock:
+        fcntl.flock(turnstile, fcntl.LOCK_EX)
+        fcntl.flock(lock, fcntl.LOCK_EX if heavy else fcntl.LOCK_SH)
+        fcntl.flock(turnstile, fcntl.LOCK_UN)
+        yield
 
 
 @pytest.fixture(scope="session")

@@ -159,6 +159,7 @@ def test_train_resume_drift_export_and_eval_of_checkpoint(tmp_path: Path) -> Non
     assert list(configs)[4] == str(tmp_path / "sweep" / "e5")
 
 
+@pytest.mark.memory_heavy
 def test_ctrl_c_stops_parallel_workers_without_orphans(tmp_path: Path) -> None:
     import signal
     import time

@@ -64,6 +64,7 @@ def test_rollout_is_deterministic_per_seed(group) -> None:
         np.testing.assert_array_equal(np.asarray(a.states), np.asarray(b.states))
 
 
+@pytest.mark.memory_heavy
 def test_process_workers_give_the_same_trajectories(tiny, task0, group) -> None:
     import multiprocessing as mp
 
@@ -121,6 +122,7 @@ def test_eval_samples_with_the_sde_sampler_when_asked(tiny, task0) -> None:
     assert np.abs(first_chunk(0.0) - first_chunk(0.3)).max() > 1e-3
 
 
+@pytest.mark.memory_heavy
 def test_overlap_lanes_step_while_the_policy_works(tiny, task0) -> None:
     """With overlap, one lane's chunks are submitted before the other lane's are gathered (the policy
     computes while envs step), and worker processes give the same trajectories as inline slots."""
