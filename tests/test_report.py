@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -274,6 +275,16 @@ def test_learning_script_tabulates_every_rl_seed(tmp_path: Path) -> None:
     assert "| recommended_seed1 * |" not in table and "| recommended_seed1 | ode | 65/100" in table
     assert "Δ vs SFT +16, +4 points (mean +10.0); 1 of 2 at ≥ +15" in table
     assert (out / "report" / "report.md").exists() and not (out / "commands.log").exists()
+    # --rl-seeds lists every seed that runs: without the --seed one, run_recommended is neither run nor read
+    shutil.rmtree(out / "run_recommended")
+    (out / "eval_recommended.h5").unlink()
+    proc = subprocess.run([sys.executable, str(REPO / "benchmarks" / "learning" / "run.py"), "--out", str(out),
+                           "--demo-init-states", "0-0", "--rl-seeds", "1"], capture_output=True, text=True,
+                          env={**os.environ, "PYTHONPATH": str(REPO)})
+    assert proc.returncode == 0, proc.stderr
+    results = json.loads((out / "results.json").read_text())
+    assert results["recommended_rl_seeds"]["seeds"] == [1] and "recommended" not in results["results"]
+    assert not (out / "run_recommended").exists()
 
 
 def test_extending_a_run_keeps_its_old_evals_and_no_other_runs(tmp_path: Path) -> None:

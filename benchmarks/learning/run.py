@@ -6,7 +6,7 @@ Every stage is a `grpo-vla` command (printed before it runs, timed, logged to OU
 skipped when its output already exists, so an interrupted run continues where it stopped. Both
 trainings start from the same SFT policy and stop at the same budget of environment steps. Results
 (success with Wilson intervals, Fisher's exact test of each run against SFT, wall times) go to
-OUT/results.json and OUT/results.md. `--rl-seeds` replicates the `recommended` run with other RL seeds
+OUT/results.json and OUT/results.md. `--rl-seeds` runs `recommended` with each of these RL seeds
 (which init states and flow noise its rollouts draw; the SFT policy and the eval episodes stay the same):
 at 30k env steps the RL seed alone has moved eval success by 18 points (BENCHMARKS.md). A larger
 `--env-step-budget` over a finished OUT resumes its runs to the new budget; their earlier evals are
@@ -85,7 +85,8 @@ def main() -> None:
     parser.add_argument("--lr-head", type=float, default=1e-4, help="recommended's head learning rate")
     parser.add_argument("--seed", type=int, default=0, help="demos, SFT, eval episodes and the RL runs' seed")
     parser.add_argument("--rl-seeds", default="",
-                        help="comma-separated extra RL seeds for `recommended` (run_recommended_seed<S>)")
+                        help="comma-separated RL seeds for `recommended` (default: --seed). The run at --seed "
+                             "is run_recommended, another seed S run_recommended_seed<S>")
     parser.add_argument("--group-size", type=int, default=8, help="recommended's num_generations")
     parser.add_argument("--max-steps", type=int, default=280, help="episode limit in training and eval")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
@@ -132,10 +133,10 @@ def main() -> None:
           out / "eval_sft.h5", log, times)
     recommended = ["--exp", "recommended", "--set", f"num_generations={args.group_size}", "--set",
                    f"lr_head={args.lr_head}", *(a for kv in args.overrides for a in ("--set", kv))]
-    rl_seeds = [int(x) for x in args.rl_seeds.split(",") if x.strip() and int(x) != args.seed]
+    rl_seeds = list(dict.fromkeys(int(x) for x in args.rl_seeds.split(",") if x.strip())) or [args.seed]
+    seed_runs = {s: "recommended" if s == args.seed else f"recommended_seed{s}" for s in rl_seeds}
     # Run name -> preset and RL seed; the headline preset's seeds first, the seed-faithful e2 last.
-    runs = {"recommended": [*recommended, "--set", f"seed={args.seed}"],
-            **{f"recommended_seed{s}": [*recommended, "--set", f"seed={s}"] for s in rl_seeds},
+    runs = {**{name: [*recommended, "--set", f"seed={s}"] for s, name in seed_runs.items()},
             "e2": ["--exp", "e2", "--set", f"seed={args.seed}"]}
     samplers = {}  # run -> the Flow-SDE noise its training samples with (0: the deterministic sampler)
     for name, preset in runs.items():
@@ -208,7 +209,7 @@ def main() -> None:
             entry["env_steps"] = int(sum(m["env_steps"] for m in metrics))
         results[row] = entry
     # The RL seeds of `recommended`, side by side: the claim is the spread, not the best seed.
-    seeds = {args.seed: results["recommended"], **{s: results[f"recommended_seed{s}"] for s in rl_seeds}}
+    seeds = {s: results[name] for s, name in seed_runs.items()}
     deltas = [r["delta_points_vs_sft_same_sampler"] for r in seeds.values()]
     replicates = {"seeds": list(seeds), "delta_points": deltas, "mean_delta_points": sum(deltas) / len(deltas),
                   "fisher_p": [r["fisher_p_vs_sft_same_sampler"] for r in seeds.values()],
