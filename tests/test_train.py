@@ -45,6 +45,7 @@ def test_presets_follow_the_seed() -> None:
     assert (e5.fallback_steps, e5.fallback_failure_reward) == (100, 0.05) and e6.replay_pool
     assert all(resolve(e, {}).likelihood == "ode" for e in PRESETS if e.startswith("e"))
     assert resolve("e5", {"likelihood": "sde"}).likelihood == "sde"
+    assert resolve("recommended", {}).gae_lambda == 0.8 and e2.gae_lambda == 1.0  # the seed has no value baseline
     with pytest.raises(UserError, match="valid settings"):
         resolve("e2", {"bogus": "1"})
     with pytest.raises(UserError, match="tier_weights has 2 entries"):
