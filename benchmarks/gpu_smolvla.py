@@ -113,17 +113,26 @@ def main() -> None:
     print(f"{args.policy} ({n_params / 1e6:.0f} M parameters, {sum(p.numel() for p in head) / 1e6:.0f} M trainable)"
           f" on {name}, K = {args.denoise_steps}, {args.image_size} px, {time.strftime('%Y-%m-%d')}")
     rng = np.random.default_rng(0)
-    rows = []
+    rows: list[dict[str, float | int | str]] = []
     for dtype in args.dtypes.split(","):
         for n in (int(g) for g in args.groups.split(",")):
-            row = measure(adapter, optimizer, device, dtype, n, args, rng)
+            try:
+                row = measure(adapter, optimizer, device, dtype, n, args, rng)
+            except Exception as err:  # noqa: BLE001 - a failing row (e.g. out of memory) is a result too
+                row = {"dtype": dtype, "group": n, "error": f"{err.__class__.__name__}: {str(err)[:300]}"}
+                print(f"{dtype:5s} group {n:3d}: {row['error']}", flush=True)
+                optimizer.zero_grad(set_to_none=True)
+                if device.type == "cuda":
+                    torch.cuda.empty_cache()
+            else:
+                print(f"{dtype:5s} group {n:3d}: sample {row['sample_s']:7.3f} s ({row['sample_peak_gib']:5.1f} GiB)  "
+                      f"likelihood {row['likelihood_s']:7.3f} s ({row['likelihood_peak_gib']:5.1f} GiB)  "
+                      f"update {row['update_s']:7.3f} s ({row['update_peak_gib']:5.1f} GiB)", flush=True)
             rows.append(row)
-            print(f"{dtype:5s} group {n:3d}: sample {row['sample_s']:7.3f} s ({row['sample_peak_gib']:5.1f} GiB)  "
-                  f"likelihood {row['likelihood_s']:7.3f} s ({row['likelihood_peak_gib']:5.1f} GiB)  "
-                  f"update {row['update_s']:7.3f} s ({row['update_peak_gib']:5.1f} GiB)", flush=True)
-    if args.out:
-        Path(args.out).write_text(json.dumps({"device": name, "policy": args.policy, "parameters": n_params,
-                                              "args": vars(args), "rows": rows}, indent=1))
+            if args.out:  # after every row, so a time limit still leaves what was measured
+                Path(args.out).write_text(json.dumps(
+                    {"device": name, "policy": args.policy, "parameters": n_params, "torch": torch.__version__,
+                     "date": time.strftime("%Y-%m-%d"), "args": vars(args), "rows": rows}, indent=1))
 
 
 if __name__ == "__main__":
