@@ -11,7 +11,7 @@ from typing import Any
 
 import click
 
-from grpo_cli.errors import UserError
+from grpo_cli.errors import EnvFailure, UserError
 
 
 def _int_list(value: str | None, what: str) -> tuple[int, ...] | None:
@@ -597,7 +597,7 @@ def print_eval_table(results: list[Any], title: str) -> None:
 
 
 def main() -> None:
-    """Entry point: user errors become one line on stderr and exit code 2, never a traceback."""
+    """Entry point: user errors (exit code 2) and env failures (1) become one line on stderr, never a traceback."""
     try:
         cli(standalone_mode=False)
     except click.exceptions.Abort:
@@ -609,6 +609,9 @@ def main() -> None:
     except UserError as err:
         click.echo(f"error: {err}", err=True)
         sys.exit(2)
+    except EnvFailure as err:
+        click.echo(f"error: {str(err).splitlines()[0]}", err=True)
+        sys.exit(1)
     except KeyboardInterrupt:
         click.echo("interrupted", err=True)
         sys.exit(130)

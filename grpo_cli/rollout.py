@@ -20,6 +20,7 @@ import numpy as np
 import torch
 
 from grpo_cli.envs.libero import CAMERAS, STATE_KEY, LiberoEnv, TaskSpec
+from grpo_cli.errors import EnvFailure
 from grpo_cli.policies.smolvla import SmolVLAAdapter
 
 
@@ -112,10 +113,6 @@ class EnvWorker:
         if self.env is not None:
             self.env.close()
             self.env = None
-
-
-class EnvFailure(RuntimeError):
-    """An env raised (e.g. MuJoCo instability) or its worker process died: the rollout can be retried."""
 
 
 class LocalEnvSlots:

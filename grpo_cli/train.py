@@ -28,9 +28,9 @@ from grpo_cli.cluster import split
 from grpo_cli.config import TrainConfig
 from grpo_cli.drift import drift
 from grpo_cli.envs.libero import TaskSpec, task_spec
-from grpo_cli.errors import UserError
+from grpo_cli.errors import EnvFailure, UserError
 from grpo_cli.policies.smolvla import SmolVLAAdapter, module_of, parameter_groups
-from grpo_cli.rollout import EnvFailure, EpisodeSpec, Trajectory, episode_seed, make_env_slots, run_episodes
+from grpo_cli.rollout import EpisodeSpec, Trajectory, episode_seed, make_env_slots, run_episodes
 from grpo_cli.sft import DemoSet, flow_matching_loss, rollout_batch
 from grpo_cli.shards import ShardPool
 from grpo_cli.sinks import Sinks

@@ -382,7 +382,7 @@ def test_env_step_budget_stops_the_run(tmp_path) -> None:
 
 def test_env_failures_are_retried_then_reported(tmp_path, monkeypatch) -> None:
     import grpo_cli.train as train_module
-    from grpo_cli.rollout import EnvFailure
+    from grpo_cli.errors import EnvFailure
 
     real, calls = train_module.run_episodes, {"n": 0}
 

@@ -20,6 +20,7 @@ import io
 import logging
 import os
 import tempfile
+import zlib
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
@@ -155,6 +156,65 @@ def load_init_states(spec: TaskSpec) -> np.ndarray:
     return np.asarray(_benchmark(spec.suite).get_task_init_states(spec.task_id))
 
 
+def scene_seed(suite: str, task_id: int, init_state: int) -> int:
+    """The seed of LIBERO's scene sampling for one episode, a pure function of (suite, task, init state).
+
+    LIBERO re-places fixtures (cabinets, racks, stoves) at every reset from numpy's global random state;
+    an init state sets only qpos/qvel. LIBERO's own evaluation seeds the env before resetting it; so do we,
+    so that an episode's scene is the same in any process, worker count or shard."""
+    return int(np.random.SeedSequence([zlib.crc32(suite.encode()), task_id, init_state]).generate_state(1)[0])
+
+
+class RenderError(RuntimeError):
+    """A camera frame that is not a valid render (its GL objects are gone): it must not reach the policy."""
+
+
+def render_gl_objects(context: Any) -> list[tuple[Any, int]]:
+    """The GL objects a MuJoCo render context (robosuite's MjRenderContext) renders with and that exist
+    in the current GL context, as (glIs* check, name): framebuffers, renderbuffers, textures, display lists.
+
+    Taken when the env is built and checked after each render (`gl_objects_intact`): an object freed
+    under another env's context (robosuite frees in `__del__`, in whatever context is current) leaves
+    renders of black frames with coloured streaks, or another camera's image."""
+    from OpenGL import GL  # PyOpenGL comes with robosuite; imported late, after MUJOCO_GL picks the platform
+
+    con = context.con
+    names = [(GL.glIsFramebuffer, con.offFBO), (GL.glIsFramebuffer, con.offFBO_r),
+             (GL.glIsRenderbuffer, con.offColor), (GL.glIsRenderbuffer, con.offColor_r),
+             (GL.glIsRenderbuffer, con.offDepthStencil), (GL.glIsRenderbuffer, con.offDepthStencil_r)]
+    names += [(GL.glIsTexture, int(t)) for t in con.texture[:con.ntexture]]
+    # MuJoCo reserves a range of display-list names and defines only some (meshes with geometry)
+    names += [(GL.glIsList, base + i) for base, size in ((con.baseMesh, con.rangeMesh), (con.basePlane, con.rangePlane),
+                                                          (con.baseHField, con.rangeHField),
+                                                          (con.baseBuiltin, con.rangeBuiltin)) for i in range(size)]
+    return [(is_object, name) for is_object, name in names if name and is_object(name)]
+
+
+def gl_objects_intact(objects: list[tuple[Any, int]]) -> bool:
+    """True when the last render raised no GL error and every object of `render_gl_objects` still exists
+    in the current GL context (a render into a deleted framebuffer leaves INVALID_FRAMEBUFFER_OPERATION)."""
+    from OpenGL import GL, error
+
+    if GL.glGetError() != GL.GL_NO_ERROR:
+        return False
+    try:
+        return all(is_object(name) for is_object, name in objects)
+    except error.GLError:
+        return False
+
+
+def free_render_context(context: Any) -> None:
+    """Free a render context's GL objects inside its own GL context, then the context itself. robosuite
+    leaves this to `MjRenderContext.__del__`, which runs whenever the garbage collector gets to it, under
+    whatever context is current then: another env's, whose objects carry the same names (issue 30)."""
+    import mujoco
+
+    context.gl_ctx.make_current()
+    context.con.free()
+    context.con = mujoco.MjrContext()  # empty: robosuite's later __del__ frees nothing
+    context.gl_ctx.free()
+
+
 def quat_to_axis_angle(quat_xyzw: np.ndarray) -> np.ndarray:
     """Axis-angle (3,) of a unit quaternion (x, y, z, w), as lerobot's LIBERO processor computes it."""
     w = float(np.clip(quat_xyzw[3], -1.0, 1.0))
@@ -189,6 +249,12 @@ class LiberoEnv:
         self._raw = self._env.env
         self._cameras = [self._raw._observables[name] for name in CAMERAS] if images else []
         self._clock = self._raw._observables["robot0_eef_pos"]
+        self._gl_objects: list[tuple[Any, int]] = []
+        self._gl_con = None
+        if images:  # the render context exists from construction on; its objects are all alive now
+            self._claim_gl_context()
+            self._gl_con, self._gl_objects = self._render_context.con, render_gl_objects(self._render_context)
+        self._env.seed(scene_seed(spec.suite, spec.task_id, 0))
         self._env.reset()
         self.steps = 0
         self.goal = [tuple(str(x) for x in p) for p in self._raw.parsed_problem["goal_state"]]
@@ -224,9 +290,27 @@ class LiberoEnv:
         """Make this env's offscreen GL context current before it renders: closing any other env in
         this process releases the thread's current context (robosuite's EGL teardown), and a render
         without one returns garbage images, quickly (tested)."""
-        context = getattr(self.sim, "_render_context_offscreen", None)
+        context = self._render_context
         if context is not None:
             context.gl_ctx.make_current()
+
+    @property
+    def _render_context(self) -> Any:
+        sim = getattr(self._raw, "sim", None)
+        return getattr(sim, "_render_context_offscreen", None)
+
+    def _check_frames(self, raw: dict[str, np.ndarray]) -> None:
+        """Fail loudly on a frame that is not a valid render (RenderError), before the policy sees it."""
+        context = self._render_context
+        if context is not None and context.con is not self._gl_con:  # robosuite rebuilt it, larger
+            self._gl_con, self._gl_objects = context.con, render_gl_objects(context)
+        if not gl_objects_intact(self._gl_objects):
+            raise RenderError(f"task {self.spec.task_id} of {self.spec.suite}: the camera frames are not valid "
+                              "renders (the env's GL objects were freed under another context)")
+        frames = [raw[name] for name in CAMERAS]
+        if len(frames) == 2 and np.array_equal(frames[0], frames[1]):
+            raise RenderError(f"task {self.spec.task_id} of {self.spec.suite}: both cameras returned the same "
+                              "image, which is not a valid render")
 
     # --- episode API -------------------------------------------------------------------------------
     def reset(self, init_state: int) -> dict[str, np.ndarray]:
@@ -235,6 +319,9 @@ class LiberoEnv:
             raise UserError(f"init state {init_state} is out of range: task {self.spec.task_id} of "
                             f"{self.spec.suite} has init states 0..{len(self._init_states) - 1}")
         self._set_cameras(False)
+        if self.hard_reset:
+            self._free_render_context()  # the hard reset rebuilds the sim and drops this context
+        self._env.seed(scene_seed(self.spec.suite, self.spec.task_id, init_state))
         self._env.reset()
         self._env.set_init_state(self._init_states[init_state])
         # A soft reset keeps state that a hard reset (which rebuilds the model) starts from zero: the
@@ -265,6 +352,8 @@ class LiberoEnv:
         if renders:
             self._claim_gl_context()
         raw, reward, _, info = self._env.step(np.asarray(action, dtype=np.float64))
+        if look:
+            self._check_frames(raw)
         if count:
             self.steps += 1
             self._closest_reach = [min(c, self._reach_distance(p, raw["robot0_eef_pos"]))
@@ -340,5 +429,12 @@ class LiberoEnv:
         """The underlying LIBERO/robosuite env (BDDL predicates, object poses)."""
         return self._raw
 
+    def _free_render_context(self) -> None:
+        context = self._render_context
+        if context is not None and getattr(context.gl_ctx, "_context", None):
+            free_render_context(context)
+            self._raw.sim._render_context_offscreen = None
+
     def close(self) -> None:
+        self._free_render_context()
         self._env.close()
