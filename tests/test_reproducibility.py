@@ -118,3 +118,42 @@ def test_identical_camera_frames_are_an_error() -> None:
             env._check_frames(dict.fromkeys(CAMERAS, frame))
     finally:
         env.close()
+
+
+def test_mujoco_asset_cache_and_arena_size_leave_episodes_bit_identical(monkeypatch) -> None:
+    """LiberoEnv turns MuJoCo's asset cache off (RSS) and can shrink the arena: same states, same frames."""
+    import mujoco
+
+    def episode() -> tuple[list[np.ndarray], np.ndarray]:
+        env = LiberoEnv(task_spec("libero_10", 3), image_size=32)
+        try:
+            first = env.reset(1)
+            rng = np.random.default_rng(0)
+            states = [env.step(rng.uniform(-1, 1, 7), render=False)[0]["observation.state"] for _ in range(40)]
+            last = env.step(np.zeros(7))[0]
+            return states + [last["observation.state"]], np.stack([first[k] for k in CAMERAS.values()]
+                                                                  + [last[k] for k in CAMERAS.values()])
+        finally:
+            env.close()
+
+    plain_states, plain_frames = episode()  # no cache, LIBERO's arena
+    cache = mujoco.mj_getCache()
+    mujoco.mj_setCacheCapacity(cache, 500 * 2**20)  # MuJoCo's default
+    with monkeypatch.context() as patch:
+        patch.setattr(mujoco, "mj_setCacheCapacity", lambda cache, size: size)  # LiberoEnv may not turn it off
+        patch.setenv("GRPO_VLA_MUJOCO_ARENA_MB", "64")
+        sized_states, sized_frames = episode()
+        assert mujoco.mj_getCacheSize(cache) > 0  # the cache was really used
+    np.testing.assert_array_equal(np.stack(plain_states), np.stack(sized_states))
+    np.testing.assert_array_equal(plain_frames, sized_frames)
+
+
+def test_a_full_arena_is_a_one_line_error_naming_the_setting(tmp_path: Path) -> None:
+    proc = subprocess.run([sys.executable, "-m", "grpo_cli", "rollout", *OBJECT, "--out", str(tmp_path / "x.h5")],
+                          capture_output=True, text=True, timeout=600,
+                          env={**os.environ, "GRPO_VLA_MUJOCO_ARENA_MB": "2"})
+    assert proc.returncode != 0
+    lines = proc.stderr.strip().splitlines()
+    assert "Traceback" not in proc.stderr
+    assert "arena (2 MiB) is full" in lines[-1] and "GRPO_VLA_MUJOCO_ARENA_MB" in lines[-1]
+    assert not (tmp_path / "x.h5").exists()

@@ -32,6 +32,11 @@ import yaml
 from grpo_cli.errors import UserError
 
 ASSETS_ENV_VAR = "GRPO_VLA_LIBERO_ASSETS"
+ARENA_ENV_VAR = "GRPO_VLA_MUJOCO_ARENA_MB"
+"""MuJoCo's arena (contacts, constraints, solver stack) per env, in MiB; unset: LIBERO's own size. LIBERO
+compiles robosuite's `<size nconmax="5000" njmax="5000"/>`, a 1,272 MiB arena of which its scenes use
+~9 MiB; but MuJoCo 3.8 does not touch the unused part, so it costs address space, not resident memory
+(BENCHMARKS.md, "Memory per env"). A smaller one suits sites that limit virtual memory (`ulimit -v`)."""
 SUITES = ("libero_10", "libero_spatial", "libero_object", "libero_goal", "libero_90")
 # lerobot.envs.libero.TASK_SUITE_MAX_STEPS (copied so that listing suites needs no LIBERO import).
 SUITE_MAX_STEPS = {"libero_spatial": 280, "libero_object": 280, "libero_goal": 300, "libero_10": 520,
@@ -165,6 +170,56 @@ def scene_seed(suite: str, task_id: int, init_state: int) -> int:
     return int(np.random.SeedSequence([zlib.crc32(suite.encode()), task_id, init_state]).generate_state(1)[0])
 
 
+def arena_mb() -> int | None:
+    """The arena size to compile with, from $GRPO_VLA_MUJOCO_ARENA_MB (MiB); None keeps LIBERO's own."""
+    value = os.environ.get(ARENA_ENV_VAR, "").strip()
+    if not value or value.lower() == "libero":
+        return None
+    if not value.isdigit() or int(value) < 1:
+        raise UserError(f"bad {ARENA_ENV_VAR}={value!r}: give MuJoCo's arena size in MiB, or unset it for "
+                        "LIBERO's own (njmax/nconmax 5000)")
+    return int(value)
+
+
+def sized_problem_class(problem: type, memory_mb: int) -> type:
+    """A LIBERO problem class whose model compiles with `<size memory="...M">` in place of robosuite's
+    njmax/nconmax 5000. Nothing else of the model changes: same bodies, geoms, solver and physics."""
+
+    class Sized(problem):  # type: ignore[misc, valid-type]
+        def _load_model(self) -> None:
+            super()._load_model()
+            size = self.model.root.find("size")
+            if size is None:
+                size = self.model.root.makeelement("size", {})
+                self.model.root.insert(0, size)
+            for key in ("nconmax", "njmax", "nstack"):
+                size.attrib.pop(key, None)
+            size.set("memory", f"{memory_mb}M")
+
+    Sized.__name__ = Sized.__qualname__ = problem.__name__  # LIBERO checks the class name against the BDDL
+    return Sized
+
+
+@contextlib.contextmanager
+def _arena(problem_name: str, memory_mb: int | None):
+    """While LIBERO builds an env, its registry maps the task's problem class to the sized one."""
+    from libero.libero.envs.bddl_base_domain import TASK_MAPPING
+
+    if memory_mb is None:
+        yield
+        return
+    original = TASK_MAPPING[problem_name]
+    TASK_MAPPING[problem_name] = sized_problem_class(original, memory_mb)
+    try:
+        yield
+    finally:
+        TASK_MAPPING[problem_name] = original
+
+
+class ArenaFull(UserError):
+    """MuJoCo ran out of arena for contacts or constraints: it would drop them, so the episode stops."""
+
+
 class RenderError(RuntimeError):
     """A camera frame that is not a valid render (its GL objects are gone): it must not reach the policy."""
 
@@ -242,9 +297,18 @@ class LiberoEnv:
         self.render_every_step = render_every_step and images
         self.hard_reset = hard_reset
         self.privileged_state = privileged_state
-        self._env = OffScreenRenderEnv(bddl_file_name=spec.bddl_file, camera_heights=image_size,
-                                       camera_widths=image_size, hard_reset=hard_reset,
-                                       use_camera_obs=images)
+        import mujoco
+        from libero.libero.envs.bddl_utils import get_problem_info
+
+        # MuJoCo keeps decoded meshes and textures in a process-wide cache (500 MiB) to speed up
+        # recompiles; an env compiles its scene once (soft resets), so the cache only holds ~350 MiB
+        # of RSS per env process. Compiled models are the same without it (tested).
+        mujoco.mj_setCacheCapacity(mujoco.mj_getCache(), 0)
+        self.arena_mb = arena_mb()
+        with _arena(get_problem_info(spec.bddl_file)["problem_name"], self.arena_mb):
+            self._env = OffScreenRenderEnv(bddl_file_name=spec.bddl_file, camera_heights=image_size,
+                                           camera_widths=image_size, hard_reset=hard_reset,
+                                           use_camera_obs=images)
         self._init_states = load_init_states(spec)
         self._raw = self._env.env
         self._cameras = [self._raw._observables[name] for name in CAMERAS] if images else []
@@ -299,6 +363,20 @@ class LiberoEnv:
         sim = getattr(self._raw, "sim", None)
         return getattr(sim, "_render_context_offscreen", None)
 
+    def _check_arena(self) -> None:
+        """MuJoCo drops contacts or constraints that do not fit its arena and only counts a warning:
+        turn that into an error that names the setting."""
+        import mujoco
+
+        warnings = self.sim.data._data.warning
+        full = [name for name, kind in (("contacts", mujoco.mjtWarning.mjWARN_CONTACTFULL),
+                                        ("constraints", mujoco.mjtWarning.mjWARN_CNSTRFULL))
+                if warnings[kind].number > 0]
+        if full:
+            size = f"{self.arena_mb} MiB" if self.arena_mb else "LIBERO's own size, 1,272 MiB"
+            raise ArenaFull(f"task {self.spec.task_id} of {self.spec.suite}: MuJoCo's arena ({size}) is full, "
+                            f"{' and '.join(full)} would be dropped: set {ARENA_ENV_VAR} to more MiB")
+
     def _check_frames(self, raw: dict[str, np.ndarray]) -> None:
         """Fail loudly on a frame that is not a valid render (RenderError), before the policy sees it."""
         context = self._render_context
@@ -352,6 +430,7 @@ class LiberoEnv:
         if renders:
             self._claim_gl_context()
         raw, reward, _, info = self._env.step(np.asarray(action, dtype=np.float64))
+        self._check_arena()
         if look:
             self._check_frames(raw)
         if count:
