@@ -276,13 +276,14 @@ def eval_cmd(policy: str, suite: str, max_steps: int | None, n_action_steps: int
 @click.option("--set", "sets", multiple=True, metavar="KEY=VALUE", help="override one setting (repeatable)")
 @click.option("--policy", default=None, help="shortcut for --set policy=...")
 @click.option("--steps", type=int, default=None, help="shortcut for --set steps=...")
-@click.option("--run-dir", required=True, type=click.Path(file_okay=False), help="run directory")
+@click.option("--run-dir", default=None, type=click.Path(file_okay=False),
+              help="run directory [default: runs/<exp>, printed]")
 @click.option("--resume", is_flag=True, help="continue the run in --run-dir from its latest checkpoint")
 @click.option("--dry-run", is_flag=True, help="print the resolved config and exit")
 @click.option("--wait", is_flag=True, help="with --executor slurm: wait for the jobs and report how they ended")
 @cluster_options
 def train(exp: str | None, config_file: str | None, sets: tuple[str, ...], policy: str | None, steps: int | None,
-          run_dir: str, resume: bool, dry_run: bool, wait: bool, executor: str, slurm_config: str | None,
+          run_dir: str | None, resume: bool, dry_run: bool, wait: bool, executor: str, slurm_config: str | None,
           **slurm: Any) -> None:
     """GRPO fine-tuning of the flow head (presets e1-e6 reproduce the seed).
 
@@ -298,6 +299,13 @@ def train(exp: str | None, config_file: str | None, sets: tuple[str, ...], polic
     # What a resumed run may change: how long it runs and how it saves, never what it learns.
     EXTENDABLE = {"steps", "env_step_budget", "save_every", "save_latest"}  # noqa: N806
     section = None
+    if run_dir is None:
+        if resume:
+            raise UserError("--resume needs the --run-dir of the run to continue")
+        names = [e.strip() for e in (exp or "").split(",") if e.strip()]
+        one = len(names) == 1 and names[0] != "all"
+        run_dir = f"runs/{names[0]}" if one else "runs/train" if not names else "runs"  # several: runs/<exp>
+        click.echo(f"run directory: {run_dir}{'' if one or not names else '/<exp>'}", err=True)
     if resume:
         extend = parse_sets(sets)
         if exp or config_file or policy or set(extend) - EXTENDABLE:

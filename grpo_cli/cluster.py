@@ -168,10 +168,11 @@ def rollout_part(cfg_json: str, episodes: list[Any], out: str, on_episode: Calla
         trajs = run_episodes(adapter, slots, episodes, max_steps=cfg.max_steps, n_action_steps=cfg.n_action_steps,
                              keep_images=cfg.store_images, overlap=cfg.overlap_policy,
                              on_episode=on_episode)
+        renderers = slots.renderers()
     finally:
         slots.close()
     env_args = {"suite": cfg.suite, "image_size": cfg.image_size, "control_freq": 20, "max_steps": cfg.max_steps,
-                "n_action_steps": cfg.n_action_steps or adapter.config.n_action_steps}
+                "n_action_steps": cfg.n_action_steps or adapter.config.n_action_steps, "renderers": renderers}
     write_rollout(out, trajs, cfg_json, adapter.identity, env_args)
     return {"trajectories": len(trajs), "successes": sum(bool(t.success) for t in trajs),
             "env_steps": int(sum(t.length for t in trajs))}
@@ -190,9 +191,9 @@ def eval_part(cfg_json: str, task_ids: list[int], out: str, on_episode: Callable
     cfg = EvalConfig(**{**values, "tasks": tuple(task_ids)})
     tasks = resolve_tasks(cfg.suite, cfg.tasks)
     adapter = SmolVLAAdapter.load(cfg.policy, device=cfg.device)
-    episodes = run_eval(cfg, adapter, tasks, on_episode=on_episode)
+    episodes, renderers = run_eval(cfg, adapter, tasks, on_episode=on_episode)
     table = [{"task_id": t.task_id, "name": t.name, "language": t.language} for t in tasks]
-    write_eval(out, episodes, table, cfg.suite, cfg_json, adapter.identity)
+    write_eval(out, episodes, table, cfg.suite, cfg_json, adapter.identity, renderers)
     return str(adapter.identity["source"])
 
 
@@ -233,16 +234,21 @@ def merge_rollouts(parts: Sequence[Path], out: Path, config_json: str) -> None:
         total, groups, i = 0, 0, 0
         for part in parts:
             with open_kind(part, "rollout") as src:
+                env_args = json.loads(src["data"].attrs["env_args"])
                 if i == 0:
                     f.attrs.update(dict(src.attrs))
                     f.attrs["config"] = config_json
-                    data.attrs["env_args"] = src["data"].attrs["env_args"]
+                    merged_args = env_args
+                # shards may run on nodes with other renderers
+                merged_args["renderers"] = sorted(set(merged_args.get("renderers", []))
+                                                  | set(env_args.get("renderers", [])))
                 total += int(src["data"].attrs["total"])
                 groups += int(src["data"].attrs["num_groups"])
                 for k in range(len(src["data"])):
                     src.copy(src[f"data/demo_{k}"], data, name=f"demo_{i}")
                     i += 1
         data.attrs["total"], data.attrs["num_groups"] = total, groups
+        data.attrs["env_args"] = json.dumps(merged_args, sort_keys=True)
 
 
 def merge_evals(parts: Sequence[Path], out: Path, config_json: str) -> None:
@@ -252,7 +258,8 @@ def merge_evals(parts: Sequence[Path], out: Path, config_json: str) -> None:
     datas = [read_eval(p) for p in parts]
     episodes = {k: np.concatenate([d["episodes"][k] for d in datas]) for k in EPISODE_FIELDS}
     tasks = [t for d in datas for t in d["tasks"]]
-    write_eval(out, episodes, tasks, str(datas[0]["suite"]), config_json, datas[0]["policy"])
+    renderers = sorted({r for d in datas for r in d.get("renderers", [])})
+    write_eval(out, episodes, tasks, str(datas[0]["suite"]), config_json, datas[0]["policy"], renderers)
 
 
 def parts_dir(out: Path) -> Path:

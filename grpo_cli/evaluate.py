@@ -32,8 +32,8 @@ def eval_episodes(cfg: EvalConfig, tasks: list[TaskSpec]) -> list[EpisodeSpec]:
 
 
 def run_eval(cfg: EvalConfig, adapter: SmolVLAAdapter, tasks: list[TaskSpec],
-             on_episode: Callable[[Trajectory], None] | None = None) -> dict[str, np.ndarray]:
-    """Run the protocol; returns per-episode columns (see storage.EPISODE_FIELDS)."""
+             on_episode: Callable[[Trajectory], None] | None = None) -> tuple[dict[str, np.ndarray], list[str]]:
+    """Run the protocol; returns per-episode columns (see storage.EPISODE_FIELDS) and the GL renderers."""
     slots = make_env_slots(cfg.num_envs, cfg.image_size, processes=cfg.parallel_envs,
                            privileged_state=adapter.privileged_state)
     try:
@@ -41,13 +41,14 @@ def run_eval(cfg: EvalConfig, adapter: SmolVLAAdapter, tasks: list[TaskSpec],
                              n_action_steps=cfg.n_action_steps, keep_images=False, sde_noise=cfg.sde_noise,
                              overlap=cfg.overlap_policy,
                              on_episode=on_episode)
+        renderers = slots.renderers()
     finally:
         slots.close()
     return {"task_id": np.array([t.spec.task.task_id for t in trajs]),
             "init_state": np.array([t.spec.init_state for t in trajs]),
             "success": np.array([t.success for t in trajs]),
             "episode_length": np.array([t.length for t in trajs]),
-            "noise_seed": np.array([t.spec.noise_seed for t in trajs], dtype=np.uint64)}
+            "noise_seed": np.array([t.spec.noise_seed for t in trajs], dtype=np.uint64)}, renderers
 
 
 @dataclass(frozen=True)

@@ -12,6 +12,7 @@ sharding never change a trajectory.
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -19,7 +20,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from grpo_cli.envs.libero import CAMERAS, STATE_KEY, LiberoEnv, TaskSpec
+from grpo_cli.envs.libero import CAMERAS, STATE_KEY, LiberoEnv, TaskSpec, configure_libero
 from grpo_cli.errors import EnvFailure
 from grpo_cli.policies.smolvla import SmolVLAAdapter
 
@@ -73,8 +74,9 @@ class EnvWorker:
     """One env slot: a LiberoEnv built lazily and rebuilt only when the slot changes task."""
 
     def __init__(self, image_size: int, images: bool = True, privileged_state: bool = False,
-                 progress_shaping: float = 0.0, reach_shaping: float = 0.0, stall_steps: int = 0):
-        self.image_size, self.images = image_size, images
+                 progress_shaping: float = 0.0, reach_shaping: float = 0.0, stall_steps: int = 0, worker: int = 0):
+        self.image_size, self.images, self.worker = image_size, images, worker
+        self.renderers: set[str] = set()  # GL renderers of the envs this slot built (CPU llvmpipe or a GPU)
         self.privileged_state, self.progress_shaping = privileged_state, progress_shaping
         self.reach_shaping = reach_shaping
         self.stall_steps = stall_steps
@@ -84,8 +86,14 @@ class EnvWorker:
         if self.env is None or self.env.spec != task:
             self.close()
             self.env = LiberoEnv(task, image_size=self.image_size, images=self.images,
-                                 privileged_state=self.privileged_state)
+                                 privileged_state=self.privileged_state, worker=self.worker)
+            if self.env.renderer not in self.renderers:
+                print(f"[env {self.worker}] GL renderer: {self.env.renderer}", file=sys.stderr, flush=True)
+                self.renderers.add(self.env.renderer)
         return self.env.reset(init_state)
+
+    def renderer_names(self) -> set[str]:
+        return self.renderers
 
     def run_chunk(self, actions: np.ndarray, steps_left: int) -> ChunkResult:
         """Execute up to len(actions) steps; stop on success or when steps_left run out.
@@ -120,7 +128,7 @@ class LocalEnvSlots:
 
     def __init__(self, size: int, image_size: int, images: bool = True, **options: Any):
         self.size = size
-        self._workers = [EnvWorker(image_size, images, **options) for _ in range(size)]
+        self._workers = [EnvWorker(image_size, images, worker=i, **options) for i in range(size)]
         self._done: dict[int, ChunkResult] = {}  # submitted chunks' results, until gathered
 
     def reset_many(self, items: Sequence[tuple[int, TaskSpec, int]]) -> list[dict[str, np.ndarray]]:
@@ -145,12 +153,16 @@ class LocalEnvSlots:
     def reset(self, slot: int, task: TaskSpec, init_state: int) -> dict[str, np.ndarray]:
         return self.reset_many([(slot, task, init_state)])[0]
 
+    def renderers(self) -> list[str]:
+        """The GL renderers the slots' envs got so far, sorted (files record them)."""
+        return sorted(set().union(*(w.renderer_names() for w in self._workers)))
+
     def close(self) -> None:
         for worker in self._workers:
             worker.close()
 
 
-def _worker_main(conn: Any, image_size: int, images: bool, options: dict[str, Any]) -> None:
+def _worker_main(conn: Any, image_size: int, images: bool, options: dict[str, Any], worker_index: int) -> None:
     """Loop of one env worker process: one env, one torch thread, commands over a pipe."""
     import signal
     import traceback
@@ -159,7 +171,7 @@ def _worker_main(conn: Any, image_size: int, images: bool, options: dict[str, An
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent handles Ctrl-C and closes us
     torch.set_num_threads(1)
-    worker = EnvWorker(image_size, images, **options)
+    worker = EnvWorker(image_size, images, worker=worker_index, **options)
     try:
         while True:
             command, args = conn.recv()
@@ -197,9 +209,9 @@ class ProcessEnvSlots:
         ctx = mp.get_context("spawn")
         self.size = size
         self._conns, self._procs = [], []
-        for _ in range(size):
+        for index in range(size):
             parent, child = ctx.Pipe()
-            proc = ctx.Process(target=_worker_main, args=(child, image_size, images, options), daemon=True)
+            proc = ctx.Process(target=_worker_main, args=(child, image_size, images, options, index), daemon=True)
             proc.start()
             child.close()
             self._conns.append(parent)
@@ -248,6 +260,10 @@ class ProcessEnvSlots:
     def reset(self, slot: int, task: TaskSpec, init_state: int) -> dict[str, np.ndarray]:
         return self.reset_many([(slot, task, init_state)])[0]
 
+    def renderers(self) -> list[str]:
+        """The GL renderers the workers' envs got so far, sorted (files record them)."""
+        return sorted(set().union(*self._call([(slot, "renderer_names", ()) for slot in range(self.size)])))
+
     def worker_rss_mb(self) -> list[float]:
         """Resident memory of each worker process in MiB (Linux /proc; NaN where unreadable)."""
         return [_rss_mb(proc.pid) for proc in self._procs]
@@ -276,6 +292,7 @@ def make_env_slots(size: int, image_size: int, images: bool = True, processes: b
 
     privileged_state: append the goal objects' positions to the state (policies trained that way);
     progress_shaping, reach_shaping: the shaping weights of each trajectory's goal progress."""
+    configure_libero()  # missing assets: one line here, not an env failure in every slot
     return (ProcessEnvSlots if processes else LocalEnvSlots)(
         size, image_size, images, privileged_state=privileged_state, progress_shaping=progress_shaping,
         reach_shaping=reach_shaping, stall_steps=stall_steps)

@@ -177,12 +177,14 @@ EPISODE_FIELDS = {"task_id": np.int32, "init_state": np.int32, "success": np.uin
 
 
 def write_eval(path: str | Path, episodes: dict[str, np.ndarray], tasks: Sequence[dict[str, Any]],
-               suite: str, config_json: str, policy: dict[str, Any]) -> Path:
-    """Per-episode results as columns of `/episodes`, the task table as `/tasks`."""
+               suite: str, config_json: str, policy: dict[str, Any], renderers: Sequence[str] = ()) -> Path:
+    """Per-episode results as columns of `/episodes`, the task table as `/tasks`; `renderers`: the GL
+    renderers the cameras used (none for imported results)."""
     path = Path(path)
     with atomic_h5(path) as f:
         _common_attrs(f, "eval", config_json, policy)
         f.attrs["suite"] = suite
+        f.attrs["renderers"] = json.dumps(sorted(renderers))
         ep = f.create_group("episodes")
         for name, dtype in EPISODE_FIELDS.items():
             ep.create_dataset(name, data=np.asarray(episodes[name], dtype=dtype))
@@ -204,7 +206,8 @@ def read_eval(path: str | Path) -> dict[str, Any]:
                  for i, n, lang in zip(f["tasks/task_id"][()], f["tasks/name"][()], f["tasks/language"][()],
                                        strict=True)]
         return {"episodes": episodes, "tasks": tasks, "suite": f.attrs["suite"],
-                "config": json.loads(f.attrs["config"]), "policy": json.loads(f.attrs["policy"])}
+                "config": json.loads(f.attrs["config"]), "policy": json.loads(f.attrs["policy"]),
+                "renderers": json.loads(f.attrs.get("renderers", "[]"))}
 
 
 def read_demo(g: h5py.Group, task: Any) -> Trajectory:

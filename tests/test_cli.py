@@ -77,6 +77,8 @@ def test_eval_prints_table_and_stores_episodes(tmp_path: Path) -> None:
     assert ev["episodes"]["episode_length"].tolist() == [10] * 4
     assert [t["task_id"] for t in ev["tasks"]] == [0, 1] and ev["suite"] == "libero_10"
     assert ev["config"]["episodes_per_task"] == 2
+    assert len(ev["renderers"]) == 1 and "llvmpipe" in ev["renderers"][0]  # this machine renders on the CPU
+    assert "[env 0] GL renderer: Mesa/X.org / llvmpipe" in proc.stderr  # each env slot says which it got
 
 
 @pytest.mark.parametrize("args, env, message", [
@@ -130,15 +132,18 @@ def test_train_resume_drift_export_and_eval_of_checkpoint(tmp_path: Path) -> Non
     assert proc.returncode == 2 and proc.stderr.startswith("error: --resume") and "env_step_budget" in proc.stderr
     ckpt = run_dir / "checkpoints" / "step_000002.h5"
 
-    proc = run("drift", str(ckpt), "--json")
+    no_assets = {"GRPO_VLA_LIBERO_ASSETS": str(tmp_path / "no-assets")}  # drift and export simulate nothing
+    proc = run("drift", str(ckpt), "--json", env=no_assets)
     assert proc.returncode == 0, proc.stderr
+    assert "LIBERO" not in proc.stderr and "Hub" not in proc.stderr
     result = json.loads(proc.stdout)
     assert result["total"]["drift_pct"] > 0 and result["text"]["drift_pct"] > 0  # e5 trains the backbone
     assert result["vision"]["drift_pct"] == 0  # ...but not the vision encoder (lerobot's default)
     assert set(result) >= {"total", "vision", "connector", "text", "expert", "heads"}
 
     export_dir = tmp_path / "exported"
-    assert run("export", str(ckpt), "--out", str(export_dir)).returncode == 0
+    proc = run("export", str(ckpt), "--out", str(export_dir), env=no_assets)
+    assert proc.returncode == 0 and "LIBERO" not in proc.stderr and "Hub" not in proc.stderr, proc.stderr
     for policy in (str(ckpt), str(export_dir)):
         proc = run("eval", "--policy", policy, "--tasks", "0", "--episodes-per-task", "1", "--max-steps", "5",
                    "--image-size", "64", "--out", str(tmp_path / f"eval_{Path(policy).stem}.h5"))
@@ -151,6 +156,18 @@ def test_train_resume_drift_export_and_eval_of_checkpoint(tmp_path: Path) -> Non
     offline = run("train", "--exp", "e2", "--run-dir", str(tmp_path / "hub"))
     assert offline.returncode == 2 and "--policy" in offline.stderr
     assert not (tmp_path / "hub" / "config.json").exists()
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    default = subprocess.run([*CLI, "train", "--exp", "e5", "--policy", "tiny", "--dry-run"], capture_output=True,
+                             text=True, cwd=empty, env={**os.environ, "PYTHONPATH": str(Path(__file__).parents[1])})
+    assert default.returncode == 0 and "run directory: runs/e5" in default.stderr, default.stderr
+    assert json.loads(default.stdout)["exp"] == "e5" and not list(empty.iterdir())  # a dry run writes nothing
+    (empty / "runs" / "e5").mkdir(parents=True)
+    (empty / "runs" / "e5" / "config.json").write_text("{}")
+    kept = subprocess.run([*CLI, "train", "--exp", "e5", "--policy", "tiny"], capture_output=True, text=True,
+                          cwd=empty, env={**os.environ, "PYTHONPATH": str(Path(__file__).parents[1])})
+    assert kept.returncode == 2 and "runs/e5 already holds a run: use --resume" in kept.stderr
+    assert (empty / "runs" / "e5" / "config.json").read_text() == "{}"
     dry = run("train", "--exp", "e3", "--dry-run", "--run-dir", str(tmp_path / "dry"))
     assert dry.returncode == 0 and json.loads(dry.stdout)["beta"] == 0.04
     sweep = run("train", "--exp", "all", "--dry-run", "--run-dir", str(tmp_path / "sweep"))

@@ -231,6 +231,29 @@ def test_report_reads_a_real_training_run(tmp_path: Path) -> None:
     assert "training_curves" in summary["figures"]
 
 
+def test_result_commands_need_no_libero_assets(tmp_path: Path) -> None:
+    """import-eval, report and merge-evals simulate nothing: no LIBERO assets, no LIBERO chatter."""
+    env = {**os.environ, "GRPO_VLA_LIBERO_ASSETS": str(tmp_path / "no-assets")}
+    outputs = []
+    for label in ("Base", "E2"):
+        proc = subprocess.run([*CLI, "import-eval", str(REPO / "docs" / "seed_table1.csv"), "--label", label,
+                               "--out", str(tmp_path / f"{label}.h5")], capture_output=True, text=True, env=env)
+        assert proc.returncode == 0, proc.stderr
+        outputs.append(proc.stdout + proc.stderr)
+    proc = subprocess.run([*CLI, "report", str(tmp_path / "Base.h5"), str(tmp_path / "E2.h5"), "--baseline", "Base",
+                           "--out", str(tmp_path / "report")], capture_output=True, text=True, env=env)
+    assert proc.returncode == 0, proc.stderr
+    outputs.append(proc.stdout + proc.stderr)
+    a = eval_file(tmp_path / "a.h5", {0: (3, 20)})
+    b = eval_file(tmp_path / "b.h5", {2: (7, 20)})
+    proc = subprocess.run([*CLI, "merge-evals", str(a), str(b), "--out", str(tmp_path / "m.h5")],
+                          capture_output=True, text=True, env=env)
+    assert proc.returncode == 0, proc.stderr
+    outputs.append(proc.stdout + proc.stderr)
+    for text in outputs:
+        assert "LIBERO" not in text and "Hub" not in text and "Warning" not in text, text
+
+
 def test_merge_evals_cli(tmp_path: Path) -> None:
     a = eval_file(tmp_path / "a.h5", {0: (3, 20)})
     b = eval_file(tmp_path / "b.h5", {2: (7, 20)})

@@ -3,6 +3,7 @@ count or worker layout. LIBERO-10 tasks 3 and 7 place fixtures (cabinet, books, 
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -13,7 +14,16 @@ import numpy as np
 import pytest
 from h5compare import assert_same_h5
 
-from grpo_cli.envs.libero import CAMERAS, LiberoEnv, RenderError, scene_seed, task_spec
+from grpo_cli.envs.libero import (
+    CAMERAS,
+    LiberoEnv,
+    RenderError,
+    egl_device,
+    require_gpu_rendering,
+    scene_seed,
+    task_spec,
+)
+from grpo_cli.errors import UserError
 
 # the command of issue 30: two tasks with fixtures, two envs in one process (the default inline mode)
 FIXTURES = ["--policy", "tiny:5", "--tasks", "3,7", "--init-states", "0-1", "--num-generations", "2",
@@ -44,6 +54,28 @@ def test_scene_seed_is_a_pure_function_of_the_episode() -> None:
 def test_same_command_in_two_processes_writes_identical_files(fixtures_run: Path, tmp_path: Path) -> None:
     again = rollout(tmp_path / "again.h5", *FIXTURES)
     assert assert_same_h5(fixtures_run, again) == 80  # 8 trajectories x 10 datasets, images and chains included
+    with h5py.File(again) as f:
+        renderers = json.loads(f["data"].attrs["env_args"])["renderers"]
+    assert len(renderers) == 1 and "llvmpipe" in renderers[0]
+
+
+def test_egl_device_follows_the_jobs_gpus_round_robin() -> None:
+    assert egl_device(0, None, 4) is None and egl_device(3, "", 4) is None  # no GPU assigned: MuJoCo's default
+    assert [egl_device(w, "2,3", 4) for w in range(5)] == [2, 3, 2, 3, 2]
+    assert egl_device(1, "1", 2) == 1
+    with pytest.raises(UserError, match="GPU 4 .* not among the 2 EGL device"):
+        egl_device(0, "4", 2)
+    with pytest.raises(UserError, match="UUIDs"):
+        egl_device(0, "GPU-5f3c", 2)
+
+
+def test_gpu_rendering_asked_for_but_cpu_rendering_is_an_error(monkeypatch) -> None:
+    monkeypatch.setenv("GRPO_VLA_RENDER", "gpu")
+    with pytest.raises(UserError, match="render on the CPU .*llvmpipe"):
+        LiberoEnv(task_spec("libero_object", 0), image_size=32)
+    monkeypatch.setenv("GRPO_VLA_RENDER", "fast")
+    with pytest.raises(UserError, match="bad GRPO_VLA_RENDER"):
+        require_gpu_rendering()
 
 
 def test_libero_object_is_reproducible_across_processes(tmp_path: Path) -> None:

@@ -75,13 +75,14 @@ def write_libero_config(config_dir: Path) -> Path:
     return config_file
 
 
-def configure_libero(assets: str | None = None) -> Path | None:
+def configure_libero(assets: str | None = None, require_assets: bool = True) -> Path | None:
     """Make `import libero.libero` work offline and non-interactively; return the assets folder.
 
     Writes `config.yaml` into `$LIBERO_CONFIG_PATH` (default: a grpo-vla cache folder) unless one is
     there, pointing at the installed package's BDDL and init-state files. The assets come from
     `assets`, else `$GRPO_VLA_LIBERO_ASSETS`, else LIBERO's own lookup (its package folder, then a hub
-    download) for users with network.
+    download) for users with network. `require_assets=False`: task metadata only (names, instructions,
+    init states), which need no assets; nothing is looked up or downloaded (returns None).
     """
     if os.environ.get("CUDA_VISIBLE_DEVICES") == "":
         # submitit's CPU-only jobs hide GPUs with an empty list, which robosuite's EGL set-up cannot parse
@@ -89,6 +90,11 @@ def configure_libero(assets: str | None = None) -> Path | None:
     write_libero_config(Path(os.environ.setdefault(
         "LIBERO_CONFIG_PATH", str(Path.home() / ".cache" / "grpo-vla" / "libero"))))
 
+    if not require_assets:
+        logging.getLogger("robosuite_logs").setLevel(logging.ERROR)
+        import libero.libero  # noqa: F401 - with the config written, the import asks nothing
+
+        return None
     assets = assets or os.environ.get(ASSETS_ENV_VAR) or None
     if assets is not None:
         assets_path = Path(assets).expanduser().resolve()
@@ -125,7 +131,7 @@ class TaskSpec:
 def _benchmark(suite: str) -> Any:
     if suite not in SUITES:
         raise UserError(f"unknown LIBERO suite {suite!r}; choose one of {', '.join(SUITES)}")
-    configure_libero()
+    configure_libero(require_assets=False)
     from libero.libero import benchmark
 
     with contextlib.redirect_stdout(io.StringIO()):  # LIBERO prints its task order on every call
@@ -216,6 +222,51 @@ def _arena(problem_name: str, memory_mb: int | None):
         TASK_MAPPING[problem_name] = original
 
 
+RENDER_ENV_VAR = "GRPO_VLA_RENDER"
+SOFTWARE_RENDERERS = ("llvmpipe", "softpipe", "swrast", "swiftshader")
+
+
+def gl_renderer() -> str:
+    """'vendor / renderer / version' of the current GL context, e.g. 'Mesa/X.org / llvmpipe (LLVM 15.0.6, 256 bits)
+    / 4.5 (Compatibility Profile) Mesa 22.3.6' (CPU) or 'NVIDIA Corporation / NVIDIA H200/PCIe/SSE2 / ...'."""
+    from OpenGL import GL
+
+    return " / ".join(GL.glGetString(name).decode(errors="replace")
+                      for name in (GL.GL_VENDOR, GL.GL_RENDERER, GL.GL_VERSION))
+
+
+def require_gpu_rendering() -> bool:
+    """$GRPO_VLA_RENDER: `gpu` makes a software (CPU) renderer an error; `any` (default) accepts it."""
+    value = os.environ.get(RENDER_ENV_VAR, "any").strip().lower() or "any"
+    if value not in ("any", "gpu"):
+        raise UserError(f"bad {RENDER_ENV_VAR}={value!r}: use `gpu` (a CPU fallback is an error) or `any`")
+    return value == "gpu"
+
+
+def egl_device(worker: int, visible: str | None, num_devices: int) -> int | None:
+    """The EGL device that env worker `worker` renders on: the GPUs SLURM / CUDA_VISIBLE_DEVICES gave the
+    job (`visible`, e.g. '2,3'), round-robin over workers; None when no GPU is assigned (MuJoCo's default).
+    NVIDIA's EGL lists the GPUs in the order of their physical CUDA ids, which CUDA_VISIBLE_DEVICES holds."""
+    if not visible or not visible.strip():
+        return None
+    try:
+        ids = [int(x) for x in visible.split(",") if x.strip()]
+    except ValueError:
+        raise UserError(f"CUDA_VISIBLE_DEVICES={visible!r} holds GPU UUIDs, which cannot be mapped to EGL "
+                        "devices: set MUJOCO_EGL_DEVICE_ID to an EGL device number") from None
+    device = ids[worker % len(ids)]
+    if not 0 <= device < num_devices:
+        raise UserError(f"GPU {device} (CUDA_VISIBLE_DEVICES={visible}) is not among the {num_devices} EGL "
+                        f"device(s) of this node: check the job's GPUs or set MUJOCO_EGL_DEVICE_ID")
+    return device
+
+
+def _egl_device_count() -> int:
+    from mujoco.egl import egl_ext as EGL
+
+    return len(EGL.eglQueryDevicesEXT())
+
+
 class ArenaFull(UserError):
     """MuJoCo ran out of arena for contacts or constraints: it would drop them, so the episode stops."""
 
@@ -288,7 +339,8 @@ class LiberoEnv:
     """
 
     def __init__(self, spec: TaskSpec, image_size: int = 256, images: bool = True,
-                 render_every_step: bool = False, hard_reset: bool = False, privileged_state: bool = False):
+                 render_every_step: bool = False, hard_reset: bool = False, privileged_state: bool = False,
+                 worker: int = 0):
         configure_libero()
         from libero.libero.envs import OffScreenRenderEnv
 
@@ -305,19 +357,28 @@ class LiberoEnv:
         # of RSS per env process. Compiled models are the same without it (tested).
         mujoco.mj_setCacheCapacity(mujoco.mj_getCache(), 0)
         self.arena_mb = arena_mb()
+        device = None
+        if images and os.environ.get("MUJOCO_GL", "egl") == "egl" and "MUJOCO_EGL_DEVICE_ID" not in os.environ:
+            device = egl_device(worker, os.environ.get("CUDA_VISIBLE_DEVICES"), _egl_device_count())
         with _arena(get_problem_info(spec.bddl_file)["problem_name"], self.arena_mb):
             self._env = OffScreenRenderEnv(bddl_file_name=spec.bddl_file, camera_heights=image_size,
                                            camera_widths=image_size, hard_reset=hard_reset,
-                                           use_camera_obs=images)
+                                           use_camera_obs=images, render_gpu_device_id=-1 if device is None else device)
         self._init_states = load_init_states(spec)
         self._raw = self._env.env
         self._cameras = [self._raw._observables[name] for name in CAMERAS] if images else []
         self._clock = self._raw._observables["robot0_eef_pos"]
         self._gl_objects: list[tuple[Any, int]] = []
         self._gl_con = None
+        self.renderer = "none (no cameras)"
         if images:  # the render context exists from construction on; its objects are all alive now
             self._claim_gl_context()
             self._gl_con, self._gl_objects = self._render_context.con, render_gl_objects(self._render_context)
+            self.renderer = gl_renderer()
+            if require_gpu_rendering() and any(name in self.renderer.lower() for name in SOFTWARE_RENDERERS):
+                self.close()
+                raise UserError(f"{RENDER_ENV_VAR}=gpu, but the cameras render on the CPU ({self.renderer}): "
+                                "run on a node with a GPU and its EGL driver (Apptainer: --nv), or unset it")
         self._env.seed(scene_seed(spec.suite, spec.task_id, 0))
         self._env.reset()
         self.steps = 0
