@@ -483,8 +483,6 @@ def drift_cmd(checkpoint: str, ref: str | None, as_json: bool) -> None:
     _setup_runtime()
     tuned = _load_policy(checkpoint, "cpu")
     reference = _load_policy(ref or tuned.identity["lineage"]["source"], "cpu")
-    if tuned.noise_policy is not None:
-        reference.attach_noise_policy()  # likelihood = noise starts at m = 0, the SFT policy
     names = dict(tuned.policy.named_parameters())
     ref_params = dict(reference.policy.named_parameters())
     if set(names) != set(ref_params) or any(names[n].shape != ref_params[n].shape for n in names):
@@ -516,9 +514,6 @@ def export(checkpoint: str, out: str) -> None:
         raise UserError(f"{out} exists and is not empty")
     _setup_runtime()
     adapter = _load_policy(checkpoint, "cpu")
-    if adapter.noise_policy is not None:
-        raise UserError(f"{checkpoint} holds a noise-space policy (likelihood = noise), which lerobot's format "
-                        "cannot carry; evaluate or roll out the .h5 checkpoint itself")
     adapter.save_pretrained(out)
     click.echo(f"wrote {out}")
 

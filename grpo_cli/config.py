@@ -6,7 +6,7 @@ import json
 from dataclasses import asdict, dataclass
 
 from grpo_cli.errors import UserError
-from grpo_cli.grpo import GROUP_FILTERS, LOSS_TYPES, RATIO_LEVELS, REWARDS, STEP_WEIGHTINGS
+from grpo_cli.grpo import GROUP_FILTERS, LOSS_TYPES, RATIO_LEVELS, REWARDS
 
 
 def parse_tiers(tiers: str | None, num_generations: int | None, default_steps: int = 10) -> list[int]:
@@ -130,7 +130,7 @@ class EvalConfig:
         return json.dumps(asdict(self), sort_keys=True)
 
 
-LIKELIHOODS = ("ode", "sde", "noise")
+LIKELIHOODS = ("ode", "sde")
 
 
 @dataclass(frozen=True)
@@ -177,23 +177,11 @@ class TrainConfig:
     """never draw again an init state whose last this-many groups all succeeded (RIPT-VLA's dynamic
     sampling; 0 = off): saves the env steps of groups that a filter would drop; checkpointed"""
     likelihood: str = "ode"
-    """`ode` (the seed's reading: zero first-order gradient at theta_old), `sde` (Flow-SDE), or `noise`:
-    the flow model frozen, the policy is a per-episode latent offset N(m, noise_std^2) added to its
-    initial noise (DSRL-style steering; policies/noise_policy.py)"""
-    noise_std: float = 0.5
-    """with `noise`: exploration std of the per-episode latent offset (evaluation uses m itself)"""
+    """`ode` (the seed's reading: zero first-order gradient at theta_old) or `sde` (Flow-SDE)"""
     sde_noise: float = 0.5
-    sde_window: int = 0
-    """with `sde`: score only the first W denoising steps, the later ones count as fixed dynamics (0 = all K)"""
     ode_sigma: float = 0.1
     ratio_level: str = "chunk"
     """PPO ratio per `trajectory`, `chunk`, denoising `step` or action `token` (grpo.ratio_samples)"""
-    likelihood_positions: str = "all"
-    """`all` chunk positions enter the likelihood, or only the `executed` first n_action_steps (Trainer.score_mask)"""
-    step_weighting: str = "uniform"
-    """with `sde` and step or token ratios: `uniform`, or `noise`: each denoising step's terms weighted by
-    sigma_t^2 (its mean's inverse Fisher information), so the late, nearly noiseless steps stop dominating
-    the gradient (grpo.noise_aware_weights)"""
     loss_type: str = "bnpo"
     """TRL's: `bnpo` averages the objective over all samples, `grpo` per trajectory first (grpo.sample_weights)"""
     scale_rewards: str = "group"
@@ -211,23 +199,6 @@ class TrainConfig:
     """dual-clip PPO's c (> 1, e.g. 3): bounds the objective of negative-advantage samples below by c·A"""
     beta: float = 0.0
     """KL weight to the SFT reference; 0 loads no reference"""
-    success_bc_steps: int = 0
-    """self-imitation: after each GRPO update, this many optimizer steps of lerobot's flow-matching loss
-    on the executed action chunks of the run's successful rollouts (0 = off; Trainer.success_bc)"""
-    success_bc_batch_size: int = 32
-    """chunks per self-imitation step, drawn uniformly from the buffer's query steps"""
-    success_bc_epochs: float = 0.0
-    """cap on self-imitation's passes over its buffer per GRPO step (0 = no cap): with a few buffered
-    successes, success_bc_steps full batches would fit them dozens of times over"""
-    success_bc_buffer: int = 64
-    """successful rollouts kept per task for self-imitation, oldest dropped first"""
-    success_bc_demos: tuple[str, ...] = ()
-    """demo files (LIBERO / `grpo-vla demos` HDF5) mixed into every self-imitation batch: an anchor on
-    the data the SFT policy learnt from, so imitating a few hundred own successes cannot drift the policy
-    off it (iRe-VLA alternates RL with supervised steps on expert data plus collected successes)"""
-    success_bc_demo_fraction: float = 0.5
-    """share of each self-imitation batch drawn from `success_bc_demos` once the buffer holds a success
-    (before that, whole batches of demos)"""
     lr_head: float = 1e-5
     lr_backbone: float = 1e-6
     train_backbone: bool = False
@@ -240,8 +211,6 @@ class TrainConfig:
     """inner epochs over each step's samples (TRL's name)"""
     minibatch_size: int = 16
     """chunks per backward pass; memory stays flat as groups grow"""
-    optimizer_steps_per_iteration: int = 0
-    """0: one optimizer step per minibatch; k: gradients accumulated over the minibatches, k steps an epoch"""
     steps: int = 6000
     rollout_shards: int = 0
     """long-lived rollout workers that roll out each step's episodes (0 = the trainer's own envs)"""
@@ -283,18 +252,6 @@ class TrainConfig:
     def __post_init__(self) -> None:
         if self.likelihood not in LIKELIHOODS:
             raise UserError(f"likelihood must be one of {', '.join(LIKELIHOODS)}, got {self.likelihood!r}")
-        if self.likelihood == "noise" and (self.train_backbone or self.success_bc_steps):
-            raise UserError("likelihood = noise trains only the noise policy: set train_backbone false and "
-                            "success_bc_steps 0")
-        if self.sde_window < 0:
-            raise UserError("sde_window must be >= 0 (0 scores every denoising step)")
-        if self.likelihood_positions not in ("all", "executed"):
-            raise UserError(f"likelihood_positions must be all or executed, got {self.likelihood_positions!r}")
-        if self.step_weighting not in STEP_WEIGHTINGS:
-            raise UserError(f"step_weighting must be one of {', '.join(STEP_WEIGHTINGS)}, got {self.step_weighting!r}")
-        if self.step_weighting == "noise" and (self.likelihood != "sde" or self.ratio_level not in ("step", "token")):
-            raise UserError("step_weighting = noise weights Flow-SDE denoising steps: it needs likelihood sde and "
-                            "ratio_level step or token")
         if self.loss_type not in LOSS_TYPES:
             raise UserError(f"loss_type must be one of {', '.join(LOSS_TYPES)}, got {self.loss_type!r}")
         if self.ratio_level not in RATIO_LEVELS:
@@ -303,10 +260,9 @@ class TrainConfig:
             raise UserError(f"scale_rewards must be group, batch or none, got {self.scale_rewards!r}")
         if self.advantage_baseline not in ("group", "value"):
             raise UserError(f"advantage_baseline must be group or value, got {self.advantage_baseline!r}")
-        if self.advantage_baseline == "value" and (self.likelihood == "noise" or self.ratio_level == "trajectory"
-                                                   or self.value_buffer_steps < 1):
+        if self.advantage_baseline == "value" and (self.ratio_level == "trajectory" or self.value_buffer_steps < 1):
             raise UserError("advantage_baseline = value gives each chunk its own advantage: it needs per-chunk "
-                            "ratios (not likelihood noise or ratio_level trajectory) and value_buffer_steps >= 1")
+                            "ratios (not ratio_level trajectory) and value_buffer_steps >= 1")
         if not 0.0 <= self.gae_lambda <= 1.0:
             raise UserError(f"gae_lambda must be in [0, 1], got {self.gae_lambda}")
         if self.reward not in REWARDS:
@@ -333,20 +289,8 @@ class TrainConfig:
         for name in ("tasks_per_step", "num_iterations", "minibatch_size", "steps", "save_every"):
             if getattr(self, name) < 1:
                 raise UserError(f"{name} must be >= 1")
-        if self.success_bc_steps < 0 or self.success_bc_batch_size < 1 or self.success_bc_buffer < 1:
-            raise UserError("success_bc_steps must be >= 0, success_bc_batch_size and success_bc_buffer >= 1")
-        if self.success_bc_epochs < 0:
-            raise UserError("success_bc_epochs must be >= 0 (0: no cap)")
-        if self.success_bc_demos and not self.success_bc_steps:
-            raise UserError("success_bc_demos are mixed into self-imitation: set success_bc_steps > 0")
-        if not 0 <= self.success_bc_demo_fraction <= 1:
-            raise UserError(f"success_bc_demo_fraction must lie in [0, 1], got {self.success_bc_demo_fraction}")
-        if self.optimizer_steps_per_iteration < 0:
-            raise UserError("optimizer_steps_per_iteration must be >= 0")
         if self.dual_clip is not None and self.dual_clip <= 1:
             raise UserError("dual_clip must be > 1 (or unset)")
-        if self.noise_std <= 0:
-            raise UserError("noise_std must be > 0")
         if self.epsilon <= 0 or self.beta < 0 or self.sde_noise <= 0:
             raise UserError("epsilon and sde_noise must be > 0 and beta >= 0")
 

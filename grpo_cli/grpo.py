@@ -172,29 +172,6 @@ def ratio_samples(new: list[torch.Tensor], old: list[torch.Tensor], advantages: 
     return logratio, adv, owner
 
 
-STEP_WEIGHTINGS = ("uniform", "noise")
-
-
-def noise_aware_weights(new: list[torch.Tensor], stds: list[torch.Tensor], level: str, mask: torch.Tensor
-                        ) -> torch.Tensor:
-    """(N,) weights of `ratio_samples`' samples (`step` or `token` level) that weight each denoising step
-    by sigma_t^2 / mean(sigma^2) over its chunk's scored steps.
-
-    new: per chunk, log-densities (S, H, Dm) (only their shapes are read); stds: per chunk (S,) the steps'
-    transition stds. A Gaussian step's score (x - mu) / sigma^2 makes the late, nearly noiseless steps
-    (sigma ~13x smaller at K = 10) dominate the gradient ~170:1 while their noise barely moves the action;
-    sigma^2 is the inverse Fisher information of a step's mean, so this is a per-step natural gradient
-    (TempFlow-GRPO's noise-aware weighting). Multiply into `sample_weights` and renormalise.
-    """
-    if level not in ("step", "token"):
-        raise ValueError(f"noise-aware step weights need ratio_level step or token, got {level!r}")
-    parts = []
-    for n, std in zip(new, stds, strict=True):
-        w = std ** 2 / (std ** 2).mean()  # (S,)
-        parts.append(w if level == "step" else w.view(-1, 1, 1).expand_as(n)[..., mask].flatten())
-    return torch.cat(parts)
-
-
 def sample_weights(owner: torch.Tensor, loss_type: str) -> torch.Tensor:
     """Weights (N,) summing to 1 that average the clipped objective over N samples (TRL's loss types).
 

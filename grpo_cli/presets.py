@@ -72,19 +72,14 @@ PRESETS: dict[str, dict[str, Any]] = {
         "num_generations": 16,  # larger groups: fewer all-equal groups, lower-variance baselines
         "tasks_per_step": 2,  # several tasks/init states per update: less correlated gradients
         "denoise_tiers": "10",  # one horizon: tiers mix policies with different likelihoods
-        # sde_window 3 + likelihood_positions executed + loss_type grpo collapsed the policy to 0/100 (BENCHMARKS)
         "ratio_level": "token",  # one 1-D Gaussian per ratio: stays near 1 and clips per element (RLinf);
         # chunk ratios sum 3,500 log-densities and exploded (to 1e5) within a few Adam steps
         "scale_rewards": "group",  # Eq. 1 at a run's first step; the value's chunk advantages use the batch std
         "epsilon": 0.2,
         "num_iterations": 2,  # reuse each batch twice: rollouts dominate the cost on CPU
-        # optimizer_steps_per_iteration 2 (whole-batch Adam steps) at lr 3e-4 scored 21/100 vs 33 (BENCHMARKS)
-        # self-imitation off: with it, a 33% SFT policy went +8, -10 and -14 in three runs; alone +1 (BENCHMARKS)
-        "success_bc_steps": 0,
         # failed grasps end at step 80: ~2x the updates per env step, and short failures for the value to read
         # (alone, from a 33% policy: 27/100 vs 33; with reach shaping alone: 61 vs 61 — BENCHMARKS)
         "stall_steps": 80,
-        # likelihood noise (a per-episode latent offset): exploration alone dropped success to 0-6% (BENCHMARKS)
         "beta": 0.0,  # no KL: the clip already bounds each update, and no reference model is loaded
         "lr_head": 1e-4, "lr_backbone": 0.0,  # 3e-5 and 3e-4 both lost points (BENCHMARKS)
         "train_backbone": False,  # the action expert is where RL acts; the VLM stays as SFT left it

@@ -38,7 +38,7 @@ from grpo_cli.storage import publish, read_eval
 
 ALPHA = 0.05
 CURVES = ["success_rate", "reward", "progress", "frac_reward_zero_std", "kl", "clip_ratio/region_mean",
-          "grad_norm/head", "grad_norm/policy_term", "success_bc/loss", "value/explained_variance", "drift_pct"]
+          "grad_norm/head", "grad_norm/policy_term", "value/explained_variance", "drift_pct"]
 COMPOSITION = ["natural_success", "fallback_success", "fallback_failure", "replay_injected", "skipped_groups"]
 
 

@@ -54,7 +54,6 @@ class Trajectory:
     query_states: list[np.ndarray] = field(default_factory=list)  # C x (S,)
     query_images: dict[str, list[np.ndarray]] = field(default_factory=dict)  # key -> C x (h, w, 3)
     noise: list[np.ndarray] = field(default_factory=list)  # C x (H, Dm)
-    noise_offset: np.ndarray | None = None  # (Da,) the episode's latent offset (noise-space policy only)
     chains: list[np.ndarray] = field(default_factory=list)  # C x (K+1, H, Dm)
     success: bool = False
     stalled: bool = False  # ended early by the stall rule (training only; EnvWorker.stall_steps)
@@ -302,11 +301,10 @@ class _Wave:
     """The episodes of one wave, one per env slot: query the policy for some slots, collect their chunks."""
 
     def __init__(self, adapter: SmolVLAAdapter, slots: EnvSlots, wave: Sequence[EpisodeSpec],
-                 max_steps: int | None, n_exec: int, keep_images: bool, sde_noise: float, noise_std: float):
+                 max_steps: int | None, n_exec: int, keep_images: bool, sde_noise: float):
         self.adapter, self.slots, self.wave = adapter, slots, wave
         self.n_exec, self.keep_images, self.sde_noise = n_exec, keep_images, sde_noise
-        self.trajs = [Trajectory(spec, noise_offset=adapter.episode_offset(spec.noise_seed, noise_std))
-                      for spec in wave]
+        self.trajs = [Trajectory(spec) for spec in wave]
         self.gens = [torch.Generator().manual_seed(spec.noise_seed) for spec in wave]
         self.obs = slots.reset_many([(i, spec.task, spec.init_state) for i, spec in enumerate(wave)])
         self.limits = [max_steps or spec.task.max_steps for spec in wave]
@@ -317,7 +315,7 @@ class _Wave:
         adapter, obs, wave, gens = self.adapter, self.obs, self.wave, self.gens
         batch = adapter.preprocess([obs[i] for i in lane], [wave[i].task.language for i in lane])
         prefix = adapter.encode_prefix(batch)
-        noise = adapter.initial_noise([gens[i] for i in lane], [self.trajs[i].noise_offset for i in lane])
+        noise = adapter.initial_noise([gens[i] for i in lane])
         chains = adapter.denoise(prefix, noise, [wave[i].denoise_steps for i in lane], sde_noise=self.sde_noise,
                                  generators=[gens[i] for i in lane])
         actions = adapter.unnormalize(torch.stack([c[-1] for c in chains]))  # (B, H, Da)
@@ -355,13 +353,11 @@ class _Wave:
 def run_episodes(adapter: SmolVLAAdapter, slots: EnvSlots, episodes: Sequence[EpisodeSpec],
                  max_steps: int | None = None, n_action_steps: int | None = None,
                  keep_images: bool = True, sde_noise: float = 0.0, overlap: bool = False,
-                 on_episode: Callable[[Trajectory], None] | None = None, noise_std: float = 0.0) -> list[Trajectory]:
+                 on_episode: Callable[[Trajectory], None] | None = None) -> list[Trajectory]:
     """Run episodes in waves of `slots.size`; inside a wave all slots share each policy call.
 
     sde_noise > 0 samples chunks with Flow-SDE steps (their Gaussian draws come from the episode's
     own noise stream too); 0 is lerobot's deterministic sampler.
-    noise_std: with a noise-space policy, each episode's latent offset is drawn from N(m, noise_std^2)
-    (training); 0 uses m itself (evaluation).
     overlap: split each wave into two lanes (even and odd slots) that take turns, so the policy computes
     one lane's chunks while the other lane's envs step (pays with worker processes). Each lane is one
     policy call, so trajectories differ from overlap=False only through batch composition.
@@ -371,8 +367,7 @@ def run_episodes(adapter: SmolVLAAdapter, slots: EnvSlots, episodes: Sequence[Ep
     n_exec = n_action_steps or adapter.config.n_action_steps
     results: list[Trajectory] = []
     for start in range(0, len(episodes), slots.size):
-        wave = _Wave(adapter, slots, episodes[start:start + slots.size], max_steps, n_exec, keep_images, sde_noise,
-                     noise_std)
+        wave = _Wave(adapter, slots, episodes[start:start + slots.size], max_steps, n_exec, keep_images, sde_noise)
         everyone = list(range(len(wave.trajs)))
         lanes = [everyone[0::2], everyone[1::2]] if overlap and len(everyone) > 1 else [everyone]
         for lane in lanes:

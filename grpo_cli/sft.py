@@ -28,7 +28,7 @@ from grpo_cli.policies.smolvla import IMAGE_KEYS, STATE_KEY, SmolVLAAdapter, bui
 from grpo_cli.storage import read_demos
 
 if TYPE_CHECKING:
-    from grpo_cli.rollout import Trajectory
+    pass
 
 
 @dataclass(frozen=True)
@@ -114,22 +114,6 @@ class DemoSet:
         index = np.minimum(index, self.end[rows][:, None] - 1)
         obs = [{**{k: self.images[k][r] for k in IMAGE_KEYS}, STATE_KEY: self.state[r]} for r in rows]
         return obs, [self.language[r] for r in rows], self.actions[index], pad
-
-
-def rollout_batch(samples: list[tuple[Trajectory, int]], horizon: int
-                  ) -> tuple[list[dict[str, np.ndarray]], list[str], np.ndarray, np.ndarray]:
-    """Behaviour-cloning samples from rollouts, as DemoSet.batch: sample (traj, c) is the observation at
-    the trajectory's c-th policy query and the H actions the env then executed (pad flags past its end).
-    Returns observations, languages, action chunks (B, H, Da) and pad flags (B, H)."""
-    obs, languages, chunks, pads = [], [], [], []
-    for traj, c in samples:
-        start = traj.query_steps[c]
-        index = start + np.arange(horizon)
-        pads.append(index >= traj.length)
-        chunks.append(np.stack(traj.actions)[np.minimum(index, traj.length - 1)])
-        obs.append({**{k: v[c] for k, v in traj.query_images.items()}, STATE_KEY: traj.query_states[c]})
-        languages.append(traj.spec.task.language)
-    return obs, languages, np.stack(chunks), np.stack(pads)
 
 
 def flow_matching_loss(adapter: SmolVLAAdapter, obs: list[dict[str, np.ndarray]], languages: list[str],

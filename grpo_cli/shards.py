@@ -65,8 +65,6 @@ class ShardWorker(submitit.helpers.Checkpointable):
         cfg = resolve(None, json.loads(cfg_json))
         folder = Path(run_dir) / "shards"
         adapter = SmolVLAAdapter.load(cfg.policy)
-        if cfg.likelihood == "noise":
-            adapter.attach_noise_policy()
         slots = make_env_slots(cfg.shard_envs, cfg.image_size, privileged_state=adapter.privileged_state,
                                progress_shaping=cfg.progress_shaping, reach_shaping=cfg.reach_shaping,
                                stall_steps=cfg.stall_steps)
@@ -89,7 +87,6 @@ class ShardWorker(submitit.helpers.Checkpointable):
                 trajs = run_episodes(adapter, slots, episodes, max_steps=cfg.max_steps,
                                      n_action_steps=cfg.n_action_steps, keep_images=True,
                                      sde_noise=cfg.sde_noise if cfg.likelihood == "sde" else 0.0,
-                                     noise_std=cfg.noise_std if cfg.likelihood == "noise" else 0.0,
                                      overlap=cfg.overlap_policy)
                 write_rollout(_part(todo[0]), trajs, cfg_json, adapter.identity, {"suite": cfg.suite})
                 served, idle_since = served + 1, time.time()

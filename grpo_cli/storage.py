@@ -139,8 +139,6 @@ def _write_demo(g: h5py.Group, traj: Trajectory) -> None:
     noise = np.asarray(traj.noise, dtype=np.float32)
     p.create_dataset("noise", data=noise, chunks=(1, *noise.shape[1:]) if len(noise) else None,
                      compression="lzf" if len(noise) else None)
-    if traj.noise_offset is not None:
-        p.create_dataset("noise_offset", data=np.asarray(traj.noise_offset, dtype=np.float32))
     chains = np.asarray(traj.chains, dtype=np.float32)
     p.create_dataset("chains", data=chains, chunks=(1, *chains.shape[1:]) if len(chains) else None,
                      compression="lzf" if len(chains) else None)
@@ -223,7 +221,6 @@ def read_demo(g: h5py.Group, task: Any) -> Trajectory:
                       rewards=list(g["rewards"][()]), query_steps=p["query_steps"][()].tolist(),
                       query_states=list(p["state"][()]), query_images=images, noise=list(p["noise"][()]),
                       chains=list(p["chains"][()]), success=bool(a["success"]),
-                      noise_offset=p["noise_offset"][()] if "noise_offset" in p else None,
                       stalled=bool(a.get("stalled", False)),
                       progress=float(a.get("progress", float(a["success"]))))
 

@@ -16,7 +16,6 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -24,20 +23,18 @@ import numpy as np
 import torch
 
 from grpo_cli import grpo
-from grpo_cli.cluster import split
 from grpo_cli.config import TrainConfig
 from grpo_cli.drift import drift
 from grpo_cli.envs.libero import TaskSpec, task_spec
 from grpo_cli.errors import EnvFailure, UserError
 from grpo_cli.policies.smolvla import SmolVLAAdapter, module_of, parameter_groups
 from grpo_cli.rollout import EpisodeSpec, Trajectory, episode_seed, make_env_slots, run_episodes
-from grpo_cli.sft import DemoSet, flow_matching_loss, rollout_batch
 from grpo_cli.shards import ShardPool
 from grpo_cli.sinks import Sinks
 from grpo_cli.storage import read_checkpoint, write_checkpoint
 from grpo_cli.value import ChunkValue
 
-SUCCESS_BC_KEY = "success_bc/"  # checkpoint pool keys of the self-imitation buffer (E6's are task ids)
+RETIRED_POOL_PREFIX = "success_bc/"  # self-imitation's buffer in checkpoints of earlier versions: dropped on load
 
 
 @dataclass
@@ -198,11 +195,7 @@ class Trainer:
     def __init__(self, cfg: TrainConfig, run_dir: Path, log: Callable[[str], None] = print):
         self.cfg, self.run_dir, self.log = cfg, Path(run_dir), log
         self.adapter = SmolVLAAdapter.load(cfg.policy, device=cfg.device)
-        noise_space = cfg.likelihood == "noise"
-        if noise_space:  # the trainable policy is over the flow's initial noise; the flow stays as SFT left it
-            self.adapter.attach_noise_policy()
-        self.groups = parameter_groups(self.adapter.policy, cfg.train_backbone, cfg.train_vision_encoder,
-                                       noise_policy_only=noise_space)
+        self.groups = parameter_groups(self.adapter.policy, cfg.train_backbone, cfg.train_vision_encoder)
         self.names = [n for n, p in self.adapter.policy.named_parameters() if p.requires_grad]
         self.optimizer = torch.optim.AdamW(
             [{"params": self.groups["head"], "lr": cfg.lr_head, "name": "head"},
@@ -215,8 +208,6 @@ class Trainer:
         self.initial = {n: p.detach().clone() for n, p in self.adapter.policy.named_parameters()}
         self.pool = ReplayPool(cfg.replay_pool_size)
         self.value = ChunkValue(cfg.value_buffer_steps, seed=cfg.seed) if cfg.advantage_baseline == "value" else None
-        self.successes = ReplayPool(cfg.success_bc_buffer)  # self-imitation's buffer (success_bc_steps)
-        self.demos = self._anchor_demos() if cfg.success_bc_demos else None
         self.solved = SolvedInitStates(cfg.skip_solved)
         self.step_index = 0
         self.tasks = [task_spec(cfg.suite, t) for t in cfg.tasks]
@@ -224,18 +215,6 @@ class Trainer:
         self.episodes_lost = 0  # this step's episodes lost with failed shards (shard_failure = continue)
         self.slots = self._make_slots() if not cfg.rollout_shards else None
         self.shards: ShardPool | None = None  # started at the first rollout
-
-    def _anchor_demos(self) -> DemoSet:
-        """The demos mixed into self-imitation, in the policy's state layout and the run's image size."""
-        demos = DemoSet.load(self.cfg.success_bc_demos, self.adapter.privileged_state, only_successful=True)
-        size = demos.images[self.adapter.image_keys[0]].shape[1:3]
-        if tuple(size) != (self.cfg.image_size, self.cfg.image_size):
-            raise UserError(f"success_bc_demos were recorded at {size[0]}x{size[1]} px but the run renders "
-                            f"{self.cfg.image_size} px: record them at image_size or set image_size={size[0]}")
-        if demos.state.shape[1] != self.adapter.state_dim:
-            raise UserError(f"success_bc_demos give a {demos.state.shape[1]}-dim state but the policy reads "
-                            f"{self.adapter.state_dim}")
-        return demos
 
     def _make_slots(self) -> Any:
         cfg = self.cfg
@@ -300,16 +279,10 @@ class Trainer:
         members = [m for group in batch for m in group if m.advantage != 0.0 or m.chunk_advantages is not None]
         update = self._update(members, rng) if members else {}
 
-        # 5. Self-imitation: flow matching toward what the run's successful rollouts executed.
-        natural = [t for trajs in rolled for t in trajs]  # every rollout, filtered-out groups included
-        if cfg.success_bc_steps:
-            for t in natural:
-                if t.success:
-                    self.successes.add(t)
-            update.update(self.success_bc(rng))
         t_update = time.perf_counter() - t1
 
-        # 6. Metrics.
+        # 5. Metrics.
+        natural = [t for trajs in rolled for t in trajs]  # every rollout, filtered-out groups included
         all_rewards = torch.cat(rewards) if rewards else torch.zeros(0)
         zero_std = [bool(grpo.zero_std_groups(r[None])[0]) for r in rewards]
         d = drift(dict(self.adapter.policy.named_parameters()), self.initial, module_of)
@@ -377,7 +350,6 @@ class Trainer:
                 return run_episodes(self.adapter, self.slots, episodes, max_steps=cfg.max_steps,
                                     n_action_steps=cfg.n_action_steps, keep_images=True,
                                     sde_noise=cfg.sde_noise if cfg.likelihood == "sde" else 0.0,
-                                    noise_std=cfg.noise_std if cfg.likelihood == "noise" else 0.0,
                                     overlap=cfg.overlap_policy)
             except EnvFailure as err:
                 self.env_failures += 1
@@ -390,18 +362,10 @@ class Trainer:
                 self.slots = self._make_slots()
         raise AssertionError("unreachable")
 
-    @cached_property
+    @property
     def score_mask(self) -> torch.Tensor:
-        """The chunk elements that enter the likelihood: (Dm,) real action dims, or with
-        `likelihood_positions = executed` (H, Dm): only the first n_action_steps positions, the actions
-        the env ran (the rest never reach the reward; they still feed later denoising steps through
-        attention, so leaving them out is a biased, lower-variance gradient)."""
-        mask = self.adapter.action_mask
-        if self.cfg.likelihood_positions == "all":
-            return mask
-        horizon = self.adapter.chunk_size
-        executed = self.cfg.n_action_steps or self.adapter.config.n_action_steps
-        return (torch.arange(horizon) < executed)[:, None] & mask[None, :]
+        """(Dm,): the chunk elements that enter the likelihood, the real action dims."""
+        return self.adapter.action_mask
 
     def _score(self, adapter: SmolVLAAdapter, chunks: list[tuple[Member, int]], grad: bool
                ) -> tuple[list[torch.Tensor], list[torch.Tensor], list[torch.Tensor]]:
@@ -422,10 +386,8 @@ class Trainer:
             chains = torch.from_numpy(np.stack([m.traj.chains[c] for m, c in picked]))  # (B_k, K+1, H, Dm)
             with torch.set_grad_enabled(grad):
                 prefix = adapter.encode_prefix(batch, grad=grad and cfg.train_backbone)
-                # sde_window: only the first, noisiest steps; a late step's std is ~13x smaller, so its
-                # score (x - mu) / std^2 dominates the gradient while its noise barely moves the action.
                 targets, mean, std = adapter.transitions(prefix, chains, cfg.likelihood, cfg.sde_noise,
-                                                         cfg.ode_sigma, cfg.sde_window)
+                                                         cfg.ode_sigma)
                 lp = grpo.gaussian_logdensity(targets.flatten(0, 1), mean.flatten(0, 1), std.flatten(),
                                               self.score_mask).view(targets.shape)
             for j, i in enumerate(idx):
@@ -434,8 +396,6 @@ class Trainer:
 
     def _update(self, members: list[Member], rng: np.random.Generator) -> dict[str, float]:
         cfg = self.cfg
-        if cfg.likelihood == "noise":
-            return self._update_noise_policy(members)
         chunks_of = {id(m): [(m, c) for c in range(len(m.traj.chains))] for m in members}
         # Minibatches of whole trajectories, fixed for the step: pi_old is scored with exactly the batch
         # composition used later, so at theta = theta_old the ratio is exactly 1 (batched float math differs
@@ -454,52 +414,35 @@ class Trainer:
         stats: dict[str, list[float]] = {}
         params = self.groups["head"] + self.groups["backbone"]
         for _ in range(cfg.num_iterations):
-            order = rng.permutation(len(minibatches)).tolist()
-            # One optimizer step per minibatch (0), or gradients accumulated over the minibatches into
-            # k steps per epoch: memory stays per-minibatch while the update count stays k per epoch.
-            k = cfg.optimizer_steps_per_iteration
-            for group in ([[b] for b in order] if k == 0 else split(order, k)):
-                # Each minibatch's share of the update: its samples (bnpo) or its trajectories (grpo).
-                sizes = {b: len(minibatches[b]) if cfg.loss_type == "grpo"
-                         else sum(len(chunks_of[id(m)]) for m in minibatches[b]) for b in group}
-                self.optimizer.zero_grad(set_to_none=True)
-                stepped = False
-                for b in group:
-                    mb = minibatches[b]
-                    chunks = [c for m in mb for c in chunks_of[id(m)]]
-                    logp, means, stds = self._score(self.adapter, chunks, grad=True)
-                    logratio, adv, owner = grpo.ratio_samples(
-                        logp, old[b], torch.tensor([m.advantage if m.chunk_advantages is None
-                                                    else m.chunk_advantages[c] for m, c in chunks]), cfg.ratio_level,
-                        [len(chunks_of[id(m)]) for m in mb], self.score_mask)
-                    weights = grpo.sample_weights(owner, cfg.loss_type)
-                    if cfg.step_weighting == "noise":
-                        weights = weights * grpo.noise_aware_weights(logp, stds, cfg.ratio_level, self.score_mask)
-                        weights = weights / weights.sum()
-                    policy_loss, clip = grpo.clipped_surrogate(logratio, adv, cfg.epsilon, cfg.epsilon_high,
-                                                               cfg.dual_clip, weights)
-                    kl = torch.zeros(())
-                    if self.reference is not None:
-                        with torch.no_grad():
-                            _, ref_means, _ = self._score(self.reference, chunks, grad=False)
-                        kl = torch.stack([grpo.gaussian_kl_same_std(m, r, s, self.score_mask).sum()
-                                          for m, r, s in zip(means, ref_means, stds, strict=True)]).mean()
-                    loss = policy_loss + cfg.beta * kl
-                    if not torch.isfinite(loss):
-                        stats.setdefault("nonfinite_loss_skipped", []).append(1.0)
-                        continue
-                    if self.reference is not None and cfg.beta > 0:
-                        grads = torch.autograd.grad(policy_loss, params, retain_graph=True, allow_unused=True)
-                        stats.setdefault("grad_norm/policy_term", []).append(_norm(grads))
-                        grads = torch.autograd.grad(cfg.beta * kl, params, retain_graph=True, allow_unused=True)
-                        stats.setdefault("grad_norm/kl_term", []).append(_norm(grads))
-                    (loss * (sizes[b] / sum(sizes.values()))).backward()
-                    stepped = True
-                    for key, value in {"loss": loss, "loss/policy": policy_loss, "kl": kl, **clip}.items():
-                        stats.setdefault(key, []).append(float(torch.as_tensor(value).detach()))
-                if not stepped:  # every minibatch of the group was non-finite: no update
-                    self.optimizer.zero_grad(set_to_none=True)
+            for b in rng.permutation(len(minibatches)).tolist():  # one optimizer step per minibatch
+                mb = minibatches[b]
+                chunks = [c for m in mb for c in chunks_of[id(m)]]
+                logp, means, stds = self._score(self.adapter, chunks, grad=True)
+                logratio, adv, owner = grpo.ratio_samples(
+                    logp, old[b], torch.tensor([m.advantage if m.chunk_advantages is None
+                                                else m.chunk_advantages[c] for m, c in chunks]), cfg.ratio_level,
+                    [len(chunks_of[id(m)]) for m in mb], self.score_mask)
+                policy_loss, clip = grpo.clipped_surrogate(logratio, adv, cfg.epsilon, cfg.epsilon_high,
+                                                           cfg.dual_clip, grpo.sample_weights(owner, cfg.loss_type))
+                kl = torch.zeros(())
+                if self.reference is not None:
+                    with torch.no_grad():
+                        _, ref_means, _ = self._score(self.reference, chunks, grad=False)
+                    kl = torch.stack([grpo.gaussian_kl_same_std(m, r, s, self.score_mask).sum()
+                                      for m, r, s in zip(means, ref_means, stds, strict=True)]).mean()
+                loss = policy_loss + cfg.beta * kl
+                if not torch.isfinite(loss):
+                    stats.setdefault("nonfinite_loss_skipped", []).append(1.0)
                     continue
+                if self.reference is not None and cfg.beta > 0:
+                    grads = torch.autograd.grad(policy_loss, params, retain_graph=True, allow_unused=True)
+                    stats.setdefault("grad_norm/policy_term", []).append(_norm(grads))
+                    grads = torch.autograd.grad(cfg.beta * kl, params, retain_graph=True, allow_unused=True)
+                    stats.setdefault("grad_norm/kl_term", []).append(_norm(grads))
+                self.optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                for key, value in {"loss": loss, "loss/policy": policy_loss, "kl": kl, **clip}.items():
+                    stats.setdefault(key, []).append(float(torch.as_tensor(value).detach()))
                 for name in ("head", "backbone"):
                     stats.setdefault(f"grad_norm/{name}", []).append(_norm([p.grad for p in self.groups[name]]))
                 torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
@@ -507,74 +450,6 @@ class Trainer:
         self.adapter.policy.eval()
         reduce = {"ratio/max": np.max, "ratio/min": np.min}
         return {k: float(reduce.get(k, np.mean)(v)) for k, v in stats.items()}
-
-    def _update_noise_policy(self, members: list[Member]) -> dict[str, float]:
-        """Eq. 5 for the noise-space policy: each trajectory's sample is its latent offset delta (Da,), one
-        ratio per dim ("token" level); num_iterations Adam steps on the whole batch (it is N x Da numbers).
-        The KL to the SFT policy (m = 0, same std) is exact: |m|^2 / (2 s^2)."""
-        cfg, head = self.cfg, self.adapter.noise_policy
-        assert head is not None
-        delta = torch.from_numpy(np.stack([m.traj.noise_offset for m in members]))  # (N, Da)
-        adv = torch.tensor([m.advantage for m in members])[:, None].expand_as(delta)  # (N, Da)
-        with torch.no_grad():
-            old = head.log_prob(delta, cfg.noise_std)
-        stats: dict[str, list[float]] = {}
-        for _ in range(cfg.num_iterations):
-            policy_loss, clip = grpo.clipped_surrogate((head.log_prob(delta, cfg.noise_std) - old).flatten(),
-                                                       adv.flatten(), cfg.epsilon, cfg.epsilon_high, cfg.dual_clip)
-            kl = (head.offset**2).sum() / (2 * cfg.noise_std**2)
-            loss = policy_loss + cfg.beta * kl
-            self.optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            stats.setdefault("grad_norm/head", []).append(_norm([head.offset.grad]))
-            torch.nn.utils.clip_grad_norm_(self.groups["head"], cfg.max_grad_norm)
-            self.optimizer.step()
-            for key, value in {"loss": loss, "loss/policy": policy_loss, "kl": kl, **clip}.items():
-                stats.setdefault(key, []).append(float(torch.as_tensor(value).detach()))
-        reduce = {"ratio/max": np.max, "ratio/min": np.min}
-        out = {k: float(reduce.get(k, np.mean)(v)) for k, v in stats.items()}
-        out.update({f"noise_offset/{d}": float(v) for d, v in enumerate(head.offset.detach())})
-        return out
-
-    def success_bc(self, rng: np.random.Generator) -> dict[str, float]:
-        """Self-imitation (Oh et al., 2018, with "better than expected" read as success): `success_bc_steps`
-        optimizer steps of lerobot's flow-matching loss on query-step chunks of the buffered successful
-        rollouts. The likelihood-ratio gradient through ~3,500-dim Gaussian chunks is very noisy at a few
-        hundred rollouts; regressing onto what worked is a low-variance push in the same direction."""
-        cfg = self.cfg
-        samples = [(t, c) for bucket in self.successes.entries.values() for t in bucket
-                   for c in range(len(t.query_steps))]
-        if not samples and self.demos is None:
-            return {}
-        params = self.groups["head"] + self.groups["backbone"]
-        self.adapter.policy.train()
-        steps = cfg.success_bc_steps
-        if cfg.success_bc_epochs > 0 and samples:
-            steps = min(steps, math.ceil(cfg.success_bc_epochs * len(samples) / cfg.success_bc_batch_size))
-        # With anchor demos: a fixed share of every batch from them (all of it while there is no success yet).
-        n_demo = 0 if self.demos is None else (
-            round(cfg.success_bc_batch_size * cfg.success_bc_demo_fraction) if samples else cfg.success_bc_batch_size)
-        horizon = self.adapter.chunk_size
-        losses = []
-        for _ in range(steps):
-            parts = []
-            if n_demo < cfg.success_bc_batch_size:
-                picked = [samples[i] for i in rng.integers(len(samples), size=cfg.success_bc_batch_size - n_demo)]
-                parts.append(rollout_batch(picked, horizon))
-            if n_demo:
-                parts.append(self.demos.batch(rng.integers(len(self.demos), size=n_demo), horizon))
-            obs, languages = [o for p in parts for o in p[0]], [x for p in parts for x in p[1]]
-            actions, pad = (np.concatenate([p[i] for p in parts]) for i in (2, 3))
-            loss = flow_matching_loss(self.adapter, obs, languages, actions, pad)
-            self.optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
-            self.optimizer.step()
-            losses.append(float(loss.detach()))
-        self.adapter.policy.eval()
-        return {"success_bc/loss": float(np.mean(losses)), "success_bc/steps": float(steps),
-                "success_bc/chunks": float(len(samples)), "success_bc/demo_share": n_demo / cfg.success_bc_batch_size,
-                "success_bc/rollouts": float(sum(len(b) for b in self.successes.entries.values()))}
 
     # --- checkpoints -----------------------------------------------------------------------------------
     def save(self) -> Path:
@@ -584,8 +459,7 @@ class Trainer:
                          optimizer_state=self.optimizer.state_dict(), param_names=self.names,
                          config_json=self.cfg.to_json(), policy=self.adapter.identity,
                          reference=self.reference.identity if self.reference else None,
-                         replay={**self.pool.entries,
-                                 **{SUCCESS_BC_KEY + k: v for k, v in self.successes.entries.items()}},
+                         replay=self.pool.entries,
                          extra={"solved_streaks": self.solved.streaks},
                          value_buffer=self.value.buffer if self.value is not None else ())
         return path
@@ -595,11 +469,8 @@ class Trainer:
         missing = self.adapter.policy.load_state_dict(ckpt["params"], strict=True)
         assert not missing.missing_keys
         self.optimizer.load_state_dict(ckpt["optimizer"])
-        pools = ckpt["replay"]
-        ours = {k for k in pools if k.startswith(SUCCESS_BC_KEY)}
-        self.pool = ReplayPool(self.cfg.replay_pool_size, {k: v for k, v in pools.items() if k not in ours})
-        self.successes = ReplayPool(self.cfg.success_bc_buffer,
-                                    {k.removeprefix(SUCCESS_BC_KEY): pools[k] for k in ours})
+        self.pool = ReplayPool(self.cfg.replay_pool_size, {k: v for k, v in ckpt["replay"].items()
+                                                           if not k.startswith(RETIRED_POOL_PREFIX)})
         if self.value is not None:
             self.value.load_buffer(ckpt["value_buffer"])
         self.solved = SolvedInitStates(self.cfg.skip_solved, ckpt["extra"].get("solved_streaks"))

@@ -104,30 +104,6 @@ def test_ratio_samples_at_each_level() -> None:
         grpo.ratio_samples(new, old, adv, "episode", [2, 1], mask)
 
 
-def test_noise_aware_weights_follow_sigma_squared_and_align_with_ratio_samples() -> None:
-    mask = torch.tensor([True, True, False])
-    new = [torch.zeros(2, 4, 3), torch.zeros(2, 4, 3), torch.zeros(1, 4, 3)]
-    stds = [torch.tensor([1.0, 0.5]), torch.tensor([1.0, 0.5]), torch.tensor([2.0])]
-    w = grpo.noise_aware_weights(new, stds, "token", mask)
-    lr, _, _ = grpo.ratio_samples(new, new, torch.zeros(3), "token", [2, 1], mask)
-    assert w.shape == lr.shape == (40,)
-    # per chunk sigma^2 / mean sigma^2: 1 / 0.625 and 0.25 / 0.625; a one-step chunk weighs 1
-    torch.testing.assert_close(w[:8], torch.full((8,), 1.6))
-    torch.testing.assert_close(w[8:16], torch.full((8,), 0.4))
-    torch.testing.assert_close(w[-8:], torch.ones(8))
-    per_step = grpo.noise_aware_weights(new, stds, "step", mask)
-    torch.testing.assert_close(per_step, torch.tensor([1.6, 0.4, 1.6, 0.4, 1.0]))
-    executed = torch.zeros(4, 3, dtype=torch.bool)
-    executed[:2, :2] = True  # likelihood_positions = executed: a (H, Dm) mask
-    assert grpo.noise_aware_weights(new, stds, "token", executed).shape == (5 * 4,)
-    with pytest.raises(ValueError, match="step or token"):
-        grpo.noise_aware_weights(new, stds, "chunk", mask)
-    # At K = 10 the first step's sigma^2 is ~171x the last one's: the imbalance the weights undo.
-    t = torch.linspace(1.0, 0.1, 10)
-    sigma = grpo.sde_sigma(t, 0.1, 0.3)
-    assert 150 < float(sigma[0] ** 2 / sigma[-1] ** 2) < 200
-
-
 def test_loss_types_weigh_samples_or_trajectories() -> None:
     owner = torch.tensor([0, 0, 0, 1])  # a long failure (3 samples) and a short success (1)
     torch.testing.assert_close(grpo.sample_weights(owner, "bnpo"), torch.full((4,), 0.25))

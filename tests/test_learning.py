@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import dataclasses
 import json
 
 import numpy as np
 import pytest
-import torch
 
 from grpo_cli.envs.libero import PRIVILEGED_STATE_DIM, LiberoEnv, task_spec
 from grpo_cli.errors import UserError
@@ -182,39 +180,6 @@ def test_sft_lowers_the_flow_matching_loss_and_recommended_runs(demo_file, tmp_p
     assert metrics["groups_rolled_out"] >= 1 and 0.0 <= metrics["progress"] <= 2.0
     assert "frac_groups_filtered" in metrics
 
-    # Self-imitation anchored on the SFT demos: demo-only batches until a success is buffered, then half.
-    from grpo_cli.rollout import EpisodeSpec
-    from grpo_cli.sft import flow_matching_loss
-    from grpo_cli.train import Trainer
-
-    anchored = {"success_bc_steps": 30, "success_bc_batch_size": 8, "lr_head": 1e-3,
-                "success_bc_demos": (str(demo_file),)}
-    trainer = Trainer(dataclasses.replace(cfg, **anchored), tmp_path / "anchored")
-    try:
-        demos, horizon = trainer.demos, trainer.adapter.chunk_size
-        rows = np.arange(0, len(demos), 5)
-
-        def demo_loss() -> float:
-            with torch.no_grad():
-                return float(flow_matching_loss(trainer.adapter, *demos.batch(rows, horizon),
-                                                torch.Generator().manual_seed(0)))
-
-        before = demo_loss()
-        torch.manual_seed(0)
-        stats = trainer.success_bc(np.random.default_rng(0))
-        assert stats["success_bc/demo_share"] == 1.0 and stats["success_bc/steps"] == 30
-        assert stats["success_bc/chunks"] == 0 and demo_loss() < before
-        traj = trainer._run([EpisodeSpec(trainer.tasks[0], 0, 2, 7)])[0]
-        traj.success = True
-        trainer.successes.add(traj)
-        stats = trainer.success_bc(np.random.default_rng(1))
-        assert stats["success_bc/demo_share"] == 0.5 and stats["success_bc/chunks"] == len(traj.query_steps)
-    finally:
-        trainer.close()
-    with pytest.raises(UserError, match="recorded at 64x64 px but the run renders 32"):
-        Trainer(dataclasses.replace(cfg, **anchored, image_size=32), tmp_path / "small")
-    with pytest.raises(UserError, match="set success_bc_steps > 0"):
-        dataclasses.replace(cfg, **{**anchored, "success_bc_steps": 0})
 
 
 def test_stall_rule_ends_only_episodes_whose_goal_object_never_moved() -> None:

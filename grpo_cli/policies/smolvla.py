@@ -32,11 +32,9 @@ import torch
 from grpo_cli import grpo
 from grpo_cli.envs.libero import PRIVILEGED_STATE_DIM
 from grpo_cli.errors import UserError
-from grpo_cli.policies.noise_policy import NOISE_POLICY_PREFIX, NoisePolicy
 from grpo_cli.policies.offline_vlm import SMOLVLM2_500M, TinyVLMSpec, write_tiny_vlm
 
 DEFAULT_HUB_POLICY = "HuggingFaceVLA/smolvla_libero"
-OFFSET_STREAM = 0x5EED0FF5E7  # xor'ed into an episode's noise seed: the stream of its latent offset
 VLM_SUBDIR = "vlm"  # a saved policy carries its VLM config/tokenizer here, so it can be moved
 IMAGE_KEYS = ("observation.images.image", "observation.images.image2")
 STATE_KEY = "observation.state"
@@ -208,13 +206,13 @@ class SmolVLAAdapter:
         return chains  # type: ignore[return-value]
 
     def transitions(self, prefix: Prefix, chains: torch.Tensor, likelihood: str, sde_noise: float = 0.5,
-                    ode_sigma: float = 0.1, sde_window: int = 0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+                    ode_sigma: float = 0.1) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """The Gaussian steps that score stored chains under the current parameters (differentiable).
 
         prefix for B samples; chains (B, K+1, H, Dm), all with the same K. Returns (targets, means, stds)
         with targets and means (B, S, H, Dm) and stds (B, S), S scored steps:
         - `sde` (S = K): step k is N(x_{k+1}; mu_theta(x_k, t_k), sigma_k^2 dt), the exact transition
-          of a chain sampled with `denoise(..., sde_noise)`; sde_window W > 0 scores only the first W.
+          of a chain sampled with `denoise(..., sde_noise)`.
         - `ode` (S = 1): the seed's reading. Re-run the deterministic Euler sampler from the stored
           noise and score the stored chunk under N(f_theta(z), ode_sigma^2). At theta = theta_old
           f_theta(z) equals the stored chunk: the log-prob sits at its maximum, its gradient is 0.
@@ -224,14 +222,13 @@ class SmolVLAAdapter:
         batch = chains.shape[0]
         if likelihood == "sde":
             means, stds = [], []
-            scored = min(k, sde_window) if sde_window else k
-            for step in range(scored):
+            for step in range(k):
                 t = torch.full((batch,), 1.0 + step * (-dt), device=chains.device)
                 x_t = chains[:, step]
                 sigma = grpo.sde_sigma(t, dt, sde_noise)
                 means.append(grpo.sde_step_mean(x_t, self.velocity(prefix, x_t, t), t, dt, sigma))
                 stds.append(sigma * dt**0.5)
-            return chains[:, 1:scored + 1], torch.stack(means, 1), torch.stack(stds, 1)
+            return chains[:, 1:], torch.stack(means, 1), torch.stack(stds, 1)
         if likelihood == "ode":
             x = chains[:, 0]
             for step in range(k):
@@ -261,34 +258,9 @@ class SmolVLAAdapter:
         """z ~ N(0, I) of shape (batch, H, Dm) from a caller-owned generator (reproducible per stream)."""
         return torch.randn((batch, self.chunk_size, self.max_action_dim), generator=generator)
 
-    # --- noise-space policy (likelihood = noise) ----------------------------------------------------------
-    @property
-    def noise_policy(self) -> NoisePolicy | None:
-        return getattr(self.policy, "noise_policy", None)
-
-    def attach_noise_policy(self) -> NoisePolicy:
-        """Add a noise-space policy (m = 0, so the policy is unchanged) unless one is attached."""
-        if self.noise_policy is None:
-            head = NoisePolicy(self.action_dim).to(next(self.policy.parameters()).device)
-            self.policy.add_module(NOISE_POLICY_PREFIX.rstrip("."), head)
-        return self.noise_policy  # type: ignore[return-value]
-
-    def episode_offset(self, noise_seed: int, std: float) -> np.ndarray | None:
-        """An episode's latent offset delta (Da,) (None without a noise policy), from its own stream so
-        the chunks' noise draws stay those the SFT policy would make."""
-        if self.noise_policy is None:
-            return None
-        generator = torch.Generator().manual_seed(noise_seed ^ OFFSET_STREAM)
-        return self.noise_policy.sample(std, generator).cpu().numpy()
-
-    def initial_noise(self, generators: Sequence[torch.Generator], offsets: Sequence[np.ndarray | None]
-                      ) -> torch.Tensor:
-        """The chains' starting noise (B, H, Dm): eps ~ N(0, I) plus each episode's offset on the real dims."""
-        noise = torch.cat([self.sample_noise(g) for g in generators])
-        for b, offset in enumerate(offsets):
-            if offset is not None:
-                noise[b, :, : self.action_dim] += torch.from_numpy(offset).to(noise)
-        return noise
+    def initial_noise(self, generators: Sequence[torch.Generator]) -> torch.Tensor:
+        """The chains' starting noise (B, H, Dm): one draw from each episode's own stream (seed Eq. 3)."""
+        return torch.cat([self.sample_noise(g) for g in generators])
 
 
 def _quiet() -> contextlib.AbstractContextManager:
@@ -303,8 +275,7 @@ MODULES = {"vision": "model.vlm_with_expert.vlm.model.vision_model.",
            "connector": "model.vlm_with_expert.vlm.model.connector.",
            "text": "model.vlm_with_expert.vlm.model.text_model.",
            "expert": "model.vlm_with_expert.lm_expert.",
-           "heads": HEAD_PREFIXES[1:],
-           "noise_policy": NOISE_POLICY_PREFIX}
+           "heads": HEAD_PREFIXES[1:]}
 
 
 def module_of(name: str) -> str:
@@ -315,21 +286,16 @@ def module_of(name: str) -> str:
     return "other"
 
 
-def parameter_groups(policy: torch.nn.Module, train_backbone: bool, train_vision_encoder: bool = False,
-                     noise_policy_only: bool = False) -> dict[str, list[torch.nn.Parameter]]:
+def parameter_groups(policy: torch.nn.Module, train_backbone: bool, train_vision_encoder: bool = False
+                     ) -> dict[str, list[torch.nn.Parameter]]:
     """Set requires_grad explicitly (lerobot 0.4.4's own freeze patterns miss layers) and return groups.
 
     `head`: action expert + action/state/time projections; `backbone`: the VLM's connector and text
     model, plus the vision encoder only if `train_vision_encoder` (lerobot freezes it by default).
-    noise_policy_only: `head` is the attached noise policy and the whole flow model is frozen.
     """
     groups: dict[str, list[torch.nn.Parameter]] = {"head": [], "backbone": []}
     for name, param in policy.named_parameters():
-        if noise_policy_only or name.startswith(NOISE_POLICY_PREFIX):
-            param.requires_grad_(noise_policy_only and name.startswith(NOISE_POLICY_PREFIX))
-            if param.requires_grad:
-                groups["head"].append(param)
-        elif name.startswith(HEAD_PREFIXES):
+        if name.startswith(HEAD_PREFIXES):
             param.requires_grad_(True)
             groups["head"].append(param)
         elif (train_backbone and name.startswith(BACKBONE_PREFIX)
@@ -393,8 +359,6 @@ def _load_checkpoint(path: Path, device: str) -> SmolVLAAdapter:
         params = {name: torch.from_numpy(ds[()]) for name, ds in f["params"].items()}
         step = int(f.attrs["step"])
     adapter = SmolVLAAdapter.load(base["source"], device=device)
-    if any(name.startswith(NOISE_POLICY_PREFIX) for name in params):
-        adapter.attach_noise_policy()
     adapter.policy.load_state_dict(params, strict=True)
     adapter.identity = {"source": str(path), "kind": "checkpoint", "step": step,
                         "params_sha1": params_digest(adapter.policy), "lineage": base}
