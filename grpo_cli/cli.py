@@ -344,12 +344,13 @@ def train(exp: str | None, config_file: str | None, sets: tuple[str, ...], polic
             (directory / "slurm.json").write_text(json.dumps(dataclasses.asdict(settings)))
     if executor != "local":
         from grpo_cli.cluster import failure_reason, make_executor, submit_training
+        from grpo_cli.train import TrainJob
 
         folder = Path(run_dir) / "submitit"
         ex = make_executor(executor, folder, settings, "grpo-vla-train")
         for _, directory in runs:
             directory.mkdir(parents=True, exist_ok=True)
-        jobs = submit_training(ex, [(cfg.to_json(), str(directory)) for cfg, directory in runs])
+        jobs = submit_training(ex, TrainJob(), [(cfg.to_json(), str(directory)) for cfg, directory in runs])
         for job, (_, directory) in zip(jobs, runs, strict=True):
             click.echo(f"job {job.job_id}: {directory}")
         click.echo(f"logs in {folder}")

@@ -20,7 +20,6 @@ import json
 import re
 import shlex
 import shutil
-import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -97,55 +96,9 @@ def make_executor(kind: str, folder: Path, settings: SlurmSettings, name: str) -
     return executor
 
 
-# --- training ------------------------------------------------------------------------------------------
-class TrainJob(submitit.helpers.Checkpointable):
-    """One training run as a preemptible job: (re)starts or resumes `run_dir`, checkpoints on signal."""
-
-    def __init__(self) -> None:
-        self._stop: threading.Event | None = None
-        self._thread: threading.Thread | None = None
-
-    def __getstate__(self) -> dict[str, Any]:
-        return {}  # the thread and its event stay behind; a requeued job starts fresh ones
-
-    def __setstate__(self, state: dict[str, Any]) -> None:
-        self.__init__()
-
-    def __call__(self, cfg_json: str, run_dir: str) -> str | None:
-        from grpo_cli.presets import resolve
-        from grpo_cli.train import train
-
-        cfg = resolve(None, json.loads(cfg_json))
-        resume = (Path(run_dir) / "config.json").is_file()  # a requeued job continues its own run
-        result: dict[str, Any] = {}
-        self._stop = threading.Event()
-
-        def work() -> None:
-            try:
-                result["last"] = train(cfg, run_dir, resume=resume, stop=self._stop)
-            except BaseException as err:  # handed to the main thread, which raises it
-                result["error"] = err
-
-        # The main thread only waits, so it can run submitit's signal handler at any moment.
-        self._thread = threading.Thread(target=work, name="train")
-        self._thread.start()
-        while self._thread.is_alive():
-            self._thread.join(timeout=0.5)
-        if "error" in result:
-            raise result["error"]
-        return str(result["last"]) if result.get("last") else None
-
-    def checkpoint(self, cfg_json: str, run_dir: str) -> Any:
-        """Called by submitit on the pre-timeout / preemption signal: finish the step, save, requeue."""
-        if self._stop is not None and self._thread is not None:
-            self._stop.set()
-            self._thread.join()
-        return submitit.helpers.DelayedSubmission(TrainJob(), cfg_json, run_dir)
-
-
-def submit_training(executor: Any, runs: Sequence[tuple[str, str]]) -> list[Any]:
-    """One array job, one task per (config JSON, run directory)."""
-    return executor.map_array(TrainJob(), [c for c, _ in runs], [d for _, d in runs])
+def submit_training(executor: Any, job: Callable[[str, str], Any], runs: Sequence[tuple[str, str]]) -> list[Any]:
+    """One array job, one task per (config JSON, run directory); `job` is train.TrainJob()."""
+    return executor.map_array(job, [c for c, _ in runs], [d for _, d in runs])
 
 
 # --- shards: rollout and eval ---------------------------------------------------------------------------

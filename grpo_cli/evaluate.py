@@ -10,9 +10,10 @@ import numpy as np
 
 from grpo_cli.config import EvalConfig
 from grpo_cli.envs.libero import TaskSpec, num_tasks, task_spec
+from grpo_cli.episodes import EpisodeSpec, Trajectory, episode_seed
 from grpo_cli.errors import UserError
 from grpo_cli.policies.smolvla import SmolVLAAdapter
-from grpo_cli.rollout import EpisodeSpec, Trajectory, episode_seed, make_env_slots, run_episodes
+from grpo_cli.rollout import make_env_slots, run_episodes
 from grpo_cli.stats import wilson_interval
 
 

@@ -14,56 +14,15 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 import torch
 
 from grpo_cli.envs.libero import CAMERAS, STATE_KEY, LiberoEnv, TaskSpec, configure_libero
+from grpo_cli.episodes import EpisodeSpec, Trajectory, episode_seed
 from grpo_cli.errors import EnvFailure
 from grpo_cli.policies.smolvla import SmolVLAAdapter
-
-
-def episode_seed(seed: int, *keys: int) -> int:
-    """A 63-bit seed for one episode's noise stream, independent across (seed, *keys)."""
-    return int(np.random.SeedSequence([seed, *keys]).generate_state(2, dtype=np.uint64)[0] >> np.uint64(1))
-
-
-@dataclass(frozen=True)
-class EpisodeSpec:
-    """What to run: a task, an init state, K denoising steps, and the seed of the noise stream."""
-
-    task: TaskSpec
-    init_state: int
-    denoise_steps: int
-    noise_seed: int
-    group: int = -1
-    member: int = -1
-
-
-@dataclass
-class Trajectory:
-    """One episode, buffered in memory until it is written (never per-step file writes)."""
-
-    spec: EpisodeSpec
-    actions: list[np.ndarray] = field(default_factory=list)  # T x (Da,) executed actions
-    states: list[np.ndarray] = field(default_factory=list)  # T x (S,) observation before each action
-    rewards: list[float] = field(default_factory=list)
-    query_steps: list[int] = field(default_factory=list)  # C env steps at which the policy looked
-    query_states: list[np.ndarray] = field(default_factory=list)  # C x (S,)
-    query_images: dict[str, list[np.ndarray]] = field(default_factory=dict)  # key -> C x (h, w, 3)
-    noise: list[np.ndarray] = field(default_factory=list)  # C x (H, Dm)
-    chains: list[np.ndarray] = field(default_factory=list)  # C x (K+1, H, Dm)
-    success: bool = False
-    stalled: bool = False  # ended early by the stall rule (training only; EnvWorker.stall_steps)
-    progress: float = 0.0
-    """goal progress at the end (LiberoEnv.progress with the slots' shaping); 1.0 on success"""
-
-    @property
-    def length(self) -> int:
-        return len(self.actions)
-
 
 ChunkResult = tuple[list[np.ndarray], list[float], bool, dict[str, np.ndarray], float, bool]
 STALL_DISTANCE = 0.03  # m: a goal object that has moved less than this has not been picked up or pushed

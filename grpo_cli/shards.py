@@ -56,9 +56,10 @@ class ShardWorker(submitit.helpers.Checkpointable):
 
     def __call__(self, run_dir: str, generation: str, index: int, cfg_json: str) -> int:
         from grpo_cli.envs.libero import task_spec
+        from grpo_cli.episodes import EpisodeSpec
         from grpo_cli.policies.smolvla import SmolVLAAdapter
         from grpo_cli.presets import resolve
-        from grpo_cli.rollout import EpisodeSpec, make_env_slots, run_episodes
+        from grpo_cli.rollout import make_env_slots, run_episodes
         from grpo_cli.storage import write_rollout
 
         torch.set_num_threads(1)

@@ -22,8 +22,8 @@ import h5py
 import numpy as np
 
 from grpo_cli import __version__
+from grpo_cli.episodes import EpisodeSpec, Trajectory
 from grpo_cli.errors import UserError
-from grpo_cli.rollout import Trajectory
 
 SCHEMA_VERSION = 1
 _VERSIONED = ("lerobot", "torch", "transformers", "mujoco", "robosuite", "hf-libero", "numpy", "h5py")
@@ -210,8 +210,6 @@ def read_eval(path: str | Path) -> dict[str, Any]:
 
 def read_demo(g: h5py.Group, task: Any) -> Trajectory:
     """A `demo_i` group back into a Trajectory (task: the TaskSpec of its `task_id`)."""
-    from grpo_cli.rollout import EpisodeSpec
-
     a = g.attrs
     spec = EpisodeSpec(task, int(a["init_state"]), int(a["denoise_steps"]), int(a["noise_seed"]),
                        group=int(a["group"]), member=int(a["member"]))

@@ -20,15 +20,17 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import submitit
 import torch
 
 from grpo_cli import grpo
 from grpo_cli.config import TrainConfig
 from grpo_cli.drift import drift
 from grpo_cli.envs.libero import TaskSpec, task_spec
+from grpo_cli.episodes import EpisodeSpec, Trajectory, episode_seed
 from grpo_cli.errors import EnvFailure, UserError
 from grpo_cli.policies.smolvla import SmolVLAAdapter, module_of, parameter_groups
-from grpo_cli.rollout import EpisodeSpec, Trajectory, episode_seed, make_env_slots, run_episodes
+from grpo_cli.rollout import make_env_slots, run_episodes
 from grpo_cli.shards import ShardPool
 from grpo_cli.sinks import Sinks
 from grpo_cli.storage import read_checkpoint, write_checkpoint
@@ -561,3 +563,48 @@ def train(cfg: TrainConfig, run_dir: str | Path, resume: bool = False, log: Call
         trainer.close()
         sinks.close()
     return last
+
+
+# --- the training job: a preemptible SLURM/submitit task -----------------------------------------------
+class TrainJob(submitit.helpers.Checkpointable):
+    """One training run as a preemptible job: (re)starts or resumes `run_dir`, checkpoints on signal."""
+
+    def __init__(self) -> None:
+        self._stop: threading.Event | None = None
+        self._thread: threading.Thread | None = None
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {}  # the thread and its event stay behind; a requeued job starts fresh ones
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__init__()
+
+    def __call__(self, cfg_json: str, run_dir: str) -> str | None:
+        from grpo_cli.presets import resolve
+
+        cfg = resolve(None, json.loads(cfg_json))
+        resume = (Path(run_dir) / "config.json").is_file()  # a requeued job continues its own run
+        result: dict[str, Any] = {}
+        self._stop = threading.Event()
+
+        def work() -> None:
+            try:
+                result["last"] = train(cfg, run_dir, resume=resume, stop=self._stop)
+            except BaseException as err:  # handed to the main thread, which raises it
+                result["error"] = err
+
+        # The main thread only waits, so it can run submitit's signal handler at any moment.
+        self._thread = threading.Thread(target=work, name="train")
+        self._thread.start()
+        while self._thread.is_alive():
+            self._thread.join(timeout=0.5)
+        if "error" in result:
+            raise result["error"]
+        return str(result["last"]) if result.get("last") else None
+
+    def checkpoint(self, cfg_json: str, run_dir: str) -> Any:
+        """Called by submitit on the pre-timeout / preemption signal: finish the step, save, requeue."""
+        if self._stop is not None and self._thread is not None:
+            self._stop.set()
+            self._thread.join()
+        return submitit.helpers.DelayedSubmission(TrainJob(), cfg_json, run_dir)
