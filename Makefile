@@ -21,6 +21,7 @@ install: $(VENV)/.installed
 
 test: install
 	$(VENV)/bin/ruff check grpo_cli tests benchmarks
+	$(VENV)/bin/lint-imports  # the layering contract in pyproject.toml: no import circles, no upward imports
 	# loadfile: a file runs on one xdist worker, so module fixtures (the test SLURM cluster) start once
 	$(VENV)/bin/pytest -q -n 2 --dist loadfile
 
@@ -42,6 +43,7 @@ demo: install
 
 lint: install
 	$(VENV)/bin/ruff check grpo_cli tests benchmarks
+	$(VENV)/bin/lint-imports
 
 bench: install
 	$(PY) benchmarks/env_throughput.py
