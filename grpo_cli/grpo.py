@@ -15,25 +15,16 @@ import torch
 SCALE_REWARDS = ("group", "batch", "none")
 
 
-def tiered_rewards(success: torch.Tensor, tier_weights: torch.Tensor) -> torch.Tensor:
+def tiered_rewards(rewards: torch.Tensor, tier_weights: torch.Tensor) -> torch.Tensor:
     """Eq. 4: each member's reward scaled by its slot weight.
 
-    success (G, n) in {0, 1}; tier_weights (n,), e.g. [0.1, 1, 1, 1, 1, 1] for the seed's two-tier
-    group (slot 1 is the 1-step trajectory). Returns (G, n).
+    rewards (G, n): success in {0, 1} (the seed) or any base reward (`base_rewards`); tier_weights (n,),
+    e.g. [0.1, 1, 1, 1, 1, 1] for the seed's two-tier group (slot 1 is the 1-step trajectory). Returns
+    (G, n) in float64, the product of the float32 reward and the Python-float weight.
     """
-    if tier_weights.shape != success.shape[-1:]:
-        raise ValueError(f"tier_weights {tuple(tier_weights.shape)} must match group size {success.shape[-1]}")
-    return success.to(torch.float32) * tier_weights.to(torch.float32)
-
-
-def composite_horizon_reward(success: torch.Tensor, horizon_weights: torch.Tensor) -> torch.Tensor:
-    """E1: one composite reward from the members run at several horizons (K = 8, 9, 10).
-
-    success (G, n) with member j run at horizon j; horizon_weights (n,) (seed: 0.1, 0.2, 0.7).
-    Returns (G,) = sum_j w_j r_j / sum_j w_j, a weighted mean in [0, 1].
-    """
-    w = horizon_weights.to(torch.float32)
-    return (success.to(torch.float32) * w).sum(-1) / w.sum()
+    if tier_weights.shape != rewards.shape[-1:]:
+        raise ValueError(f"tier_weights {tuple(tier_weights.shape)} must match group size {rewards.shape[-1]}")
+    return rewards.to(torch.float32).to(torch.float64) * tier_weights.to(torch.float64)
 
 
 def group_advantages(rewards: torch.Tensor, scale_rewards: str = "group", eps: float = 1e-4) -> torch.Tensor:
@@ -53,6 +44,16 @@ def group_advantages(rewards: torch.Tensor, scale_rewards: str = "group", eps: f
     else:
         raise ValueError(f"scale_rewards must be one of {SCALE_REWARDS}, got {scale_rewards!r}")
     return centred / (scale + eps)
+
+
+def ragged_group_advantages(rewards: list[torch.Tensor], scale_rewards: str = "group", eps: float = 1e-4
+                            ) -> list[torch.Tensor]:
+    """Eq. 1 for groups of unequal size (E5 and E6 add a member to all-fail groups): each (n_g,) group as
+    `group_advantages`; `batch` divides by the std of all the batch's rewards together."""
+    if scale_rewards == "batch":
+        std = torch.cat(rewards).std(unbiased=False) if rewards else torch.tensor(0.0)
+        return [(r - r.mean()) / (std + eps) for r in rewards]
+    return [group_advantages(r[None], scale_rewards, eps)[0] for r in rewards]
 
 
 def zero_std_groups(rewards: torch.Tensor) -> torch.Tensor:
@@ -89,6 +90,15 @@ def clipped_surrogate(logratio: torch.Tensor, advantages: torch.Tensor, epsilon:
 
 
 # --- Flow-SDE: the denoising chain as a Gaussian MDP (flow-likelihood.md) ------------------------------
+
+def policy_loss(logratio: torch.Tensor, advantages: torch.Tensor, weights: torch.Tensor, epsilon: float,
+                epsilon_high: float | None, dual_clip: float | None, kl: torch.Tensor, beta: float
+                ) -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
+    """Eq. 5: the clipped surrogate over the weighted samples plus beta * KL to the reference.
+    Returns (loss, the surrogate term alone, clip statistics)."""
+    surrogate, clip = clipped_surrogate(logratio, advantages, epsilon, epsilon_high, dual_clip, weights)
+    return surrogate + beta * kl, surrogate, clip
+
 
 def sde_sigma(t: torch.Tensor, dt: float, noise_level: float) -> torch.Tensor:
     """sigma_t = a * sqrt(t / (1 - t)), with t clamped to <= 1 - dt/2 (sigma is infinite at t = 1).

@@ -15,7 +15,6 @@ import math
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -26,9 +25,10 @@ import torch
 from grpo_cli import grpo
 from grpo_cli.config import TrainConfig
 from grpo_cli.drift import drift
-from grpo_cli.envs.libero import TaskSpec, task_spec
+from grpo_cli.envs.libero import task_spec
 from grpo_cli.episodes import EpisodeSpec, Trajectory, episode_seed
 from grpo_cli.errors import EnvFailure, UserError
+from grpo_cli.groups import Member, ReplayPool, SolvedInitStates, assemble_rewards, filtered_groups
 from grpo_cli.policies.smolvla import SmolVLAAdapter, module_of, parameter_groups
 from grpo_cli.rollout import make_env_slots, run_episodes
 from grpo_cli.shards import ShardPool
@@ -37,137 +37,6 @@ from grpo_cli.storage import read_checkpoint, write_checkpoint
 from grpo_cli.value import ChunkValue
 
 RETIRED_POOL_PREFIX = "success_bc/"  # self-imitation's buffer in checkpoints of earlier versions: dropped on load
-
-
-@dataclass
-class Member:
-    """A trajectory in a group with its reward and origin (natural / fallback / replay)."""
-
-    traj: Trajectory
-    reward: float
-    origin: str = "natural"
-    advantage: float = 0.0
-    chunk_advantages: list[float] | None = None  # advantage_baseline = value: one per chunk (else `advantage`)
-
-
-class ReplayPool:
-    """E6: successful trajectories per task, newest kept (the seed does not say when it prunes)."""
-
-    def __init__(self, size: int, entries: dict[str, list[Trajectory]] | None = None):
-        self.size = size
-        self.entries: dict[str, list[Trajectory]] = entries or {}
-
-    def add(self, traj: Trajectory) -> None:
-        bucket = self.entries.setdefault(str(traj.spec.task.task_id), [])
-        bucket.append(traj)
-        del bucket[: max(0, len(bucket) - self.size)]
-
-    def sample(self, task_id: int, rng: np.random.Generator) -> Trajectory | None:
-        bucket = self.entries.get(str(task_id), [])
-        return bucket[int(rng.integers(len(bucket)))] if bucket else None
-
-
-class SolvedInitStates:
-    """RIPT-VLA's dynamic sampling: an init state whose last `k` groups were all successes is not drawn
-    again. Such groups carry no success signal (at most a dense-reward ranking of equal outcomes) and a
-    group filter would drop them after paying for their env steps. k = 0 keeps every init state.
-
-    Streaks are keyed "task_id:init_state" and checkpointed, so a resumed run skips what it skipped.
-    """
-
-    def __init__(self, k: int, streaks: dict[str, int] | None = None):
-        self.k = k
-        self.streaks: dict[str, int] = dict(streaks or {})
-
-    def record(self, task_id: int, init_state: int, all_success: bool) -> None:
-        key = f"{task_id}:{init_state}"
-        self.streaks[key] = self.streaks.get(key, 0) + 1 if all_success else 0
-
-    def skipped(self, task_id: int, init_state: int) -> bool:
-        return self.k > 0 and self.streaks.get(f"{task_id}:{init_state}", 0) >= self.k
-
-    def draw(self, tasks: list[TaskSpec], rng: np.random.Generator) -> tuple[TaskSpec, int]:
-        """A task uniformly, then one of its init states uniformly, among those not skipped. With k = 0
-        the draws are exactly those of a run without the option; once every init state is skipped, all
-        are drawn again (the run never stalls)."""
-        if not self.k:
-            task = tasks[int(rng.integers(len(tasks)))]
-            return task, int(rng.integers(task.num_init_states))
-        open_states = {t.task_id: [i for i in range(t.num_init_states) if not self.skipped(t.task_id, i)]
-                       for t in tasks}
-        candidates = [t for t in tasks if open_states[t.task_id]] or tasks
-        task = candidates[int(rng.integers(len(candidates)))]
-        states = open_states[task.task_id] or list(range(task.num_init_states))
-        return task, states[int(rng.integers(len(states)))]
-
-    def frac_skipped(self, tasks: list[TaskSpec]) -> float:
-        total = sum(t.num_init_states for t in tasks)
-        return sum(self.skipped(t.task_id, i) for t in tasks for i in range(t.num_init_states)) / max(total, 1)
-
-
-def assemble_rewards(groups: list[list[Trajectory]], cfg: TrainConfig,
-                     fallback: Callable[[int, Trajectory], Trajectory], pool: ReplayPool, rng: np.random.Generator
-                     ) -> tuple[list[list[Member]], dict[str, int]]:
-    """Members and rewards of each group: Eq. 4's tier weights, then for all-fail groups E5's fallback
-    trajectory (reward 1 on success, 0.05 on failure) or E6's replayed success (reward 1; the group is
-    skipped when the pool has none). Natural successes enter the pool. Returns (groups, counts)."""
-    weights = cfg.tier_weights or (1.0,) * cfg.num_generations
-    counts = {"natural_success": 0, "fallback_success": 0, "fallback_failure": 0, "replay_injected": 0,
-              "skipped_groups": 0, "all_fail_groups": 0, "all_success_groups": 0}
-    batch: list[list[Member]] = []
-    for g, trajs in enumerate(groups):
-        base = grpo.base_rewards(torch.tensor([t.success for t in trajs]),
-                                 torch.tensor([t.progress for t in trajs]), cfg.reward)
-        members = [Member(t, w * float(r)) for t, w, r in zip(trajs, weights, base, strict=True)]
-        counts["natural_success"] += sum(t.success for t in trajs)
-        counts["all_success_groups"] += all(t.success for t in trajs)
-        if cfg.replay_pool:
-            for t in trajs:
-                if t.success:
-                    pool.add(t)
-        if not any(t.success for t in trajs):
-            counts["all_fail_groups"] += 1
-            if cfg.fallback_steps:
-                extra = fallback(g, trajs[0])
-                reward = cfg.fallback_success_reward if extra.success else cfg.fallback_failure_reward
-                counts["fallback_success" if extra.success else "fallback_failure"] += 1
-                members.append(Member(extra, reward, "fallback"))
-            elif cfg.replay_pool:
-                cached = pool.sample(trajs[0].spec.task.task_id, rng)
-                if cached is None:
-                    counts["skipped_groups"] += 1
-                    continue
-                counts["replay_injected"] += 1
-                members.append(Member(cached, 1.0, "replay"))
-        batch.append(members)
-    return batch, counts
-
-
-def filtered_groups(rollout_groups: Callable[[int, int], list[list[Trajectory]]], cfg: TrainConfig,
-                    env_step_room: int | None = None) -> tuple[list[list[Trajectory]], list[list[Trajectory]]]:
-    """Roll out `tasks_per_step` groups; with a group filter, replace dropped groups with fresh ones for
-    up to `max_resample_tries` extra rounds. `rollout_groups(first_index, count)` runs `count` groups.
-    An extra round runs only if, at the mean env steps per group so far, it fits in `env_step_room`
-    (the run's budget left), so resampling cannot carry a run far past its budget.
-    Returns (kept groups, every group rolled out); a step may end with fewer groups than asked."""
-    kept: list[list[Trajectory]] = []
-    rolled: list[list[Trajectory]] = []
-    for attempt in range(1 + cfg.max_resample_tries):
-        needed = cfg.tasks_per_step - len(kept)
-        if attempt and env_step_room is not None:
-            used = sum(t.length for grp in rolled for t in grp)
-            if used + needed * used / len(rolled) > env_step_room:
-                break
-        fresh = rollout_groups(len(rolled), needed)
-        rolled += fresh
-        success = torch.tensor([[t.success for t in grp] for grp in fresh])
-        progress = torch.tensor([[t.progress for t in grp] for grp in fresh])
-        keep = grpo.keep_groups(success, grpo.base_rewards(success, progress, cfg.reward), cfg.group_filter,
-                                tuple(cfg.success_band))
-        kept += [grp for grp, k in zip(fresh, keep.tolist(), strict=True) if k]
-        if len(kept) >= cfg.tasks_per_step:
-            break
-    return kept, rolled
 
 
 def checkpoints(run_dir: Path) -> list[Path]:
@@ -226,15 +95,40 @@ class Trainer:
 
     # --- one GRPO step ---------------------------------------------------------------------------------
     def step(self, env_step_room: int | None = None) -> dict[str, float]:
-        """One GRPO step; env_step_room: env steps left in the run's budget (bounds resampling)."""
-        cfg, s = self.cfg, self.step_index
-        rng = np.random.default_rng([cfg.seed, s])
+        """One GRPO step; env_step_room: env steps left in the run's budget (bounds resampling).
+        The checkpoint after it is the loop's (`train`)."""
+        rng = np.random.default_rng([self.cfg.seed, self.step_index])
         t0 = time.perf_counter()
         handoff_before = self.shards.handoff_s if self.shards is not None else 0.0
         self.episodes_lost = 0
 
-        # 1. Rollout: G groups, each from one (task, init state), members differ only in their noise (Eq. 3).
-        #    With a group filter, groups without signal are dropped and replaced by fresh ones (bounded).
+        # 1. Collect: G groups, one (task, init state) each, members differing only in their noise (Eq. 3);
+        #    a group filter drops groups without signal and resamples them (bounded).
+        groups, rolled = self.collect_groups(rng, env_step_room)
+        # 2. Rewards: Eq. 4's tier weights; E5's fallback or E6's replay for all-fail groups.
+        batch, counts = assemble_rewards(groups, self.cfg, self.fallback, self.pool, rng)
+        # 3. Advantages: Eq. 1 per group, then per chunk against the learned value (GAE) when asked.
+        value_stats = self.advantages(batch)
+        t_rollout = time.perf_counter() - t0
+
+        # 4. Update: num_iterations epochs of Eq. 5 (clipped surrogate + beta KL) over fixed minibatches.
+        t1 = time.perf_counter()
+        members = [m for group in batch for m in group if m.advantage != 0.0 or m.chunk_advantages is not None]
+        update = self._update(members, rng) if members else {}
+        t_update = time.perf_counter() - t1
+
+        # 5. Metrics.
+        timing = {"time/rollout": t_rollout, "time/update": t_update,
+                  **({"time/shard_handoff": self.shards.handoff_s - handoff_before} if self.shards is not None else {})}
+        metrics = self.step_metrics(batch, groups, rolled, counts, {**value_stats, **update}, timing)
+        self.step_index += 1
+        return metrics
+
+    def collect_groups(self, rng: np.random.Generator, env_step_room: int | None
+                       ) -> tuple[list[list[Trajectory]], list[list[Trajectory]]]:
+        """This step's groups after the group filter, and every group rolled out (filtered ones too)."""
+        cfg, s = self.cfg, self.step_index
+
         def rollout_groups(first: int, count: int) -> list[list[Trajectory]]:
             episodes = []
             for g in range(first, first + count):
@@ -251,46 +145,41 @@ class Trainer:
         groups, rolled = filtered_groups(rollout_groups, cfg, env_step_room)
         for trajs in rolled:
             self.solved.record(trajs[0].spec.task.task_id, trajs[0].spec.init_state, all(t.success for t in trajs))
+        return groups, rolled
 
-        # 2. Rewards (Eq. 4), E5 fallback and E6 replay for all-fail groups.
-        def fallback(g: int, first: Trajectory) -> Trajectory:
-            spec = EpisodeSpec(first.spec.task, first.spec.init_state, cfg.fallback_steps,
-                               episode_seed(cfg.seed, s, g, cfg.num_generations), group=g, member=cfg.num_generations)
-            traj = self._run([spec])[0]
-            if traj is None:
-                raise UserError(f"step {s + 1}: the fallback rollout was lost with its failed shard")
-            return traj
+    def fallback(self, g: int, first: Trajectory) -> Trajectory:
+        """E5: one extra trajectory of group g with K = fallback_steps, from the group's init state."""
+        cfg, s = self.cfg, self.step_index
+        spec = EpisodeSpec(first.spec.task, first.spec.init_state, cfg.fallback_steps,
+                           episode_seed(cfg.seed, s, g, cfg.num_generations), group=g, member=cfg.num_generations)
+        traj = self._run([spec])[0]
+        if traj is None:
+            raise UserError(f"step {s + 1}: the fallback rollout was lost with its failed shard")
+        return traj
 
-        batch, counts = assemble_rewards(groups, cfg, fallback, self.pool, rng)
-
-        # 3. Advantages (Eq. 1), per group; zero-std groups give exactly 0.
+    def advantages(self, batch: list[list[Member]]) -> dict[str, float]:
+        """Eq. 1 per group (zero-std groups give exactly 0); with advantage_baseline = value, per-chunk
+        advantages from the learned value replace them once it is fitted. Returns the value's statistics."""
         rewards = [torch.tensor([m.reward for m in members]) for members in batch]
-        batch_std = torch.cat(rewards).std(unbiased=False) if rewards else torch.tensor(0.0)
-        for members, r in zip(batch, rewards, strict=True):
-            if cfg.scale_rewards == "batch":
-                adv = (r - r.mean()) / (batch_std + 1e-4)
-            else:
-                adv = grpo.group_advantages(r[None], cfg.scale_rewards)[0]
+        for members, adv in zip(batch, grpo.ragged_group_advantages(rewards, self.cfg.scale_rewards), strict=True):
             for m, a in zip(members, adv.tolist(), strict=True):
                 m.advantage = a
-        value_stats = self._value_advantages(batch) if self.value is not None else {}
-        t_rollout = time.perf_counter() - t0
+        return self._value_advantages(batch) if self.value is not None else {}
 
-        # 4. Policy update: num_iterations epochs over minibatches of whole trajectories (Eq. 5).
-        t1 = time.perf_counter()
-        members = [m for group in batch for m in group if m.advantage != 0.0 or m.chunk_advantages is not None]
-        update = self._update(members, rng) if members else {}
-
-        t_update = time.perf_counter() - t1
-
-        # 5. Metrics.
+    def step_metrics(self, batch: list[list[Member]], groups: list[list[Trajectory]],
+                     rolled: list[list[Trajectory]], counts: dict[str, int], update: dict[str, float],
+                     timing: dict[str, float]) -> dict[str, float]:
+        """The step's metrics (README, "Logged metrics")."""
+        cfg, s = self.cfg, self.step_index
+        rewards = [torch.tensor([m.reward for m in members]) for members in batch]
         natural = [t for trajs in rolled for t in trajs]  # every rollout, filtered-out groups included
         all_rewards = torch.cat(rewards) if rewards else torch.zeros(0)
         zero_std = [bool(grpo.zero_std_groups(r[None])[0]) for r in rewards]
         d = drift(dict(self.adapter.policy.named_parameters()), self.initial, module_of)
         env_steps = sum(t.length for t in natural) + sum(m.traj.length for g in batch for m in g
                                                          if m.origin == "fallback")
-        metrics = {
+        stepped = any(m.advantage != 0.0 or m.chunk_advantages is not None for group in batch for m in group)
+        return {
             "step": s + 1, "reward": float(all_rewards.mean()) if len(all_rewards) else 0.0,
             "reward_std": float(all_rewards.std(unbiased=False)) if len(all_rewards) else 0.0,
             "success_rate": float(np.mean([t.success for t in natural])),
@@ -302,17 +191,13 @@ class Trainer:
             "progress": float(np.mean([t.progress for t in natural])),
             "frac_stalled": float(np.mean([t.stalled for t in natural])),
             **{f"reward_composition/{k}": v for k, v in counts.items()},
-            "step_skipped": float(not members), "drift_pct": d["total"]["drift_pct"],
+            "step_skipped": float(not stepped), "drift_pct": d["total"]["drift_pct"],
             "drift_rel_l2": d["total"]["rel_l2"],
             **{f"drift/{module}": v["drift_pct"] for module, v in d.items() if module != "total"},
             **{f"lr/{g['name']}": g["lr"] for g in self.optimizer.param_groups},
-            "env_failures": self.env_failures, "episodes_lost": self.episodes_lost,
-            "time/rollout": t_rollout, "time/update": t_update, "env_steps": env_steps,
-            **({"time/shard_handoff": self.shards.handoff_s - handoff_before} if self.shards is not None else {}),
-            "SPS": env_steps / max(t_rollout + t_update, 1e-9), **value_stats, **update,
+            "env_failures": self.env_failures, "episodes_lost": self.episodes_lost, **timing, "env_steps": env_steps,
+            "SPS": env_steps / max(timing["time/rollout"] + timing["time/update"], 1e-9), **update,
         }
-        self.step_index += 1
-        return metrics
 
     def _value_advantages(self, batch: list[list[Member]]) -> dict[str, float]:
         """advantage_baseline = value: per-chunk advantages r - V(s_c) from a value fitted on earlier steps
@@ -424,15 +309,14 @@ class Trainer:
                     logp, old[b], torch.tensor([m.advantage if m.chunk_advantages is None
                                                 else m.chunk_advantages[c] for m, c in chunks]), cfg.ratio_level,
                     [len(chunks_of[id(m)]) for m in mb], self.score_mask)
-                policy_loss, clip = grpo.clipped_surrogate(logratio, adv, cfg.epsilon, cfg.epsilon_high,
-                                                           cfg.dual_clip, grpo.sample_weights(owner, cfg.loss_type))
                 kl = torch.zeros(())
                 if self.reference is not None:
                     with torch.no_grad():
                         _, ref_means, _ = self._score(self.reference, chunks, grad=False)
                     kl = torch.stack([grpo.gaussian_kl_same_std(m, r, s, self.score_mask).sum()
                                       for m, r, s in zip(means, ref_means, stds, strict=True)]).mean()
-                loss = policy_loss + cfg.beta * kl
+                loss, policy_loss, clip = grpo.policy_loss(logratio, adv, grpo.sample_weights(owner, cfg.loss_type),
+                                                           cfg.epsilon, cfg.epsilon_high, cfg.dual_clip, kl, cfg.beta)
                 if not torch.isfinite(loss):
                     stats.setdefault("nonfinite_loss_skipped", []).append(1.0)
                     continue

@@ -25,18 +25,40 @@ def test_group_advantages_hand_worked() -> None:
         grpo.group_advantages(r, "grouped")
 
 
+def test_ragged_group_advantages_are_eq1_per_group_and_batch_scaled_over_all() -> None:
+    equal = torch.tensor([[0.0, 1.0, 1.0], [1.0, 1.0, 1.0]])
+    for scale in ("group", "none", "batch"):
+        ragged = grpo.ragged_group_advantages(list(equal), scale)
+        torch.testing.assert_close(torch.stack(ragged), grpo.group_advantages(equal, scale))
+    e5 = [torch.tensor([0.0, 0.0, 0.05]), torch.tensor([1.0, 0.0])]  # an all-fail group plus E5's fallback member
+    batch = grpo.ragged_group_advantages(e5, "batch")
+    std = torch.cat(e5).std(unbiased=False)
+    torch.testing.assert_close(batch[1], (e5[1] - 0.5) / (std + 1e-4))
+    assert grpo.ragged_group_advantages([torch.tensor([0.0, 0.0])], "group")[0].tolist() == [0.0, 0.0]
+
+
+def test_policy_loss_is_the_clipped_surrogate_plus_beta_kl() -> None:
+    logratio, adv = torch.tensor([0.1, -0.3, 0.0]), torch.tensor([1.0, -1.0, 0.5])
+    weights = torch.full((3,), 1 / 3)
+    surrogate, clip = grpo.clipped_surrogate(logratio, adv, 0.2, None, None, weights)
+    loss, policy, clip2 = grpo.policy_loss(logratio, adv, weights, 0.2, None, None, torch.tensor(2.0), 0.04)
+    torch.testing.assert_close(policy, surrogate)
+    torch.testing.assert_close(loss, surrogate + 0.08)
+    assert clip2.keys() == clip.keys()
+
+
 def test_zero_std_groups() -> None:
     r = torch.tensor([[0.0, 0.0, 0.0], [1.0, 1.0, 1.0], [0.0, 1.0, 0.0]])
     assert grpo.zero_std_groups(r).tolist() == [True, True, False]
 
 
-def test_tiered_and_composite_rewards() -> None:
+def test_tiered_rewards() -> None:
     success = torch.tensor([[1, 0, 1, 1, 0, 1], [1, 0, 0, 0, 0, 0]])
     weights = torch.tensor([0.1, 1, 1, 1, 1, 1])
     assert grpo.tiered_rewards(success, weights).tolist() == [
         pytest.approx([0.1, 0, 1, 1, 0, 1]), pytest.approx([0.1, 0, 0, 0, 0, 0])]
-    e1 = grpo.composite_horizon_reward(torch.tensor([[1, 0, 1], [0, 0, 1], [1, 1, 1]]), torch.tensor([0.1, 0.2, 0.7]))
-    torch.testing.assert_close(e1, torch.tensor([0.8, 0.7, 1.0]))
+    progress = torch.tensor([[0.5, 0.25]], dtype=torch.float32)  # any base reward; float64 like w * float(r)
+    assert grpo.tiered_rewards(progress, torch.tensor([0.1, 1.0], dtype=torch.float64)).tolist() == [[0.1 * 0.5, 0.25]]
     with pytest.raises(ValueError):
         grpo.tiered_rewards(success, torch.ones(5))
 

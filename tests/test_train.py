@@ -12,18 +12,10 @@ import torch
 from grpo_cli.config import TrainConfig
 from grpo_cli.drift import drift
 from grpo_cli.errors import UserError
+from grpo_cli.groups import Member, ReplayPool, SolvedInitStates, assemble_rewards, filtered_groups
 from grpo_cli.policies.smolvla import module_of
 from grpo_cli.presets import PRESETS, resolve
-from grpo_cli.train import (
-    Member,
-    ReplayPool,
-    SolvedInitStates,
-    Trainer,
-    assemble_rewards,
-    checkpoints,
-    filtered_groups,
-    train,
-)
+from grpo_cli.train import Trainer, checkpoints, train
 
 SMOKE = {"policy": "tiny", "tasks": "0", "max_steps": "10", "n_action_steps": "5", "image_size": "64",
          "num_envs": "1", "save_every": "1"}
