@@ -181,9 +181,11 @@ def test_mujoco_asset_cache_and_arena_size_leave_episodes_bit_identical(monkeypa
 
 
 def test_a_full_arena_is_a_one_line_error_naming_the_setting(tmp_path: Path) -> None:
+    # MuJoCo also logs the overflow to MUJOCO_LOG.TXT in the working directory: keep it out of the checkout
     proc = subprocess.run([sys.executable, "-m", "grpo_cli", "rollout", *OBJECT, "--out", str(tmp_path / "x.h5")],
-                          capture_output=True, text=True, timeout=600,
-                          env={**os.environ, "GRPO_VLA_MUJOCO_ARENA_MB": "2"})
+                          capture_output=True, text=True, timeout=600, cwd=tmp_path,
+                          env={**os.environ, "GRPO_VLA_MUJOCO_ARENA_MB": "2",
+                               "PYTHONPATH": str(Path(__file__).resolve().parents[1])})
     assert proc.returncode != 0
     lines = proc.stderr.strip().splitlines()
     assert "Traceback" not in proc.stderr
