@@ -8,8 +8,10 @@ For a policy query every 10 and every 50 env steps, on the same task and tiny po
   (b) lerobot's own `lerobot_eval.rollout` with its LIBERO env (renders both cameras every step);
   (c) grpo-vla's rollout engine with 1 env, and with 2 envs in 2 spawned worker processes (also with
       --overlap-policy: the policy computes one env's chunk while the other env steps).
-Prints env steps/s and episodes/hour (at the given episode length) and the ratios ours/(a), ours/(b),
-2 workers/1 worker. One torch thread per process; run it on an otherwise idle machine.
+Prints env steps/s and episodes/hour (at the given episode length), each the median of --repeats runs
+(single runs do not resolve the ratios: one week's two single runs differed by 0.1 in ours/(a)), the
+ratios of those medians, and each run's rates; and the RSS of each env worker process. One torch thread
+per process; run it on an otherwise idle machine.
 """
 
 from __future__ import annotations
@@ -70,6 +72,7 @@ def main() -> None:
     parser.add_argument("--task", type=int, default=0)
     parser.add_argument("--steps", type=int, default=200)
     parser.add_argument("--image-size", type=int, default=256)
+    parser.add_argument("--repeats", type=int, default=3, help="runs per row; the row shows their median")
     args = parser.parse_args()
     torch.set_num_threads(1)
     configure_libero()
@@ -77,20 +80,28 @@ def main() -> None:
     adapter = SmolVLAAdapter.load("tiny")
     print(f"libero_10 task {args.task}, {args.steps} steps per run, {args.image_size}px, tiny SmolVLA, "
           f"{platform.node()} ({os.cpu_count()} cores), {time.strftime('%Y-%m-%d')}")
-    print(f"{'query every':>11s} {'mode':34s} {'steps/s':>8s} {'episodes/h':>10s}")
+    print(f"{'query every':>11s} {'mode':34s} {'steps/s':>8s} {'episodes/h':>10s}   (medians of {args.repeats})")
     rss: list[float] = []
     for every in (10, 50):
-        mine: list = []
-        rates = {"(c) grpo-vla, 1 worker": ours(spec, args.steps, args.image_size, every, adapter, 1,
-                                               trajs_out=mine)}
-        rates["(a) simulator limit"] = simulator_limit(spec, np.asarray(mine[0].actions), args.image_size, every)
-        rates["(b) lerobot eval loop"] = lerobot_loop(args.steps, args.image_size, every, adapter, args.task)
-        rates["(c) grpo-vla, 2 workers"] = ours(spec, args.steps, args.image_size, every, adapter, 2, True, rss)
-        rates["(c) grpo-vla, 2 workers, overlap"] = ours(spec, args.steps, args.image_size, every, adapter, 2, True,
-                                                         overlap=True)
+        runs: dict[str, list[float]] = {}
+        for _ in range(args.repeats):  # the rows interleaved, so a slow spell of the machine hits them all
+            mine: list = []
+            measured = {"(c) grpo-vla, 1 worker": ours(spec, args.steps, args.image_size, every, adapter, 1,
+                                                      trajs_out=mine)}
+            measured["(a) simulator limit"] = simulator_limit(spec, np.asarray(mine[0].actions), args.image_size,
+                                                              every)
+            measured["(b) lerobot eval loop"] = lerobot_loop(args.steps, args.image_size, every, adapter, args.task)
+            measured["(c) grpo-vla, 2 workers"] = ours(spec, args.steps, args.image_size, every, adapter, 2, True,
+                                                       rss)
+            measured["(c) grpo-vla, 2 workers, overlap"] = ours(spec, args.steps, args.image_size, every, adapter, 2,
+                                                                True, overlap=True)
+            for name, rate in measured.items():
+                runs.setdefault(name, []).append(rate)
         print(file=sys.stderr, flush=True)  # end lerobot's progress bar line
+        rates = {name: float(np.median(values)) for name, values in runs.items()}
         for name, rate in sorted(rates.items()):
-            print(f"{every:11d} {name:34s} {rate:8.1f} {3600 * rate / 520:10.1f}")
+            each = ", ".join(f"{v:.1f}" for v in runs[name])
+            print(f"{every:11d} {name:34s} {rate:8.1f} {3600 * rate / 520:10.1f}   (runs: {each})")
         one, two = rates["(c) grpo-vla, 1 worker"], rates["(c) grpo-vla, 2 workers"]
         print(f"{every:11d} ratios: ours/(a) {one / rates['(a) simulator limit']:.2f}  "
               f"ours/(b) {one / rates['(b) lerobot eval loop']:.2f}  2 workers/1 worker {two / one:.2f}  "
