@@ -16,7 +16,9 @@ pip install -q --no-index --no-deps --target "$site" "$wheels"/*.whl 2>&1 | tail
 export PYTHONPATH="$site:$PWD" HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false
 python3 benchmarks/gpu_smolvla.py --device cuda --groups "${GROUPS_:-1,6,16,64}" --dtypes "${DTYPES:-bf16,fp32}" \
   --out "$out/gpu_smolvla.json" 2>&1 | tee "$out/gpu_smolvla.log"
-# The renderer check: MuJoCo's EGL on every device of the node (wheels in WHEELS_EGL, default .whl-egl)
+# The renderer check: MuJoCo's EGL on every device of the node (wheels in WHEELS_EGL, default .whl-egl;
+# its lib/ holds libglvnd's libEGL.so.1, libOpenGL.so.0, libGL.so.1, libGLX.so.0, libGLdispatch.so.0 from
+# Debian's libegl1 etc., which the GPU image lacks: it has only NVIDIA's vendor library)
 pip install -q --no-index --no-deps --target /tmp/grpo-egl "${WHEELS_EGL:-.whl-egl}"/*.whl 2>&1 | tail -3
-PYTHONPATH="/tmp/grpo-egl:$PWD" MUJOCO_GL=egl PYOPENGL_PLATFORM=egl python3 benchmarks/gpu_render_check.py \
+LD_LIBRARY_PATH="$PWD/${WHEELS_EGL:-.whl-egl}/lib:${LD_LIBRARY_PATH:-}" PYTHONPATH="/tmp/grpo-egl:$PWD" MUJOCO_GL=egl PYOPENGL_PLATFORM=egl python3 benchmarks/gpu_render_check.py \
   --out "$out/gpu_render_check.json" 2>&1 | tee "$out/gpu_render_check.log"

@@ -89,6 +89,7 @@ def test_eval_prints_table_and_stores_episodes(tmp_path: Path) -> None:
     (["rollout", "--denoise-tiers", "1x1,5x10", "--num-generations", "4"], {}, "give 6 members"),
     (["eval", "--policy", "HuggingFaceVLA/smolvla_libero"], {}, "pass a local lerobot policy directory"),
     (["eval"], {"GRPO_VLA_LIBERO_ASSETS": "/nonexistent"}, "LIBERO assets not found in /nonexistent"),
+    (["eval"], {"MUJOCO_GL": "nogl"}, "MuJoCo cannot load its GL backend MUJOCO_GL=nogl"),
     (["eval", "--out", "/proc/denied/x.h5"], {}, "cannot"),
     (["eval", "--episodes-per-task", "0"], {}, "episodes_per_task must be >= 1"),
     (["eval", "--sde-noise", "-1"], {}, "sde_noise must be >= 0"),

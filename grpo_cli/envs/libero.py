@@ -87,6 +87,7 @@ def configure_libero(assets: str | None = None, require_assets: bool = True) -> 
     if os.environ.get("CUDA_VISIBLE_DEVICES") == "":
         # submitit's CPU-only jobs hide GPUs with an empty list, which robosuite's EGL set-up cannot parse
         del os.environ["CUDA_VISIBLE_DEVICES"]
+    check_gl_backend()
     write_libero_config(Path(os.environ.setdefault(
         "LIBERO_CONFIG_PATH", str(Path.home() / ".cache" / "grpo-vla" / "libero"))))
 
@@ -259,6 +260,17 @@ def egl_device(worker: int, visible: str | None, num_devices: int) -> int | None
         raise UserError(f"GPU {device} (CUDA_VISIBLE_DEVICES={visible}) is not among the {num_devices} EGL "
                         f"device(s) of this node: check the job's GPUs or set MUJOCO_EGL_DEVICE_ID")
     return device
+
+
+def check_gl_backend() -> None:
+    """MuJoCo loads its GL backend ($MUJOCO_GL) at import; a GPU image without libglvnd's libEGL.so.1
+    fails there with PyOpenGL's AttributeError, which names nothing a user can act on."""
+    try:
+        import mujoco  # noqa: F401
+    except (AttributeError, ImportError, RuntimeError) as err:
+        backend = os.environ.get("MUJOCO_GL", "egl")
+        raise UserError(f"MuJoCo cannot load its GL backend MUJOCO_GL={backend} ({type(err).__name__}: {err}): "
+                        "for egl install libglvnd's libEGL.so.1 (Debian: libegl1), or set MUJOCO_GL=osmesa") from None
 
 
 def _egl_device_count() -> int:
