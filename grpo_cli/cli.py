@@ -229,6 +229,9 @@ def _sharded(executor_kind: str, settings: Any, what: str, config_json: str, out
 @cli.command("eval")
 @common_options
 @click.option("--tasks", default="all", show_default=True, help="task ids, e.g. 0,3,5-7, or 'all'")
+@click.option("--init-states", default="all", show_default=True,
+              help="the init states evaluation uses, e.g. 30-49 (held out from training); episode i starts "
+                   "from the (i mod count)-th")
 @click.option("--episodes-per-task", type=int, default=20, show_default=True,
               help="episode i starts from init state i (mod 50)")
 @click.option("--denoise-steps", type=int, default=10, show_default=True)
@@ -239,22 +242,25 @@ def _sharded(executor_kind: str, settings: Any, what: str, config_json: str, out
 @cluster_options
 def eval_cmd(policy: str, suite: str, max_steps: int | None, n_action_steps: int | None, image_size: int,
              seed: int, device: str, out: str, overwrite: bool, parallel_envs: bool, overlap_policy: bool, tasks: str,
-             episodes_per_task: int, denoise_steps: int, sde_noise: float, num_envs: int, executor: str,
+             init_states: str, episodes_per_task: int, denoise_steps: int, sde_noise: float, num_envs: int,
+             executor: str,
              slurm_config: str | None, **slurm: Any) -> None:
     """Evaluate a policy with the seed's protocol; print per-task success with Wilson intervals."""
     from grpo_cli.cluster import eval_part
     from grpo_cli.config import EvalConfig
-    from grpo_cli.evaluate import resolve_tasks, summarize
+    from grpo_cli.evaluate import eval_episodes, resolve_tasks, summarize
     from grpo_cli.storage import check_output_path, read_eval
 
     cfg = EvalConfig(policy=policy, suite=suite, tasks=_int_list(tasks, "--tasks"),
-                     episodes_per_task=episodes_per_task, denoise_steps=denoise_steps, sde_noise=sde_noise,
+                     init_states=_int_list(init_states, "--init-states") or (), episodes_per_task=episodes_per_task,
+                     denoise_steps=denoise_steps, sde_noise=sde_noise,
                      max_steps=max_steps,
                      n_action_steps=n_action_steps, image_size=image_size, seed=seed, num_envs=num_envs,
                      parallel_envs=parallel_envs, overlap_policy=overlap_policy, device=device)
     check_output_path(out, overwrite)
     _setup_runtime()
     task_specs = resolve_tasks(cfg.suite, cfg.tasks)
+    eval_episodes(cfg, task_specs)  # bad --init-states fail here, before any env starts
     if executor != "local":  # one array task per LIBERO task, merged into one eval file
         path = _sharded(executor, _slurm_settings(None, slurm_config, slurm), "eval", cfg.to_json(), out,
                         [[t.task_id] for t in task_specs])

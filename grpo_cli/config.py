@@ -98,7 +98,9 @@ class EvalConfig:
     tasks: tuple[int, ...] | None = None
     """None = every task of the suite"""
     episodes_per_task: int = 20
-    """episode i of a task starts from init state i (mod the task's 50)"""
+    """episode i of a task starts from init state init_states[i mod len(init_states)]"""
+    init_states: tuple[int, ...] = ()
+    """the init states evaluation may use (held out from training's); () = all of each task's (0..49)"""
     denoise_steps: int = 10
     sde_noise: float = 0.0
     """0: lerobot's deterministic sampler; a > 0: the Flow-SDE sampler a `likelihood = sde` run trains"""
@@ -146,6 +148,8 @@ class TrainConfig:
     """tasks sampled from, uniformly"""
     tasks_per_step: int = 1
     """groups (one task + init state each) per GRPO step; the seed used 1"""
+    init_states: tuple[int, ...] = ()
+    """the init states training draws from; () = all of each task's. Keep evaluation's out of it"""
     num_generations: int = 6
     denoise_tiers: str = "10"
     tier_weights: tuple[float, ...] = ()

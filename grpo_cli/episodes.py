@@ -16,11 +16,30 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from grpo_cli.envs.libero import TaskSpec
+from grpo_cli.errors import UserError
+
+NOISE_STREAMS = {"rollout": 1, "train": 2, "eval": 3}
+"""who draws an episode's flow noise: an eval episode never shares its noise with a training one"""
 
 
-def episode_seed(seed: int, *keys: int) -> int:
-    """A 63-bit seed for one episode's noise stream, independent across (seed, *keys)."""
-    return int(np.random.SeedSequence([seed, *keys]).generate_state(2, dtype=np.uint64)[0] >> np.uint64(1))
+def episode_seed(seed: int, stream: str, *keys: int) -> int:
+    """A 63-bit seed for one episode's noise stream, independent across (seed, stream, *keys).
+
+    The stream's tag and the number of keys enter the entropy: SeedSequence pads short entropy with
+    zeros, so without them eval episode (s, task, i) and training step (s, task, i, member 0) collided.
+    """
+    entropy = [seed, NOISE_STREAMS[stream], len(keys), *keys]
+    return int(np.random.SeedSequence(entropy).generate_state(2, dtype=np.uint64)[0] >> np.uint64(1))
+
+
+def usable_init_states(requested: tuple[int, ...], task: TaskSpec, what: str) -> list[int]:
+    """The init states of `task` a run may use: `requested`, or all of the task's when empty."""
+    bad = [i for i in requested if i >= task.num_init_states]
+    if bad:
+        raise UserError(f"bad {what}: task {task.task_id} has init states 0..{task.num_init_states - 1}")
+    if len(set(requested)) != len(requested):
+        raise UserError(f"bad {what}: an init state is listed twice")
+    return list(requested) or list(range(task.num_init_states))
 
 
 @dataclass(frozen=True)

@@ -10,7 +10,7 @@ import numpy as np
 
 from grpo_cli.config import EvalConfig
 from grpo_cli.envs.libero import TaskSpec, num_tasks, task_spec
-from grpo_cli.episodes import EpisodeSpec, Trajectory, episode_seed
+from grpo_cli.episodes import EpisodeSpec, Trajectory, episode_seed, usable_init_states
 from grpo_cli.errors import UserError
 from grpo_cli.policies.smolvla import SmolVLAAdapter
 from grpo_cli.rollout import make_env_slots, run_episodes
@@ -26,10 +26,15 @@ def resolve_tasks(suite: str, tasks: tuple[int, ...] | None) -> list[TaskSpec]:
 
 
 def eval_episodes(cfg: EvalConfig, tasks: list[TaskSpec]) -> list[EpisodeSpec]:
-    """Episode i of a task starts from init state i mod 50, with its own seeded noise stream."""
-    return [EpisodeSpec(task, i % task.num_init_states, cfg.denoise_steps,
-                        episode_seed(cfg.seed, task.task_id, i), member=i)
-            for task in tasks for i in range(cfg.episodes_per_task)]
+    """Episode i of a task starts from init state states[i mod len(states)], with its own noise stream
+    (the "eval" stream: never one a training run draws)."""
+    episodes = []
+    for task in tasks:
+        states = usable_init_states(cfg.init_states, task, "--init-states")
+        episodes += [EpisodeSpec(task, states[i % len(states)], cfg.denoise_steps,
+                                 episode_seed(cfg.seed, "eval", task.task_id, i), member=i)
+                     for i in range(cfg.episodes_per_task)]
+    return episodes
 
 
 def run_eval(cfg: EvalConfig, adapter: SmolVLAAdapter, tasks: list[TaskSpec],

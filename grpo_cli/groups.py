@@ -55,9 +55,13 @@ class SolvedInitStates:
     Streaks are keyed "task_id:init_state" and checkpointed, so a resumed run skips what it skipped.
     """
 
-    def __init__(self, k: int, streaks: dict[str, int] | None = None):
+    def __init__(self, k: int, streaks: dict[str, int] | None = None, init_states: tuple[int, ...] = ()):
         self.k = k
         self.streaks: dict[str, int] = dict(streaks or {})
+        self.init_states = init_states  # the ones training may draw (TrainConfig.init_states); () = all
+
+    def allowed(self, task: TaskSpec) -> list[int]:
+        return list(self.init_states) or list(range(task.num_init_states))
 
     def record(self, task_id: int, init_state: int, all_success: bool) -> None:
         key = f"{task_id}:{init_state}"
@@ -72,17 +76,17 @@ class SolvedInitStates:
         are drawn again (the run never stalls)."""
         if not self.k:
             task = tasks[int(rng.integers(len(tasks)))]
-            return task, int(rng.integers(task.num_init_states))
-        open_states = {t.task_id: [i for i in range(t.num_init_states) if not self.skipped(t.task_id, i)]
-                       for t in tasks}
+            states = self.allowed(task)
+            return task, states[int(rng.integers(len(states)))]
+        open_states = {t.task_id: [i for i in self.allowed(t) if not self.skipped(t.task_id, i)] for t in tasks}
         candidates = [t for t in tasks if open_states[t.task_id]] or tasks
         task = candidates[int(rng.integers(len(candidates)))]
-        states = open_states[task.task_id] or list(range(task.num_init_states))
+        states = open_states[task.task_id] or self.allowed(task)
         return task, states[int(rng.integers(len(states)))]
 
     def frac_skipped(self, tasks: list[TaskSpec]) -> float:
-        total = sum(t.num_init_states for t in tasks)
-        return sum(self.skipped(t.task_id, i) for t in tasks for i in range(t.num_init_states)) / max(total, 1)
+        total = sum(len(self.allowed(t)) for t in tasks)
+        return sum(self.skipped(t.task_id, i) for t in tasks for i in self.allowed(t)) / max(total, 1)
 
 
 def assemble_rewards(groups: list[list[Trajectory]], cfg: TrainConfig,

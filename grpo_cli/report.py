@@ -14,6 +14,10 @@ Statistics:
   seed), the episodes gained and lost and McNemar's exact test on them: paired, hence more sensitive,
   and it tells a reshuffle of outcomes (as many lost as gained) from an improvement;
 - Table 2: Pearson and Spearman correlation (scipy) of total drift with mean success.
+- a held-out results file (`docs/results/heldout.json`: units of task x RL seed, each with its SFT eval
+  and its RL evals on the same held-out episodes): per unit the change, Fisher and McNemar; across units
+  (the unit of replication) the mean change with a t interval and a bootstrap interval, and how many
+  units improved or worsened significantly (McNemar p < 0.05).
 """
 
 from __future__ import annotations
@@ -33,7 +37,7 @@ import numpy as np
 from scipy import stats
 
 from grpo_cli.errors import UserError
-from grpo_cli.stats import paired_test, wilson_interval
+from grpo_cli.stats import across_units, paired_test, unit_comparison, wilson_interval
 from grpo_cli.storage import publish, read_eval
 
 ALPHA = 0.05
@@ -213,6 +217,60 @@ def load_inputs(inputs: Sequence[str]) -> tuple[list[Column], list[Run]]:
                 raise UserError(f"{c.path} has tasks {sorted(c.counts)} but {first.path} has {sorted(first.counts)}: "
                                 "a report compares evals of the same task set")
     return columns, runs
+
+
+# --- held-out units ---------------------------------------------------------------------------------------
+def load_units(path: Path) -> dict[str, Any]:
+    """A held-out results file: {"units": [{"task", "rl_seed", "sft": {"outcomes": [...]}, ARM: {...}}]}."""
+    try:
+        data = json.loads(path.read_text())
+        units = data["units"]
+        for unit in units:
+            for arm in [a for a in unit if isinstance(unit[a], dict)]:
+                if len(unit[arm]["outcomes"]) != len(unit["sft"]["outcomes"]):
+                    raise ValueError(f"task {unit['task']} seed {unit['rl_seed']}: {arm} and sft ran different "
+                                     "episodes")
+    except (OSError, ValueError, KeyError, TypeError) as err:
+        raise UserError(f"{path}: not a held-out results file ({type(err).__name__}: {err})") from None
+    return data
+
+
+def units_summary(data: dict[str, Any]) -> dict[str, Any]:
+    """Per arm (e.g. recommended, e2): each unit's comparison with its SFT eval, and the across-unit figures."""
+    arms = sorted({a for u in data["units"] for a in u if isinstance(u[a], dict) and a != "sft"})
+    summary: dict[str, Any] = {}
+    for arm in arms:
+        rows = [{"task": u["task"], "rl_seed": u["rl_seed"], "sft": sum(u["sft"]["outcomes"]),
+                 "policy": sum(u[arm]["outcomes"]), "episodes": len(u["sft"]["outcomes"]),
+                 **unit_comparison(u["sft"]["outcomes"], u[arm]["outcomes"])}
+                for u in data["units"] if arm in u]
+        summary[arm] = {"units": rows, **across_units([r["delta_points"] for r in rows]),
+                        "improved_significantly": sum(r["mcnemar_p"] < ALPHA and r["gained"] > r["lost"] for r in rows),
+                        "worsened_significantly": sum(r["mcnemar_p"] < ALPHA and r["lost"] > r["gained"] for r in rows)}
+    return summary
+
+
+def units_tables(summary: dict[str, Any]) -> list[Table]:
+    def interval(ci: list[float] | None) -> str:
+        return f"[{ci[0]:+.1f}, {ci[1]:+.1f}]" if ci else "n/a (one unit, or no spread)"
+
+    tables = []
+    for arm, s in summary.items():
+        rows = [[str(r["task"]), str(r["rl_seed"]), f"{r['sft']}/{r['episodes']}", f"{r['policy']}/{r['episodes']}",
+                 f"{r['delta_points']:+.1f}", f"{r['fisher_p']:.3g}", f"+{r['gained']} / -{r['lost']}",
+                 f"{r['mcnemar_p']:.3g}"] for r in s["units"]]
+        p = f"{s['t_p']:.3g}" if s["t_p"] is not None else "n/a"
+        rows.append([f"**mean over {s['n_units']} units**", "", "", "", f"**{s['mean_delta_points']:+.1f}**",
+                     "", "", ""])
+        tables.append(Table(
+            f"Held-out units: {arm} vs its SFT policy (the unit of replication is task x RL seed)",
+            ["task", "RL seed", "SFT", arm, "Δ points", "Fisher p", "same episodes: gained / lost", "McNemar p"],
+            rows, [f"Across units: mean Δ {s['mean_delta_points']:+.1f} points, 95% t interval "
+                   f"{interval(s['t_interval'])} (t-test p {p}), 95% bootstrap interval "
+                   f"{interval(s['bootstrap_interval'])}; "
+                   f"{s['improved_significantly']} units improved and {s['worsened_significantly']} worsened "
+                   "significantly (McNemar p < 0.05). Episode-level tests are per unit only."]))
+    return tables
 
 
 # --- tables ----------------------------------------------------------------------------------------------
@@ -493,7 +551,14 @@ def _write(path: Path, text: str) -> None:
 def build_report(inputs: Sequence[str], out: str | Path, baseline: str | None = None,
                  title: str = "grpo-vla report") -> dict[str, Any]:
     """Write OUT/report.md, OUT/report.html (figures embedded), OUT/*.png and OUT/report.json."""
-    columns, runs = load_inputs(inputs)
+    unit_files = [Path(i) for i in inputs if i.endswith(".json")]
+    columns, runs = load_inputs([i for i in inputs if not i.endswith(".json")]) if len(unit_files) < len(inputs) \
+        else ([], [])
+    units = {}
+    for path in unit_files:
+        if not path.is_file():
+            raise UserError(f"{path}: no such file")
+        units.update(units_summary(load_units(path)))
     base = None
     if columns:
         base = columns[0] if baseline is None else next((c for c in columns if c.label == baseline), None)
@@ -509,7 +574,7 @@ def build_report(inputs: Sequence[str], out: str | Path, baseline: str | None = 
     if base and base.drift is None and base.kind not in ("checkpoint", "imported"):
         base.drift = {"total": 0.0}  # the starting policy itself (the seed's Table 2 puts SFT at 0)
     sig = significance(columns, base) if base else {}
-    tables: list[Table] = []
+    tables: list[Table] = units_tables(units)
     corr: dict[str, float] = {}
     if columns:
         tables += [table1(columns, base, sig)]  # type: ignore[arg-type]
@@ -542,7 +607,7 @@ def build_report(inputs: Sequence[str], out: str | Path, baseline: str | None = 
                            for c in columns},
                "baseline": base.label if base else None,
                "significance": {k: {str(t): v for t, v in d.items()} for k, d in sig.items()},
-               "table2_correlation": corr, "diagnosis": diagnoses, "figures": sorted(pngs)}
+               "table2_correlation": corr, "diagnosis": diagnoses, "figures": sorted(pngs), "units": units}
     _write(out / "report.json", json.dumps(summary, indent=1, default=float))
     return summary
 

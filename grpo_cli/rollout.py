@@ -350,6 +350,6 @@ def group_episodes(tasks: Sequence[TaskSpec], init_states: Sequence[int], steps_
             group = len(episodes) // len(steps_per_member)
             for member, k in enumerate(steps_per_member):
                 episodes.append(EpisodeSpec(task, init_state, k,
-                                            episode_seed(seed, task.task_id, init_state, member),
+                                            episode_seed(seed, "rollout", task.task_id, init_state, member),
                                             group=group, member=member))
     return episodes

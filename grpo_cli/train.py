@@ -26,7 +26,7 @@ from grpo_cli import grpo
 from grpo_cli.config import TrainConfig
 from grpo_cli.drift import drift
 from grpo_cli.envs.libero import task_spec
-from grpo_cli.episodes import EpisodeSpec, Trajectory, episode_seed
+from grpo_cli.episodes import EpisodeSpec, Trajectory, episode_seed, usable_init_states
 from grpo_cli.errors import EnvFailure, UserError
 from grpo_cli.groups import Member, ReplayPool, SolvedInitStates, assemble_rewards, filtered_groups
 from grpo_cli.policies.smolvla import SmolVLAAdapter, module_of, parameter_groups
@@ -79,9 +79,11 @@ class Trainer:
         self.initial = {n: p.detach().clone() for n, p in self.adapter.policy.named_parameters()}
         self.pool = ReplayPool(cfg.replay_pool_size)
         self.value = ChunkValue(cfg.value_buffer_steps, seed=cfg.seed) if cfg.advantage_baseline == "value" else None
-        self.solved = SolvedInitStates(cfg.skip_solved)
+        self.solved = SolvedInitStates(cfg.skip_solved, init_states=cfg.init_states)
         self.step_index = 0
         self.tasks = [task_spec(cfg.suite, t) for t in cfg.tasks]
+        for task in self.tasks:
+            usable_init_states(cfg.init_states, task, "init_states")
         self.env_failures = 0
         self.episodes_lost = 0  # this step's episodes lost with failed shards (shard_failure = continue)
         self.slots = self._make_slots() if not cfg.rollout_shards else None
@@ -133,8 +135,8 @@ class Trainer:
             episodes = []
             for g in range(first, first + count):
                 task, init_state = self.solved.draw(self.tasks, rng)
-                episodes += [EpisodeSpec(task, init_state, k, episode_seed(cfg.seed, s, g, m), group=g, member=m)
-                             for m, k in enumerate(cfg.steps_per_member)]
+                episodes += [EpisodeSpec(task, init_state, k, episode_seed(cfg.seed, "train", s, g, m),
+                                         group=g, member=m) for m, k in enumerate(cfg.steps_per_member)]
             trajs = self._run(episodes)
             groups = [trajs[i:i + cfg.num_generations] for i in range(0, len(trajs), cfg.num_generations)]
             # A group with a member lost to a failed shard (shard_failure = continue) is not comparable.
@@ -151,7 +153,8 @@ class Trainer:
         """E5: one extra trajectory of group g with K = fallback_steps, from the group's init state."""
         cfg, s = self.cfg, self.step_index
         spec = EpisodeSpec(first.spec.task, first.spec.init_state, cfg.fallback_steps,
-                           episode_seed(cfg.seed, s, g, cfg.num_generations), group=g, member=cfg.num_generations)
+                           episode_seed(cfg.seed, "train", s, g, cfg.num_generations), group=g,
+                           member=cfg.num_generations)
         traj = self._run([spec])[0]
         if traj is None:
             raise UserError(f"step {s + 1}: the fallback rollout was lost with its failed shard")
@@ -254,10 +257,12 @@ class Trainer:
         """(Dm,): the chunk elements that enter the likelihood, the real action dims."""
         return self.adapter.action_mask
 
-    def _score(self, adapter: SmolVLAAdapter, chunks: list[tuple[Member, int]], grad: bool
+    def _score(self, adapter: SmolVLAAdapter, chunks: list[tuple[Member, int]], grad: bool,
+               targets: list[torch.Tensor | None] | None = None
                ) -> tuple[list[torch.Tensor], list[torch.Tensor], list[torch.Tensor]]:
         """Per chunk: element-wise log-densities (S, H, Dm) of its scored steps under `adapter`, and the
-        transition means (S, H, Dm) and stds (S,) for the KL. Chunks sharing K run as one batch."""
+        transition means (S, H, Dm) and stds (S,) for the KL. Chunks sharing K run as one batch.
+        `targets[i]` (S, H, Dm), where given, replaces chunk i's stored targets (see `_update`)."""
         cfg = self.cfg
         by_k: dict[int, list[int]] = {}
         for i, (m, _) in enumerate(chunks):
@@ -273,10 +278,13 @@ class Trainer:
             chains = torch.from_numpy(np.stack([m.traj.chains[c] for m, c in picked]))  # (B_k, K+1, H, Dm)
             with torch.set_grad_enabled(grad):
                 prefix = adapter.encode_prefix(batch, grad=grad and cfg.train_backbone)
-                targets, mean, std = adapter.transitions(prefix, chains, cfg.likelihood, cfg.sde_noise,
-                                                         cfg.ode_sigma)
-                lp = grpo.gaussian_logdensity(targets.flatten(0, 1), mean.flatten(0, 1), std.flatten(),
-                                              self.score_mask).view(targets.shape)
+                stored, mean, std = adapter.transitions(prefix, chains, cfg.likelihood, cfg.sde_noise,
+                                                        cfg.ode_sigma)
+                if targets is not None:
+                    stored = torch.stack([stored[j] if targets[i] is None else targets[i]  # type: ignore[misc]
+                                          for j, i in enumerate(idx)])
+                lp = grpo.gaussian_logdensity(stored.flatten(0, 1), mean.flatten(0, 1), std.flatten(),
+                                              self.score_mask).view(stored.shape)
             for j, i in enumerate(idx):
                 logp[i], means[i], stds[i] = lp[j], mean[j], std[j]
         return logp, means, stds
@@ -294,17 +302,34 @@ class Trainer:
                 minibatches.append(current)
                 current = []
         minibatches += [current] if current else []
-        with torch.no_grad():  # pi_old: the policy that sampled (for replayed trajectories: scored now)
-            old = [self._score(self.adapter, [c for m in mb for c in chunks_of[id(m)]], grad=False)[0]
-                   for mb in minibatches]
-        self.adapter.policy.train()
         stats: dict[str, list[float]] = {}
+        targets: list[list[torch.Tensor | None] | None] = [None] * len(minibatches)
+        with torch.no_grad():  # pi_old: the policy that sampled (for replayed trajectories: scored now)
+            scored = [self._score(self.adapter, [c for m in mb for c in chunks_of[id(m)]], grad=False)
+                      for mb in minibatches]
+            old = [logp for logp, _, _ in scored]
+            if cfg.likelihood == "ode":
+                # The seed's reading scores a chunk under N(f_theta(z), sigma^2). f_theta_old(z) recomputed in
+                # the scoring batch's shapes differs from the stored chunk (sampling's shapes) by float
+                # rounding, and Adam turns that rounding's gradient into full learning-rate steps. So the
+                # target is theta_old's own recomputation: at theta_old the gradient is exactly 0, as the
+                # equation says. Replayed chunks (E6), sampled by an older policy, keep their stored target.
+                for b, mb in enumerate(minibatches):
+                    chunks = [c for m in mb for c in chunks_of[id(m)]]
+                    means = scored[b][1]
+                    targets[b] = [None if m.origin == "replay" else mean
+                                  for (m, _), mean in zip(chunks, means, strict=True)]
+                    stats.setdefault("ode/rescore_max_abs", []).append(max(
+                        float((mean[-1] - torch.from_numpy(m.traj.chains[c][-1])).abs().max())
+                        for (m, c), mean in zip(chunks, means, strict=True)))
+                    old[b] = self._score(self.adapter, chunks, grad=False, targets=targets[b])[0]
+        self.adapter.policy.train()
         params = self.groups["head"] + self.groups["backbone"]
         for _ in range(cfg.num_iterations):
             for b in rng.permutation(len(minibatches)).tolist():  # one optimizer step per minibatch
                 mb = minibatches[b]
                 chunks = [c for m in mb for c in chunks_of[id(m)]]
-                logp, means, stds = self._score(self.adapter, chunks, grad=True)
+                logp, means, stds = self._score(self.adapter, chunks, grad=True, targets=targets[b])
                 logratio, adv, owner = grpo.ratio_samples(
                     logp, old[b], torch.tensor([m.advantage if m.chunk_advantages is None
                                                 else m.chunk_advantages[c] for m, c in chunks]), cfg.ratio_level,
@@ -331,10 +356,15 @@ class Trainer:
                     stats.setdefault(key, []).append(float(torch.as_tensor(value).detach()))
                 for name in ("head", "backbone"):
                     stats.setdefault(f"grad_norm/{name}", []).append(_norm([p.grad for p in self.groups[name]]))
+                # No signal, no step: Adam's momentum would otherwise keep moving on a zero gradient.
+                no_signal = all(p.grad is None or not p.grad.any() for p in params)
+                stats.setdefault("frac_minibatches_no_signal", []).append(float(no_signal))
+                if no_signal:
+                    continue
                 torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
                 self.optimizer.step()
         self.adapter.policy.eval()
-        reduce = {"ratio/max": np.max, "ratio/min": np.min}
+        reduce = {"ratio/max": np.max, "ratio/min": np.min, "ode/rescore_max_abs": np.max}
         return {k: float(reduce.get(k, np.mean)(v)) for k, v in stats.items()}
 
     # --- checkpoints -----------------------------------------------------------------------------------
@@ -359,7 +389,7 @@ class Trainer:
                                                            if not k.startswith(RETIRED_POOL_PREFIX)})
         if self.value is not None:
             self.value.load_buffer(ckpt["value_buffer"])
-        self.solved = SolvedInitStates(self.cfg.skip_solved, ckpt["extra"].get("solved_streaks"))
+        self.solved = SolvedInitStates(self.cfg.skip_solved, ckpt["extra"].get("solved_streaks"), self.cfg.init_states)
         self.step_index = ckpt["step"]
         torch.set_rng_state(ckpt["rng_torch"])
 

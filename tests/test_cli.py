@@ -86,6 +86,7 @@ def test_eval_prints_table_and_stores_episodes(tmp_path: Path) -> None:
     (["eval", "--tasks", "10"], {}, "task 10 is out of range: libero_10 has tasks 0..9"),
     (["rollout", "--init-states", "50"], {}, "bad --init-states: task 0 has init states 0..49"),
     (["rollout", "--init-states", "x"], {}, "bad --init-states 'x'"),
+    (["eval", "--init-states", "30-50", "--tasks", "0"], {}, "bad --init-states: task 0 has init states 0..49"),
     (["rollout", "--denoise-tiers", "1x1,5x10", "--num-generations", "4"], {}, "give 6 members"),
     (["eval", "--policy", "HuggingFaceVLA/smolvla_libero"], {}, "pass a local lerobot policy directory"),
     (["eval"], {"GRPO_VLA_LIBERO_ASSETS": "/nonexistent"}, "LIBERO assets not found in /nonexistent"),
@@ -152,6 +153,10 @@ def test_train_resume_drift_export_and_eval_of_checkpoint(tmp_path: Path) -> Non
 
     bad = run("train", "--exp", "e2", "--set", "policy=tiny", "--set", "wat=1", "--run-dir", str(tmp_path / "x"))
     assert bad.returncode == 2 and "unknown setting 'wat'; valid settings:" in bad.stderr
+    split = run("train", "--exp", "e2", "--set", "policy=tiny", "--set", "tasks=0", "--set", "init_states=0,60",
+                "--run-dir", str(tmp_path / "split"))
+    assert split.returncode == 2 and "bad init_states: task 0 has init states 0..49" in split.stderr, split.stderr
+    assert "Traceback" not in split.stderr and not (tmp_path / "split" / "config.json").exists()
     again = run("train", "--exp", "e2", "--set", "policy=tiny", "--set", "tasks=0", "--run-dir", str(run_dir))
     assert again.returncode == 2 and "already holds a run" in again.stderr
     offline = run("train", "--exp", "e2", "--run-dir", str(tmp_path / "hub"))

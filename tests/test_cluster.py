@@ -228,7 +228,7 @@ def test_slurm_eval_array_merges_tasks(slurm, tmp_path: Path) -> None:
     assert data["episodes"]["init_state"].tolist() == [0, 1, 0, 1]
     from grpo_cli.rollout import episode_seed
 
-    assert data["episodes"]["noise_seed"].tolist() == [episode_seed(0, t, i) for t in (0, 3) for i in (0, 1)]
+    assert data["episodes"]["noise_seed"].tolist() == [episode_seed(0, "eval", t, i) for t in (0, 3) for i in (0, 1)]
     assert data["config"]["episodes_per_task"] == 2 and "mean over tasks" in proc.stdout
 
 

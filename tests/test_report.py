@@ -325,3 +325,67 @@ def test_extending_a_run_keeps_its_old_evals_and_no_other_runs(tmp_path: Path) -
     assert (tmp_path / "eval_recommended_30000steps.h5").read_text() == "eval_recommended.h5"
     assert sorted(p.name for p in tmp_path.iterdir()) == [
         "eval_recommended_30000steps.h5", "eval_recommended_sde_30000steps.h5", "eval_recommended_seed1.h5"]
+
+
+def test_across_units_statistics_match_the_textbook_formulas() -> None:
+    from scipy import stats as sps
+
+    from grpo_cli.stats import across_units
+
+    deltas = [17.0, 22.0, 5.0, -3.0, 10.0, 8.0, 0.0, 12.0]
+    s = across_units(deltas)
+    n, mean, sd = len(deltas), float(np.mean(deltas)), float(np.std(deltas, ddof=1))
+    half = sps.t.ppf(0.975, n - 1) * sd / np.sqrt(n)
+    assert s["n_units"] == 8 and s["mean_delta_points"] == pytest.approx(8.875)
+    assert s["t_interval"] == pytest.approx([mean - half, mean + half])
+    assert s["t_p"] == pytest.approx(2 * sps.t.sf(mean / (sd / np.sqrt(n)), n - 1))
+    # A percentile bootstrap of the mean by hand: resample units with replacement.
+    rng = np.random.default_rng(1)
+    means = np.asarray(deltas)[rng.integers(0, n, size=(20_000, n))].mean(axis=1)
+    lo, hi = np.percentile(means, [2.5, 97.5])
+    assert s["bootstrap_interval"][0] == pytest.approx(lo, abs=0.6)
+    assert s["bootstrap_interval"][1] == pytest.approx(hi, abs=0.6)
+    one = across_units([12.0])
+    assert one["mean_delta_points"] == 12.0 and one["t_interval"] is None and one["bootstrap_interval"] is None
+
+
+def test_unit_comparison_pairs_the_same_episodes() -> None:
+    from scipy.stats import binomtest, fisher_exact
+
+    from grpo_cli.stats import unit_comparison
+
+    sft = [True] * 40 + [False] * 60
+    rl = [True] * 35 + [False] * 5 + [True] * 20 + [False] * 40  # lost 5, gained 20: 55 vs 40
+    c = unit_comparison(sft, rl)
+    assert c["delta_points"] == pytest.approx(15.0) and (c["gained"], c["lost"]) == (20, 5)
+    assert c["fisher_p"] == pytest.approx(fisher_exact([[55, 45], [40, 60]])[1])
+    assert c["mcnemar_p"] == pytest.approx(binomtest(20, 25, 0.5).pvalue)
+    with pytest.raises(ValueError):
+        unit_comparison(sft, rl[:-1])
+
+
+def test_report_of_a_heldout_file_states_the_across_units_result(tmp_path: Path) -> None:
+    rng = np.random.default_rng(0)
+    units = []
+    for task, seed, gain in [(2, 0, 0.2), (2, 1, 0.1), (4, 0, 0.0), (4, 1, 0.15)]:
+        sft = (rng.random(100) < 0.5).tolist()
+        rl = [s or bool(rng.random() < gain) for s in sft]
+        unit = {"task": task, "rl_seed": seed, "sft": {"successes": sum(sft), "episodes": 100, "outcomes": sft},
+                "recommended": {"successes": sum(rl), "episodes": 100, "outcomes": rl}}
+        if seed == 0:
+            unit["e2"] = {"successes": sum(sft), "episodes": 100, "outcomes": sft}
+        units.append(unit)
+    path = tmp_path / "heldout.json"
+    path.write_text(json.dumps({"preset": "recommended", "units": units}))
+    summary = build_report([str(path)], tmp_path / "report")
+    rec, e2 = summary["units"]["recommended"], summary["units"]["e2"]
+    deltas = [r["delta_points"] for r in rec["units"]]
+    assert rec["units"] and len(deltas) == 4 and rec["mean_delta_points"] == pytest.approx(np.mean(deltas))
+    assert rec["t_interval"][0] < rec["mean_delta_points"] < rec["t_interval"][1]
+    assert e2["mean_delta_points"] == 0.0 and e2["t_interval"] is None and e2["worsened_significantly"] == 0
+    text = (tmp_path / "report" / "report.md").read_text()
+    assert "mean over 4 units" in text and "95% t interval" in text and "bootstrap" in text
+    path.write_text(json.dumps({"units": [{"task": 2, "rl_seed": 0, "sft": {"outcomes": [1, 0]},
+                                           "recommended": {"outcomes": [1]}}]}))
+    with pytest.raises(UserError, match="ran different episodes"):
+        build_report([str(path)], tmp_path / "report2")

@@ -24,9 +24,22 @@ def test_parse_tiers() -> None:
 
 
 def test_episode_seeds_are_distinct_and_stable() -> None:
-    seeds = {episode_seed(0, t, i, m) for t in range(3) for i in range(3) for m in range(6)}
+    seeds = {episode_seed(0, "rollout", t, i, m) for t in range(3) for i in range(3) for m in range(6)}
     assert len(seeds) == 54
-    assert episode_seed(7, 1, 2, 3) == episode_seed(7, 1, 2, 3) != episode_seed(8, 1, 2, 3)
+    assert episode_seed(7, "train", 1, 2, 3) == episode_seed(7, "train", 1, 2, 3) != episode_seed(8, "train", 1, 2, 3)
+    assert episode_seed(7, "eval", 1, 2) == 4241080595448180200  # recorded files name these seeds: never change them
+
+
+def test_eval_noise_never_coincides_with_training_noise() -> None:
+    # SeedSequence pads entropy with zeros: untagged, (s, a, b) == (s, a, b, 0), so eval episode i of
+    # task t shared its noise with training step t, group i, member 0 of a run with the same seed.
+    assert episode_seed(0, "eval", 3, 5) != episode_seed(0, "eval", 3, 5, 0)
+    for seed in (0, 1):
+        evals = {episode_seed(seed, "eval", t, i) for t in range(10) for i in range(200)}
+        train = {episode_seed(seed, "train", s, g, m) for s in range(60) for g in range(4) for m in range(17)}
+        rollouts = {episode_seed(seed, "rollout", t, i, m) for t in range(10) for i in range(50) for m in range(4)}
+        assert len(evals) == 2000 and len(train) == 60 * 4 * 17 and len(rollouts) == 2000
+        assert not evals & train and not evals & rollouts and not train & rollouts
 
 
 @pytest.fixture(scope="module")
@@ -155,3 +168,26 @@ def test_overlap_lanes_step_while_the_policy_works(tiny, task0) -> None:
         assert a.length == b.length == 20
         np.testing.assert_array_equal(np.asarray(a.actions), np.asarray(b.actions))
         np.testing.assert_array_equal(np.asarray(a.states), np.asarray(b.states))
+
+
+def test_held_out_split_training_and_eval_draw_only_their_init_states() -> None:
+    from types import SimpleNamespace
+
+    from grpo_cli.config import EvalConfig
+    from grpo_cli.evaluate import eval_episodes
+    from grpo_cli.groups import SolvedInitStates
+
+    task = SimpleNamespace(task_id=2, num_init_states=50, language="x")
+    train_states, eval_states = tuple(range(30)), tuple(range(30, 50))
+    episodes = eval_episodes(EvalConfig(episodes_per_task=100, init_states=eval_states), [task])
+    assert [e.init_state for e in episodes] == [30 + i % 20 for i in range(100)]  # 20 states x 5 noise seeds
+    assert len({e.noise_seed for e in episodes}) == 100
+    for k in (0, 2):  # with and without dynamic sampling
+        solved = SolvedInitStates(k, init_states=train_states)
+        rng = np.random.default_rng(0)
+        drawn = {solved.draw([task], rng)[1] for _ in range(2000)}
+        assert drawn == set(train_states)
+    with pytest.raises(UserError, match="task 2 has init states 0..49"):
+        eval_episodes(EvalConfig(init_states=(49, 50)), [task])
+    with pytest.raises(UserError, match="listed twice"):
+        eval_episodes(EvalConfig(init_states=(3, 3)), [task])
