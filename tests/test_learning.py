@@ -212,3 +212,28 @@ def test_stall_rule_ends_only_episodes_whose_goal_object_never_moved() -> None:
         assert stove.run_chunk(np.zeros((10, 7)), 100)[-1] is False  # the stall rule never fires
     finally:
         stove.close()
+
+
+def test_heldout_pipeline_records_each_unit_and_skips_finished_ones(tmp_path) -> None:
+    """benchmarks/learning/heldout.py --quick: demos and RL on training init states, evals on held-out ones,
+    one unit written to the results file as it finishes; a second run finds it and runs nothing."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = Path(__file__).parents[1] / "benchmarks" / "learning" / "heldout.py"
+    results = tmp_path / "heldout.json"
+    args = [sys.executable, str(script), "--quick", "--tasks", "0", "--rl-seeds", "0", "--e2-seeds", "",
+            "--out", str(tmp_path / "out"), "--results", str(results)]
+    first = subprocess.run(args, capture_output=True, text=True, cwd=Path(__file__).parents[1])
+    assert first.returncode == 0, first.stderr[-3000:]
+    data = json.loads(results.read_text())
+    (unit,) = data["units"]
+    assert unit["train_init_states"] == [0, 1] and unit["eval_init_states"] == [30]
+    assert [k[0] for k in unit["sft"]["episode_keys"]] == [30, 30]  # held-out init state only
+    assert unit["recommended"]["episode_keys"] == unit["sft"]["episode_keys"]  # the same episodes, paired
+    assert unit["recommended"]["env_steps"] > 0 and "summary" in data and data["commit"]
+    config = json.loads((tmp_path / "out" / "task0" / "run_recommended_seed0" / "config.json").read_text())
+    assert config["init_states"] == [0, 1] and config["exp"] == "recommended"
+    second = subprocess.run(args, capture_output=True, text=True, cwd=Path(__file__).parents[1])
+    assert second.returncode == 0 and "[task 0] every arm recorded" in second.stdout, second.stderr[-2000:]

@@ -1,0 +1,218 @@
+"""The held-out measurement (docs/results/PREREGISTRATION.md): `recommended` and `e2` against their SFT
+policy on LIBERO-Object tasks and init states that no tuning saw, the RL seed as the unit.
+
+    python benchmarks/learning/heldout.py [--tasks 2,4,6,8] [--rl-seeds 0,1] [--e2-seeds 0] [--commit]
+
+Per task: scripted demos from the training init states only -> SFT (fixed demo count and steps) -> its
+eval on the held-out init states. Per unit (task x RL seed): `recommended` trained on the training init
+states to the env-step budget -> its eval on the same held-out episodes as SFT's. `e2` on the seeds in
+--e2-seeds, at the same budget. After each arm finishes, its outcomes go into the results file (temp
+file, then rename) and, with --commit, into a git commit of that file alone: a session that ends
+abruptly loses at most the arm in flight. Run it from a checkout of the preregistered commit (a git
+worktree) so that work on the main checkout cannot change the code being measured; --results may
+point into the main checkout. The results file records the commit the code came from. Finished arms
+are skipped; stages whose output exists in OUT are skipped (see run.py's `stage`). PROTOCOL is the
+preregistered protocol: changing it means a new dated entry in PREREGISTRATION.md and a rerun of
+every unit.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from run import CLI, stage  # noqa: E402 - sets the LIBERO environment variables first
+
+PROTOCOL: dict[str, Any] = {
+    "suite": "libero_object",
+    "train_init_states": list(range(0, 30)),  # demos, SFT and RL rollouts draw only these
+    "eval_init_states": list(range(30, 50)),  # 20 held-out init states x 5 noise seeds = 100 episodes
+    "eval_episodes": 100,
+    "eval_seed": 0,  # the "eval" noise stream: never a training episode's noise (grpo_cli.episodes)
+    "demo_seed": 0, "sft_steps": 1250, "sft_lr": 1e-3, "sft_seed": 0,
+    "env_step_budget": 30000,
+    # The CPU configuration of every learning run so far (run.py), not a method setting:
+    "image_size": 64, "max_steps": 280, "n_action_steps": 10, "num_envs": 2,
+}
+
+
+def git(where: Path, *args: str) -> str:
+    return subprocess.run(["git", "-C", str(where), *args], check=True, capture_output=True, text=True).stdout.strip()
+
+
+def code_commit() -> str:
+    """The commit of the checkout this script (and the grpo_cli it runs) comes from."""
+    try:
+        here = Path(__file__).resolve().parent
+        dirty = git(here, "status", "--porcelain", "--untracked-files=no", "--", "../../grpo_cli", ".")
+        return git(here, "rev-parse", "HEAD") + (" (with uncommitted changes)" if dirty else "")
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown (not a git checkout)"
+
+
+def write_json(path: Path, data: dict[str, Any]) -> None:
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(data, indent=1) + "\n")
+    tmp.replace(path)
+
+
+def eval_arm(path: Path) -> dict[str, Any]:
+    from grpo_cli.storage import read_eval
+
+    data = read_eval(path)
+    episodes = data["episodes"]
+    return {"successes": int(episodes["success"].sum()), "episodes": int(len(episodes["success"])),
+            "outcomes": [int(x) for x in episodes["success"]],
+            "episode_keys": [[int(i), int(s)] for i, s in zip(episodes["init_state"], episodes["noise_seed"],
+                                                               strict=True)],
+            "renderers": list(data.get("renderers", []))}
+
+
+def run_summary(run_dir: Path) -> dict[str, Any]:
+    metrics = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    half = max(len(metrics) // 2, 1)
+    second = metrics[half:] or metrics
+    return {"train_steps": len(metrics), "env_steps": int(sum(m["env_steps"] for m in metrics)),
+            "drift_pct": metrics[-1]["drift_pct"],
+            "training_success_first_half": sum(m["success_rate"] for m in metrics[:half]) / half,
+            "training_success_second_half": sum(m["success_rate"] for m in second) / len(second),
+            "clip_ratio_mean": sum(m.get("clip_ratio/region_mean", 0.0) for m in metrics) / len(metrics)}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--tasks", default="2,4,6,8")
+    parser.add_argument("--rl-seeds", default="0,1")
+    parser.add_argument("--e2-seeds", default="0")
+    parser.add_argument("--out", default="runs/heldout")
+    parser.add_argument("--results", default="docs/results/heldout.json")
+    parser.add_argument("--commit", action="store_true", help="git-commit the results file after each arm")
+    parser.add_argument("--quick", action="store_true", help="a few-minute version for tests (not a result)")
+    args = parser.parse_args()
+    proto = dict(PROTOCOL)
+    if args.quick:
+        proto.update(train_init_states=[0, 1], eval_init_states=[30], eval_episodes=2, sft_steps=20,
+                     env_step_budget=120, max_steps=30, num_envs=1)
+    out, results_path = Path(args.out), Path(args.results)
+    out.mkdir(parents=True, exist_ok=True)
+    train_states = ",".join(map(str, proto["train_init_states"]))
+    eval_states = ",".join(map(str, proto["eval_init_states"]))
+    results = json.loads(results_path.read_text()) if results_path.exists() else {}
+    results.setdefault("preset", "recommended")
+    results.setdefault("suite", proto["suite"])
+    results.setdefault("env_step_budget", proto["env_step_budget"])
+    results.setdefault("protocol", proto)
+    results.setdefault("units", [])
+    if results["protocol"] != proto:
+        sys.exit(f"{results_path} was measured under another protocol: start a new file (and a new "
+                 "preregistration entry) rather than mixing them")
+    log, times = out / "commands.log", {}
+    common_eval = ["--suite", proto["suite"], "--image-size", str(proto["image_size"]), "--max-steps",
+                   str(proto["max_steps"]), "--n-action-steps", str(proto["n_action_steps"]),
+                   "--init-states", eval_states, "--episodes-per-task", str(proto["eval_episodes"]),
+                   "--num-envs", str(proto["num_envs"]), "--seed", str(proto["eval_seed"]),
+                   *(["--parallel-envs"] if proto["num_envs"] > 1 else [])]
+    seeds = [int(s) for s in args.rl_seeds.split(",") if s.strip()]
+    e2_seeds = [int(s) for s in args.e2_seeds.split(",") if s.strip()]
+
+    def unit(task: int, seed: int) -> dict[str, Any]:
+        found = [u for u in results["units"] if u["task"] == task and u["rl_seed"] == seed]
+        if found:
+            return found[0]
+        new = {"task": task, "rl_seed": seed, "train_init_states": proto["train_init_states"],
+               "eval_init_states": proto["eval_init_states"]}
+        results["units"].append(new)
+        return new
+
+    def record(task: int, seed: int, arm: str, value: dict[str, Any], sft: dict[str, Any]) -> None:
+        u = unit(task, seed)
+        u["sft"], u[arm] = sft, value
+        results["commit"] = code_commit()
+        results["command"] = "python " + " ".join([sys.argv[0], *sys.argv[1:]])
+        from grpo_cli.report import units_summary
+
+        summary = units_summary({"units": [x for x in results["units"] if "sft" in x]})
+        results["summary"] = {a: {k: v for k, v in s.items() if k != "units"} for a, s in summary.items()}
+        write_json(results_path, results)
+        print(f"[task {task} seed {seed}] {arm} {value['successes']}/{value['episodes']} vs SFT "
+              f"{sft['successes']}/{sft['episodes']}; wrote {results_path}", flush=True)
+        if args.commit:  # in the repository that holds the results file (it may be another checkout)
+            where, name = results_path.resolve().parent, results_path.name
+            message = (f"heldout: task {task} RL seed {seed} {arm} {value['successes']}/{value['episodes']} "
+                       f"(SFT {sft['successes']}/{sft['episodes']})")
+            for attempt in range(5):  # someone else's commit may hold the index lock for a moment
+                try:
+                    git(where, "add", name)
+                    git(where, "commit", "-q", "-m", message, "--", name)
+                    break
+                except subprocess.CalledProcessError as err:
+                    print(f"git commit failed ({err.stderr.strip()[:200]}); retry {attempt + 1}", flush=True)
+                    time.sleep(10)
+
+    # Every task's `recommended` units first, then the e2 arms: the headline's units finish earliest.
+    passes = [(task, [(s, "recommended") for s in seeds]) for task in [int(t) for t in args.tasks.split(",")]]
+    passes += [(task, [(s, "e2") for s in e2_seeds]) for task, _ in passes]
+    for task, arms in passes:
+        todo = [(s, arm) for s, arm in arms if arm not in unit(task, s)]
+        if not todo:
+            print(f"[task {task}] every arm recorded: {', '.join(f'{a} seed {s}' for s, a in arms)}", flush=True)
+            continue
+        d = out / f"task{task}"
+        d.mkdir(exist_ok=True)
+        where = ["--suite", proto["suite"], "--tasks", str(task)]
+        demos = d / "demos.h5"
+        stage(f"task{task} demos", ["demos", *where, "--image-size", str(proto["image_size"]), "--init-states",
+                                    train_states, "--workers", "2", "--seed", str(proto["demo_seed"]),
+                                    "--out", str(demos)], demos, log, times)
+        policy = d / "sft"
+        stage(f"task{task} sft", ["sft", str(demos), "--privileged-state", "--steps", str(proto["sft_steps"]),
+                                  "--lr", str(proto["sft_lr"]), "--seed", str(proto["sft_seed"]),
+                                  "--out", str(policy)], policy, log, times)
+        stage(f"task{task} eval_sft", ["eval", "--policy", str(policy), "--tasks", str(task), *common_eval,
+                                       "--out", str(d / "eval_sft.h5")], d / "eval_sft.h5", log, times)
+        sft = eval_arm(d / "eval_sft.h5")
+        earlier = [u["sft"] for u in results["units"] if u["task"] == task and "sft" in u]
+        if earlier and earlier[0]["outcomes"] != sft["outcomes"]:  # a rebuilt SFT policy must be the same one
+            sys.exit(f"task {task}: this SFT policy's eval differs from the one recorded in {results_path}; "
+                     "the units of a task share one SFT policy")
+        sft["wall_s"] = earlier[0]["wall_s"] if earlier else {
+            k.split(" ", 1)[1]: round(v) for k, v in times.items() if k.startswith(f"task{task} ")}
+        for seed, arm in todo:
+            run_dir = d / f"run_{arm}_seed{seed}"
+            start = time.perf_counter()
+            if (run_dir / "config.json").exists() and not (run_dir / "done").exists():  # interrupted: resume
+                stage(f"task{task} resume {arm} seed {seed}", ["train", "--resume", "--run-dir", str(run_dir)],
+                      run_dir / "done", log, times)
+                (run_dir / "done").touch()
+            stage(f"task{task} train {arm} seed {seed}", [
+                "train", "--exp", arm, "--policy", str(policy), "--run-dir", str(run_dir),
+                *(a for kv in [f"suite={proto['suite']}", f"tasks={task}", f"init_states={train_states}",
+                               f"seed={seed}", f"env_step_budget={proto['env_step_budget']}", "steps=100000",
+                               f"image_size={proto['image_size']}", f"max_steps={proto['max_steps']}",
+                               f"n_action_steps={proto['n_action_steps']}", f"num_envs={proto['num_envs']}",
+                               f"parallel_envs={'true' if proto['num_envs'] > 1 else 'false'}", "save_every=5"]
+                  for a in ("--set", kv))], run_dir / "done", log, times)
+            (run_dir / "done").touch()
+            train_s = time.perf_counter() - start
+            last = sorted((run_dir / "checkpoints").glob("step_*.h5"))[-1]
+            ev = d / f"eval_{arm}_seed{seed}.h5"
+            start = time.perf_counter()
+            stage(f"task{task} eval {arm} seed {seed}", ["eval", "--policy", str(last), "--tasks", str(task),
+                                                         *common_eval, "--out", str(ev)], ev, log, times)
+            value = {**eval_arm(ev), **run_summary(run_dir),
+                     "wall_s": {"train": round(train_s), "eval": round(time.perf_counter() - start)}}
+            record(task, seed, arm, value, sft)
+    subprocess.run([*CLI, "report", str(results_path), "--out", str(out / "report"),
+                    "--title", "Held-out units: recommended and e2 vs SFT"], check=True)
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    main()
