@@ -38,40 +38,38 @@ def parse_tiers(tiers: str | None, num_generations: int | None, default_steps: i
     return steps
 
 
+# --- sections ----------------------------------------------------------------------------------------------
+# Each command's config is a frozen dataclass built from these sections: fields stay flat (`cfg.lr_head`,
+# `--set lr_head=...`, presets), but each is declared once, in the section it belongs to, with a
+# one-line docstring. `settings_markdown()` renders them (docs/SETTINGS.md, checked by a test).
+
+
 @dataclass(frozen=True)
-class RolloutConfig:
-    """Groups of trajectories that differ only in their initial flow noise (seed Eq. 3)."""
+class RuntimeSettings:
+    """Env and runtime: what every command that simulates shares (rollout, eval, train)."""
 
     policy: str = "tiny"
-    """`tiny[:SEED]`, a local lerobot policy directory, or a hub id."""
+    """`tiny[:SEED]`, a local lerobot policy directory, a training checkpoint or a hub id"""
     suite: str = "libero_10"
-    tasks: tuple[int, ...] = (0,)
-    init_states: tuple[int, ...] = (0,)
-    """one group per (task, init state); every member of a group starts from that init state"""
-    num_generations: int = 6
-    """trajectories per group (TRL's name)"""
-    denoise_tiers: str = "10"
-    """denoising steps per member: `1x1,5x10` (seed E2), `1x8,1x9,1x10` (E1) or a uniform K"""
+    """LIBERO suite: libero_10, libero_object, libero_goal, libero_spatial, libero_90"""
     max_steps: int | None = None
     """episode limit in env steps; None = the suite's (libero_10: 520)"""
     n_action_steps: int | None = None
     """actions executed per chunk before re-querying; None = the policy's n_action_steps"""
     image_size: int = 256
     """camera resolution (lerobot's LIBERO default 256; the policy resizes)"""
-    store_images: bool = True
     seed: int = 0
+    """seeds every episode's flow noise and every random choice of a run"""
     num_envs: int = 0
-    """envs stepped in lockstep with one batched policy call; 0 = one per group member"""
+    """envs stepped in lockstep with one batched policy call; 0 = one per group member (eval: 1)"""
     parallel_envs: bool = False
     """step the envs in spawned worker processes (one env and one torch thread each), in parallel"""
     overlap_policy: bool = False
     """two lanes of envs take turns: the policy computes one lane's chunks while the other's envs step"""
     device: str = "cpu"
+    """torch device of the policy (cpu, cuda, cuda:1)"""
 
-    def __post_init__(self) -> None:
-        if self.num_generations < 1:
-            raise UserError("num_generations must be >= 1")
-        parse_tiers(self.denoise_tiers, self.num_generations)
+    def check_runtime(self) -> None:
         if self.max_steps is not None and self.max_steps < 1:
             raise UserError("max_steps must be >= 1")
         if self.n_action_steps is not None and self.n_action_steps < 1:
@@ -81,87 +79,96 @@ class RolloutConfig:
         if self.num_envs < 0:
             raise UserError("num_envs must be >= 0")
 
-    @property
-    def steps_per_member(self) -> list[int]:
-        return parse_tiers(self.denoise_tiers, self.num_generations)
-
     def to_json(self) -> str:
         return json.dumps(asdict(self), sort_keys=True)
 
 
 @dataclass(frozen=True)
-class EvalConfig:
-    """The seed's protocol: LIBERO-10, 20 episodes per task over fixed init states, K = 10."""
+class RolloutConfig(RuntimeSettings):
+    """`grpo-vla rollout`: groups of trajectories that differ only in their initial flow noise (seed Eq. 3)."""
 
-    policy: str = "tiny"
-    suite: str = "libero_10"
+    tasks: tuple[int, ...] = (0,)
+    """task ids of the suite"""
+    init_states: tuple[int, ...] = (0,)
+    """one group per (task, init state); every member of a group starts from that init state"""
+    num_generations: int = 6
+    """trajectories per group (TRL's name)"""
+    denoise_tiers: str = "10"
+    """denoising steps per member: `1x1,5x10` (seed E2), `1x8,1x9,1x10` (E1) or a uniform K"""
+    store_images: bool = True
+    """keep the camera frames each chunk was chosen from (the update needs them; off: smaller files)"""
+
+    def __post_init__(self) -> None:
+        self.check_runtime()
+        if self.num_generations < 1:
+            raise UserError("num_generations must be >= 1")
+        parse_tiers(self.denoise_tiers, self.num_generations)
+
+    @property
+    def steps_per_member(self) -> list[int]:
+        return parse_tiers(self.denoise_tiers, self.num_generations)
+
+
+@dataclass(frozen=True)
+class EvalConfig(RuntimeSettings):
+    """`grpo-vla eval`: the seed's protocol (LIBERO-10, 20 episodes per task over fixed init states, K = 10)."""
+
     tasks: tuple[int, ...] | None = None
-    """None = every task of the suite"""
+    """task ids; None = every task of the suite"""
     episodes_per_task: int = 20
     """episode i of a task starts from init state init_states[i mod len(init_states)]"""
     init_states: tuple[int, ...] = ()
     """the init states evaluation may use (held out from training's); () = all of each task's (0..49)"""
     denoise_steps: int = 10
+    """K, the Euler steps of the flow sampler"""
     sde_noise: float = 0.0
     """0: lerobot's deterministic sampler; a > 0: the Flow-SDE sampler a `likelihood = sde` run trains"""
-    max_steps: int | None = None
-    n_action_steps: int | None = None
-    image_size: int = 256
-    seed: int = 0
-    """seeds the flow noise of every episode"""
-    num_envs: int = 1
-    parallel_envs: bool = False
-    """step the envs in spawned worker processes (one env and one torch thread each), in parallel"""
-    overlap_policy: bool = False
-    """two lanes of envs take turns: the policy computes one lane's chunks while the other's envs step"""
-    device: str = "cpu"
 
     def __post_init__(self) -> None:
+        self.check_runtime()
         if self.episodes_per_task < 1:
             raise UserError("episodes_per_task must be >= 1")
         if self.denoise_steps < 1:
             raise UserError("denoise_steps must be >= 1")
         if self.sde_noise < 0:
             raise UserError("sde_noise must be >= 0")
-        if self.max_steps is not None and self.max_steps < 1:
-            raise UserError("max_steps must be >= 1")
-        if self.num_envs < 1:
-            raise UserError("num_envs must be >= 1")
-
-    def to_json(self) -> str:
-        return json.dumps(asdict(self), sort_keys=True)
 
 
 LIKELIHOODS = ("ode", "sde")
 
 
 @dataclass(frozen=True)
-class TrainConfig:
-    """A GRPO run. Presets e1-e6 (presets.py) are diffs from these defaults; `--set key=value` overrides."""
+class SamplingSettings:
+    """Sampling: which groups a step rolls out, and how the policy samples and scores its chunks."""
 
-    exp: str = "base"
-    """preset name, recorded for reports"""
-    policy: str = "HuggingFaceVLA/smolvla_libero"
-    """the SFT policy to fine-tune (hub id, local directory, or `tiny`)"""
-    suite: str = "libero_10"
     tasks: tuple[int, ...] = tuple(range(10))
     """tasks sampled from, uniformly"""
     tasks_per_step: int = 1
     """groups (one task + init state each) per GRPO step; the seed used 1"""
     init_states: tuple[int, ...] = ()
     """the init states training draws from; () = all of each task's. Keep evaluation's out of it"""
+    skip_solved: int = 0
+    """never draw again an init state whose last this-many groups all succeeded (RIPT-VLA's dynamic
+    sampling; 0 = off): saves the env steps of groups that a filter would drop; checkpointed"""
     num_generations: int = 6
+    """trajectories per group (TRL's name)"""
     denoise_tiers: str = "10"
-    tier_weights: tuple[float, ...] = ()
-    """Eq. 4 reward weight per member; () = all 1.0"""
-    fallback_steps: int = 0
-    """E5: when a group is all-fail, run one extra trajectory with this K (0 = off)"""
-    fallback_success_reward: float = 1.0
-    fallback_failure_reward: float = 0.05
-    replay_pool: bool = False
-    """E6: inject a cached success into all-fail groups; skip the step when the pool is empty"""
-    replay_pool_size: int = 16
-    """successes kept per (task, init state); oldest pruned first"""
+    """denoising steps per member: `1x1,5x10` (seed E2), `1x8,1x9,1x10` (E1) or a uniform K"""
+    likelihood: str = "ode"
+    """`ode` (the seed's reading: zero policy gradient at theta_old, exactly) or `sde` (Flow-SDE)"""
+    sde_noise: float = 0.5
+    """Flow-SDE noise level a (sigma_t = a sqrt(t / (1 - t))) of `likelihood = sde`'s sampler and density"""
+    ode_sigma: float = 0.1
+    """std of `likelihood = ode`'s Gaussian around the recomputed chunk (scales its zero gradient's terms)"""
+    stall_steps: int = 0
+    """training rollouts end (as failures) once this many steps have passed and the goal's object has not
+    moved 3 cm (0 = off; tasks whose goal object is a fixture never stall). Evaluation never stops early."""
+
+
+@dataclass(frozen=True)
+class RewardSettings:
+    """Rewards: what a trajectory earns (seed Eq. 4, E5's fallback, E6's replay, goal progress)."""
+
     reward: str = "binary"
     """`binary` (success, the seed), `progress` (BDDL goal progress) or `progress+success`"""
     progress_shaping: float = 0.0
@@ -169,53 +176,91 @@ class TrainConfig:
     reach_shaping: float = 0.0
     """weight of the gripper's closest approach to the goal object inside goal progress (0 = off);
     progress_shaping + reach_shaping < 1 so that a near miss earns less than a satisfied predicate"""
-    stall_steps: int = 0
-    """training rollouts end (as failures) once this many steps have passed and the goal's object has not
-    moved 3 cm (0 = off; tasks whose goal object is a fixture never stall). Evaluation never stops early."""
+    tier_weights: tuple[float, ...] = ()
+    """Eq. 4 reward weight per member; () = all 1.0"""
+    fallback_steps: int = 0
+    """E5: when a group is all-fail, run one extra trajectory with this K (0 = off)"""
+    fallback_success_reward: float = 1.0
+    """E5: the fallback trajectory's reward when it succeeds"""
+    fallback_failure_reward: float = 0.05
+    """E5: the fallback trajectory's reward when it fails"""
+    replay_pool: bool = False
+    """E6: inject a cached success into all-fail groups; skip the step when the pool is empty"""
+    replay_pool_size: int = 16
+    """successes kept per (task, init state); oldest pruned first"""
+
+
+@dataclass(frozen=True)
+class AdvantageSettings:
+    """Advantages: group filters, Eq. 1's normalisation, or per-chunk advantages against a learned value."""
+
     group_filter: str = "none"
     """`none`, `drop_degenerate` (all-equal rewards) or `success_band` (success rate outside the band)"""
     success_band: tuple[float, ...] = (0.1, 0.9)
+    """`group_filter = success_band`: groups whose success rate lies outside [lo, hi] are dropped"""
     max_resample_tries: int = 0
     """extra rollout rounds per step to replace filtered-out groups (keeps the batch full)"""
-    skip_solved: int = 0
-    """never draw again an init state whose last this-many groups all succeeded (RIPT-VLA's dynamic
-    sampling; 0 = off): saves the env steps of groups that a filter would drop; checkpointed"""
-    likelihood: str = "ode"
-    """`ode` (the seed's reading: zero first-order gradient at theta_old) or `sde` (Flow-SDE)"""
-    sde_noise: float = 0.5
-    ode_sigma: float = 0.1
-    ratio_level: str = "chunk"
-    """PPO ratio per `trajectory`, `chunk`, denoising `step` or action `token` (grpo.ratio_samples)"""
-    loss_type: str = "bnpo"
-    """TRL's: `bnpo` averages the objective over all samples, `grpo` per trajectory first (grpo.sample_weights)"""
     scale_rewards: str = "group"
+    """Eq. 1's divisor (TRL's name): the `group`'s reward std, the `batch`'s, or `none`"""
     advantage_baseline: str = "group"
     """`group` (Eq. 1: one advantage per trajectory against its group) or `value`: per chunk,
     A = r - V(chunk-start state), V a small MLP refit each step on the previous `value_buffer_steps`
     steps' chunks (grpo_cli/value.py; checkpointed); the first step of a run uses `group`"""
     value_buffer_steps: int = 4
+    """advantage_baseline = value: how many earlier steps' chunks the value is fitted on"""
     gae_lambda: float = 1.0
     """advantage_baseline = value: GAE's lambda over a trajectory's chunks. 1: A = r - V(s_c); below 1 a
     chunk is credited more with the change in V it caused, V(s_c+1) - V(s_c) (0: only that)"""
+
+
+@dataclass(frozen=True)
+class LossSettings:
+    """Loss: Eq. 5, the clipped surrogate plus beta times the KL to the SFT reference."""
+
+    ratio_level: str = "chunk"
+    """PPO ratio per `trajectory`, `chunk`, denoising `step` or action `token` (grpo.ratio_samples)"""
+    loss_type: str = "bnpo"
+    """TRL's: `bnpo` averages the objective over all samples, `grpo` per trajectory first (grpo.sample_weights)"""
     epsilon: float = 0.2
+    """PPO's clip range: ratios outside [1 - epsilon, 1 + epsilon_high] carry no gradient"""
     epsilon_high: float | None = None
+    """upper clip (DAPO's clip-higher); None = epsilon"""
     dual_clip: float | None = None
     """dual-clip PPO's c (> 1, e.g. 3): bounds the objective of negative-advantage samples below by c·A"""
     beta: float = 0.0
     """KL weight to the SFT reference; 0 loads no reference"""
+
+
+@dataclass(frozen=True)
+class OptimizerSettings:
+    """Optimizer: what trains, how fast, and for how long."""
+
     lr_head: float = 1e-5
+    """AdamW learning rate of the action expert (the flow head)"""
     lr_backbone: float = 1e-6
+    """AdamW learning rate of the VLM backbone, when it trains"""
     train_backbone: bool = False
     """lerobot freezes the VLM by default; True trains it with lr_backbone"""
     train_vision_encoder: bool = False
     """with train_backbone: also train the vision encoder (lerobot's freeze_vision_encoder=True keeps it frozen)"""
     weight_decay: float = 0.0
+    """AdamW's weight decay (0: a zero gradient leaves the weights where they are)"""
     max_grad_norm: float = 1.0
+    """gradients are clipped to this total norm before each optimizer step"""
     num_iterations: int = 1
     """inner epochs over each step's samples (TRL's name)"""
     minibatch_size: int = 16
     """chunks per backward pass; memory stays flat as groups grow"""
     steps: int = 6000
+    """GRPO steps of the run"""
+    env_step_budget: int = 0
+    """stop once the run has taken this many env steps (0 = no limit): compare presets at equal budget"""
+
+
+@dataclass(frozen=True)
+class ShardSettings:
+    """Rollout shards and env failures: where each step's episodes run, and what a failure does."""
+
     rollout_shards: int = 0
     """long-lived rollout workers that roll out each step's episodes (0 = the trainer's own envs)"""
     shard_executor: str = "local"
@@ -231,8 +276,14 @@ class TrainConfig:
     line, or `continue` the step with the groups that arrived (its episodes are logged as `episodes_lost`)"""
     env_failure_retries: int = 2
     """restarts of the envs when one fails or its worker dies mid-rollout (the rollout is rerun, same seeds)"""
-    env_step_budget: int = 0
-    """stop once the run has taken this many env steps (0 = no limit): compare presets at equal budget"""
+
+
+@dataclass(frozen=True)
+class LoggingSettings:
+    """Checkpoints and logging."""
+
+    exp: str = "base"
+    """preset name, recorded for reports"""
     save_every: int = 100
     """keep a checkpoint every this many steps"""
     save_latest: bool = True
@@ -242,18 +293,23 @@ class TrainConfig:
     """also write metrics as TensorBoard scalars under RUN_DIR/tensorboard"""
     log_wandb: bool = False
     """also log to Weights & Biases (offline mode unless WANDB_MODE is set)"""
-    max_steps: int | None = None
-    n_action_steps: int | None = None
-    image_size: int = 256
-    seed: int = 0
-    num_envs: int = 0
-    parallel_envs: bool = False
-    """step the envs in spawned worker processes (one env and one torch thread each), in parallel"""
-    overlap_policy: bool = False
-    """two lanes of envs take turns: the policy computes one lane's chunks while the other's envs step"""
-    device: str = "cpu"
+
+
+TRAIN_SECTIONS = (RuntimeSettings, SamplingSettings, RewardSettings, AdvantageSettings, LossSettings,
+                  OptimizerSettings, ShardSettings, LoggingSettings)
+
+
+@dataclass(frozen=True)
+class TrainConfig(LoggingSettings, ShardSettings, OptimizerSettings, LossSettings, AdvantageSettings,
+                  RewardSettings, SamplingSettings, RuntimeSettings):
+    """`grpo-vla train`: a GRPO run. Presets e1-e6 and recommended (presets.py) are diffs from these
+    defaults; `--set key=value` overrides any field of any section."""
+
+    policy: str = "HuggingFaceVLA/smolvla_libero"
+    """the SFT policy to fine-tune (hub id, local directory, or `tiny`): unlike rollout and eval, never a random one"""
 
     def __post_init__(self) -> None:
+        self.check_runtime()
         if self.likelihood not in LIKELIHOODS:
             raise UserError(f"likelihood must be one of {', '.join(LIKELIHOODS)}, got {self.likelihood!r}")
         if self.loss_type not in LOSS_TYPES:
@@ -302,5 +358,43 @@ class TrainConfig:
     def steps_per_member(self) -> list[int]:
         return parse_tiers(self.denoise_tiers, self.num_generations)
 
-    def to_json(self) -> str:
-        return json.dumps(asdict(self), sort_keys=True)
+
+def field_docs(cls: type) -> dict[str, str]:
+    """The one-line docstrings of the fields a class itself declares (the string under each field)."""
+    import ast
+    import inspect
+    import textwrap
+
+    tree = ast.parse(textwrap.dedent(inspect.getsource(cls)))
+    body = tree.body[0].body  # type: ignore[attr-defined]
+    docs = {}
+    for node, after in zip(body, body[1:] + [None], strict=True):
+        if isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name):
+            text = after.value.value if (isinstance(after, ast.Expr) and isinstance(after.value, ast.Constant)
+                                         and isinstance(after.value.value, str)) else ""
+            docs[node.target.id] = " ".join(text.split())
+    return docs
+
+
+def settings_markdown() -> str:
+    """docs/SETTINGS.md: every setting, by section, with its default and docstring (a test keeps the file
+    equal to this: `python -c "from grpo_cli.config import settings_markdown as s; print(s(), end='')"
+    > docs/SETTINGS.md`)."""
+    import dataclasses
+
+    lines = ["# Settings", "", "Generated from `grpo_cli/config.py` (`settings_markdown`); a test checks this file "
+             "against it. `grpo-vla train --set KEY=VALUE` (or a YAML `--config`) sets any `train` setting; "
+             "rollout and eval take theirs as options. Presets (`grpo_cli/presets.py`) are diffs from the "
+             "defaults below.", ""]
+    sections = [*TRAIN_SECTIONS[:1], RolloutConfig, EvalConfig, *TRAIN_SECTIONS[1:], TrainConfig]
+    for cls in sections:
+        own = field_docs(cls)
+        defaults = {f.name: f.default for f in dataclasses.fields(cls)}
+        title = (cls.__doc__ or cls.__name__).split("\n")[0]
+        lines += [f"## {title}", "", "| setting | default | meaning |", "|---|---|---|"]
+        for name, doc in own.items():
+            value = defaults[name]
+            shown = ",".join(map(str, value)) if isinstance(value, tuple) else value
+            lines.append(f"| `{name}` | `{shown}` | {doc.replace('|', '/')} |")
+        lines.append("")
+    return "\n".join(lines)

@@ -40,7 +40,7 @@ def eval_episodes(cfg: EvalConfig, tasks: list[TaskSpec]) -> list[EpisodeSpec]:
 def run_eval(cfg: EvalConfig, adapter: SmolVLAAdapter, tasks: list[TaskSpec],
              on_episode: Callable[[Trajectory], None] | None = None) -> tuple[dict[str, np.ndarray], list[str]]:
     """Run the protocol; returns per-episode columns (see storage.EPISODE_FIELDS) and the GL renderers."""
-    slots = make_env_slots(cfg.num_envs, cfg.image_size, processes=cfg.parallel_envs,
+    slots = make_env_slots(max(cfg.num_envs, 1), cfg.image_size, processes=cfg.parallel_envs,
                            privileged_state=adapter.privileged_state)
     try:
         trajs = run_episodes(adapter, slots, eval_episodes(cfg, tasks), max_steps=cfg.max_steps,

@@ -4,6 +4,7 @@ Dimension legend
     G   groups in a batch             n   members per group (num_generations)
     B   flattened samples (G*n or chunks)
     K   denoising steps               H   chunk size       Da  real action dims (masked)
+    J   scored transitions of a chunk (K for `sde`, 1 for `ode`)    Dm  padded action dim (32)
 """
 
 from __future__ import annotations
@@ -154,7 +155,7 @@ def ratio_samples(new: list[torch.Tensor], old: list[torch.Tensor], advantages: 
                   ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """The PPO samples (log-ratio, advantage) at one of four granularities.
 
-    new, old: per chunk, element-wise log-densities (S, H, Dm) of its S scored denoising steps (zero
+    new, old: per chunk, element-wise log-densities (J, H, Dm) of its J scored denoising steps (zero
     outside `mask`); advantages (C,) per chunk; chunks_per_trajectory sums to C. Returns flat (N,) pairs:
     `trajectory` N = trajectories (sum over its chunks), `chunk` N = C (sum over S, H, Dm), `step` N =
     sum of S (one Gaussian transition of the chain, sum over H, Dm), `token` N = real action elements

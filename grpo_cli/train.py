@@ -260,9 +260,9 @@ class Trainer:
     def _score(self, adapter: SmolVLAAdapter, chunks: list[tuple[Member, int]], grad: bool,
                targets: list[torch.Tensor | None] | None = None
                ) -> tuple[list[torch.Tensor], list[torch.Tensor], list[torch.Tensor]]:
-        """Per chunk: element-wise log-densities (S, H, Dm) of its scored steps under `adapter`, and the
-        transition means (S, H, Dm) and stds (S,) for the KL. Chunks sharing K run as one batch.
-        `targets[i]` (S, H, Dm), where given, replaces chunk i's stored targets (see `_update`)."""
+        """Per chunk: element-wise log-densities (J, H, Dm) of its J scored steps under `adapter`, and the
+        transition means (J, H, Dm) and stds (J,) for the KL (legend: grpo.py). Chunks sharing K run as one
+        batch. `targets[i]` (J, H, Dm), where given, replaces chunk i's stored targets (see `_update`)."""
         cfg = self.cfg
         by_k: dict[int, list[int]] = {}
         for i, (m, _) in enumerate(chunks):

@@ -490,3 +490,26 @@ def test_e2_is_an_exact_zero_three_steps_with_nonzero_advantages_do_not_move_the
             assert m["ode/rescore_max_abs"] < 1e-4  # the stored chunks differ from theta_old's only by rounding
         assert m["drift_pct"] < 0.01
     assert metrics[-1]["drift_pct"] == 0.0
+
+
+def test_settings_are_declared_once_by_section_with_docstrings_and_documented() -> None:
+    import dataclasses
+    from pathlib import Path
+
+    from grpo_cli.config import (TRAIN_SECTIONS, EvalConfig, RolloutConfig, RuntimeSettings, field_docs,
+                                 settings_markdown)
+
+    declared: dict[str, list[str]] = {}
+    for cls in TRAIN_SECTIONS:
+        for name, doc in field_docs(cls).items():
+            declared.setdefault(name, []).append(cls.__name__)
+            assert doc, f"{cls.__name__}.{name} has no docstring"
+    assert {n for n, owners in declared.items() if len(owners) > 1} == set()  # one home per setting
+    assert declared.keys() == {f.name for f in dataclasses.fields(TrainConfig)}
+    runtime = {f.name for f in dataclasses.fields(RuntimeSettings)}
+    for cls in (RolloutConfig, EvalConfig):  # the runtime section is shared, not redeclared
+        assert runtime <= {f.name for f in dataclasses.fields(cls)} and not runtime & field_docs(cls).keys()
+        assert all(field_docs(cls).values()), cls
+    assert field_docs(TrainConfig).keys() == {"policy"}  # train's only own default: never a random policy
+    assert (Path(__file__).parents[1] / "docs" / "SETTINGS.md").read_text() == settings_markdown(), \
+        "docs/SETTINGS.md is stale: regenerate it (see grpo_cli.config.settings_markdown)"

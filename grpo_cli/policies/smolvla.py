@@ -210,10 +210,10 @@ class SmolVLAAdapter:
         """The Gaussian steps that score stored chains under the current parameters (differentiable).
 
         prefix for B samples; chains (B, K+1, H, Dm), all with the same K. Returns (targets, means, stds)
-        with targets and means (B, S, H, Dm) and stds (B, S), S scored steps:
-        - `sde` (S = K): step k is N(x_{k+1}; mu_theta(x_k, t_k), sigma_k^2 dt), the exact transition
+        with targets and means (B, J, H, Dm) and stds (B, J), J scored steps:
+        - `sde` (J = K): step k is N(x_{k+1}; mu_theta(x_k, t_k), sigma_k^2 dt), the exact transition
           of a chain sampled with `denoise(..., sde_noise)`.
-        - `ode` (S = 1): the seed's reading. Re-run the deterministic Euler sampler from the stored
+        - `ode` (J = 1): the seed's reading. Re-run the deterministic Euler sampler from the stored
           noise and score the stored chunk under N(f_theta(z), ode_sigma^2). At theta = theta_old
           f_theta(z) equals the stored chunk: the log-prob sits at its maximum, its gradient is 0.
         """
