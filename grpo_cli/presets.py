@@ -62,14 +62,14 @@ PRESETS: dict[str, dict[str, Any]] = {
         "reach_shaping": 0.3,
         # per-chunk credit against a learned value V(s): the grasp chunks get the signal, chunks after a
         # settled outcome ~0. With r - V(s) (lambda 1) a 61% SFT policy went to 77, 69, 53 over RL seeds 0-2;
-        # from weaker starts it did not help: 33% -> 18, 45% -> 47 at 30k and 44 at 90k (BENCHMARKS)
+        # from weaker starts it did not help: 33% -> 18, 45% -> 47 at 30k and 44 at 90k (notebook)
         "advantage_baseline": "value",
         # GAE over chunks: each chunk is credited with the change in V it caused. From a 60% SFT policy,
-        # RL seeds 0-2: 77, 82, 65 (mean +14.7, pooled p 0.007) against lambda 1's +5 (BENCHMARKS)
+        # RL seeds 0-2: 77, 82, 65 (mean +14.7, pooled p 0.007) against lambda 1's +5 (notebook)
         "gae_lambda": 0.8,
         "group_filter": "drop_degenerate",  # groups with equal rewards give zero advantage: replace them
         "max_resample_tries": 2,  # bounded extra rounds keep the batch full without stalling a step
-        # every learning run behind this preset used 8 (BENCHMARKS); 16 was the shipped value, never measured
+        # every learning run behind this preset used 8 (notebook); 16 was the shipped value, never measured
         "num_generations": 8,
         "tasks_per_step": 2,  # several tasks/init states per update: less correlated gradients
         "denoise_tiers": "10",  # one horizon: tiers mix policies with different likelihoods
@@ -79,10 +79,10 @@ PRESETS: dict[str, dict[str, Any]] = {
         "epsilon": 0.2,
         "num_iterations": 2,  # reuse each batch twice: rollouts dominate the cost on CPU
         # failed grasps end at step 80: ~2x the updates per env step, and short failures for the value to read
-        # (alone, from a 33% policy: 27/100 vs 33; with reach shaping alone: 61 vs 61 — BENCHMARKS)
+        # (alone, from a 33% policy: 27/100 vs 33; with reach shaping alone: 61 vs 61 — the notebook)
         "stall_steps": 80,
         "beta": 0.0,  # no KL: the clip already bounds each update, and no reference model is loaded
-        "lr_head": 1e-4, "lr_backbone": 0.0,  # 3e-5 and 3e-4 both lost points (BENCHMARKS)
+        "lr_head": 1e-4, "lr_backbone": 0.0,  # 3e-5 and 3e-4 both lost points (notebook)
         "train_backbone": False,  # the action expert is where RL acts; the VLM stays as SFT left it
         "max_grad_norm": 1.0,
         "steps": 200},

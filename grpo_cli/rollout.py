@@ -59,7 +59,7 @@ class EnvWorker:
         Renders cameras only on the last step (the one whose observation the policy reads next).
         Returns (state after each step, reward of each step, success, last observation, goal progress,
         stalled). stalled: `stall_steps` > 0 steps have passed and the goal object has not moved
-        STALL_DISTANCE (LIBERO-Object: such episodes never succeed later; BENCHMARKS.md).
+        STALL_DISTANCE (LIBERO-Object: such episodes never succeed later; docs/NOTEBOOK.md).
         """
         assert self.env is not None, "reset a slot before stepping it"
         n = min(len(actions), steps_left)

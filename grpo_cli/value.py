@@ -1,7 +1,7 @@
 """A learned value of the chunk-start state, for chunk-level advantages (`advantage_baseline = value`).
 
 With one reward per episode every chunk of a trajectory gets the same advantage, though on LIBERO-Object
-the outcome is decided by the grasp in the first few chunks (BENCHMARKS.md, session 9): the later
+the outcome is decided by the grasp in the first few chunks (docs/NOTEBOOK.md, session 9): the later
 chunks of a missed grasp carry only noise. A_c = r - V(s_c) credits each chunk with how much better the
 episode ended than expected from where that chunk started: chunks after the outcome is settled get
 about zero, the grasp chunks get the signal.

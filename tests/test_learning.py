@@ -105,7 +105,7 @@ def test_scripted_expert_solves_most_init_states() -> None:
 
 def test_demos_cli_covers_another_task_of_the_family(tmp_path) -> None:
     """`grpo-vla demos` on LIBERO-Object task 7 (another object): the expert is not tuned to task 0.
-    One episode: rendering makes each ~30 s here (all ten tasks: BENCHMARKS.md, 48/50)."""
+    One episode: rendering makes each ~30 s here (all ten tasks: docs/NOTEBOOK.md, 48/50)."""
     import subprocess
     import sys
 

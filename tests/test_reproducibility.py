@@ -92,7 +92,7 @@ def test_one_env_per_process_writes_the_same_file_as_inline_envs(fixtures_run: P
 
 def test_one_env_slot_sees_the_same_first_frames(fixtures_run: Path, tmp_path: Path) -> None:
     """One slot instead of two changes the policy's batch shape: the first frames stay bit-identical, the
-    chains move by float rounding only (README, "Reproducibility")."""
+    chains move by float rounding only (docs/GUIDE.md, "Reproducibility")."""
     single = rollout(tmp_path / "single.h5", *FIXTURES, "--num-envs", "1")
     with h5py.File(fixtures_run) as a, h5py.File(single) as b:
         assert list(a["data"]) == list(b["data"])

@@ -43,7 +43,7 @@ def test_presets_follow_the_seed() -> None:
         resolve("e2", {"loss_type": "dapo"})
     with pytest.raises(UserError, match="likelihood must be one of ode, sde"):
         resolve("e2", {"likelihood": "noise"})
-    # measured-negative experiments, removed (BENCHMARKS.md, "Removed options"): unknown settings now
+    # measured-negative experiments, removed (docs/NOTEBOOK.md, "Removed options"): unknown settings now
     for removed in ("noise_std", "step_weighting", "sde_window", "likelihood_positions",
                     "optimizer_steps_per_iteration", "success_bc_steps", "success_bc_batch_size",
                     "success_bc_epochs", "success_bc_buffer", "success_bc_demos", "success_bc_demo_fraction"):

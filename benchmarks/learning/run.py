@@ -8,7 +8,7 @@ trainings start from the same SFT policy and stop at the same budget of environm
 (success with Wilson intervals, Fisher's exact test of each run against SFT, wall times) go to
 OUT/results.json and OUT/results.md. `--rl-seeds` runs `recommended` with each of these RL seeds
 (which init states and flow noise its rollouts draw; the SFT policy and the eval episodes stay the same):
-at 30k env steps the RL seed alone has moved eval success by 18 points (BENCHMARKS.md). A larger
+at 30k env steps the RL seed alone has moved eval success by 18 points (docs/NOTEBOOK.md). A larger
 `--env-step-budget` over a finished OUT resumes its runs to the new budget; their earlier evals are
 kept as OUT/eval_<run>_<old budget>steps.h5.
 
@@ -79,7 +79,7 @@ def main() -> None:
     parser.add_argument("--demo-init-states", default="0-49", help="a range: one demo per init state")
     parser.add_argument("--sft-steps", type=int, default=2000)
     parser.add_argument("--sft-lr", type=float, default=1e-3,
-                        help="a from-scratch tiny policy needs 10x lerobot's fine-tuning rate (BENCHMARKS.md)")
+                        help="a from-scratch tiny policy needs 10x lerobot's fine-tuning rate (docs/NOTEBOOK.md)")
     parser.add_argument("--eval-episodes", type=int, default=100)
     parser.add_argument("--env-step-budget", type=int, default=30000)
     parser.add_argument("--lr-head", type=float, default=1e-4, help="recommended's head learning rate")

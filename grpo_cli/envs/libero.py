@@ -36,7 +36,7 @@ ARENA_ENV_VAR = "GRPO_VLA_MUJOCO_ARENA_MB"
 """MuJoCo's arena (contacts, constraints, solver stack) per env, in MiB; unset: LIBERO's own size. LIBERO
 compiles robosuite's `<size nconmax="5000" njmax="5000"/>`, a 1,272 MiB arena of which its scenes use
 ~9 MiB; but MuJoCo 3.8 does not touch the unused part, so it costs address space, not resident memory
-(BENCHMARKS.md, "Memory per env"). A smaller one suits sites that limit virtual memory (`ulimit -v`)."""
+(docs/NOTEBOOK.md, "Memory per env"). A smaller one suits sites that limit virtual memory (`ulimit -v`)."""
 SUITES = ("libero_10", "libero_spatial", "libero_object", "libero_goal", "libero_90")
 # lerobot.envs.libero.TASK_SUITE_MAX_STEPS (copied so that listing suites needs no LIBERO import).
 SUITE_MAX_STEPS = {"libero_spatial": 280, "libero_object": 280, "libero_goal": 300, "libero_10": 520,
