@@ -496,8 +496,14 @@ def test_settings_are_declared_once_by_section_with_docstrings_and_documented() 
     import dataclasses
     from pathlib import Path
 
-    from grpo_cli.config import (TRAIN_SECTIONS, EvalConfig, RolloutConfig, RuntimeSettings, field_docs,
-                                 settings_markdown)
+    from grpo_cli.config import (
+        TRAIN_SECTIONS,
+        EvalConfig,
+        RolloutConfig,
+        RuntimeSettings,
+        field_docs,
+        settings_markdown,
+    )
 
     declared: dict[str, list[str]] = {}
     for cls in TRAIN_SECTIONS:
