@@ -157,10 +157,10 @@ def rollout(policy: str, suite: str, max_steps: int | None, n_action_steps: int 
             num_generations: int, denoise_tiers: str, num_envs: int, no_images: bool, shards: int,
             executor: str, slurm_config: str | None, **slurm: Any) -> None:
     """Sample groups of trajectories that differ only in their initial flow noise; write HDF5."""
-    from grpo_cli.cluster import rollout_part, split
+    from grpo_cli.cluster import split
     from grpo_cli.config import RolloutConfig
     from grpo_cli.evaluate import resolve_tasks
-    from grpo_cli.rollout import group_episodes
+    from grpo_cli.rollout import group_episodes, rollout_part
     from grpo_cli.storage import check_output_path
 
     cfg = RolloutConfig(policy=policy, suite=suite, tasks=_int_list(tasks, "--tasks") or (),
@@ -201,15 +201,10 @@ def _sharded(executor_kind: str, settings: Any, what: str, config_json: str, out
     import shutil
     from pathlib import Path
 
-    from grpo_cli.cluster import (
-        eval_part,
-        make_executor,
-        merge_evals,
-        merge_rollouts,
-        parts_dir,
-        rollout_part,
-        run_shards,
-    )
+    from grpo_cli.cluster import make_executor, parts_dir, run_shards
+    from grpo_cli.evaluate import eval_part
+    from grpo_cli.rollout import rollout_part
+    from grpo_cli.storage import merge_evals, merge_rollouts
 
     out_path = Path(out)
     folder = parts_dir(out_path)
@@ -246,9 +241,8 @@ def eval_cmd(policy: str, suite: str, max_steps: int | None, n_action_steps: int
              executor: str,
              slurm_config: str | None, **slurm: Any) -> None:
     """Evaluate a policy with the seed's protocol; print per-task success with Wilson intervals."""
-    from grpo_cli.cluster import eval_part
     from grpo_cli.config import EvalConfig
-    from grpo_cli.evaluate import eval_episodes, resolve_tasks, summarize
+    from grpo_cli.evaluate import eval_episodes, eval_part, resolve_tasks, summarize
     from grpo_cli.storage import check_output_path, read_eval
 
     cfg = EvalConfig(policy=policy, suite=suite, tasks=_int_list(tasks, "--tasks"),
@@ -552,8 +546,7 @@ def merge_evals_cmd(parts: tuple[str, ...], out: str, overwrite: bool) -> None:
     """Merge eval files of one policy over disjoint tasks (e.g. slurm/eval_array.sbatch's) into one."""
     from pathlib import Path
 
-    from grpo_cli.cluster import merge_evals
-    from grpo_cli.storage import check_output_path, read_eval
+    from grpo_cli.storage import check_output_path, merge_evals, read_eval
 
     check_output_path(out, overwrite)
     datas = [read_eval(p) for p in parts]
@@ -578,8 +571,7 @@ def merge_evals_cmd(parts: tuple[str, ...], out: str, overwrite: bool) -> None:
 def import_eval(csv_file: str, suite: str, label: str | None, out: str, overwrite: bool) -> None:
     """Turn a CSV of per-task success counts (task_id,successes,episodes[,label,drift_pct]) into an eval file,
     so published numbers sit beside ours in `grpo-vla report` (docs/seed_table1.csv: the seed's Table 1)."""
-    from grpo_cli.report import import_csv
-    from grpo_cli.storage import check_output_path
+    from grpo_cli.storage import check_output_path, import_csv
 
     check_output_path(out, overwrite)
     path = import_csv(csv_file, suite, label, out)

@@ -16,7 +16,6 @@ job, which resumes from it: no step is lost or repeated.
 from __future__ import annotations
 
 import dataclasses
-import json
 import re
 import shlex
 import shutil
@@ -101,55 +100,7 @@ def submit_training(executor: Any, job: Callable[[str, str], Any], runs: Sequenc
     return executor.map_array(job, [c for c, _ in runs], [d for _, d in runs])
 
 
-# --- shards: rollout and eval ---------------------------------------------------------------------------
-def rollout_part(cfg_json: str, episodes: list[Any], out: str, on_episode: Callable[[Any], None] | None = None
-                 ) -> dict[str, int]:
-    """Run the given episodes of a rollout and write them to `out` (a shard's part or the whole file).
-
-    The one rollout body: `grpo-vla rollout` calls it in-process, shards call it in workers. Returns
-    counts (trajectories, successes, env steps), not the trajectories, which can be large."""
-    from grpo_cli.config import RolloutConfig
-    from grpo_cli.policies.smolvla import SmolVLAAdapter
-    from grpo_cli.rollout import make_env_slots, run_episodes
-    from grpo_cli.storage import write_rollout
-
-    cfg = RolloutConfig(**{**json.loads(cfg_json), "tasks": (), "init_states": ()})
-    adapter = SmolVLAAdapter.load(cfg.policy, device=cfg.device)
-    slots = make_env_slots(min(cfg.num_envs or cfg.num_generations, len(episodes)), cfg.image_size,
-                           privileged_state=adapter.privileged_state, processes=cfg.parallel_envs)
-    try:
-        trajs = run_episodes(adapter, slots, episodes, max_steps=cfg.max_steps, n_action_steps=cfg.n_action_steps,
-                             keep_images=cfg.store_images, overlap=cfg.overlap_policy,
-                             on_episode=on_episode)
-        renderers = slots.renderers()
-    finally:
-        slots.close()
-    env_args = {"suite": cfg.suite, "image_size": cfg.image_size, "control_freq": 20, "max_steps": cfg.max_steps,
-                "n_action_steps": cfg.n_action_steps or adapter.config.n_action_steps, "renderers": renderers}
-    write_rollout(out, trajs, cfg_json, adapter.identity, env_args)
-    return {"trajectories": len(trajs), "successes": sum(bool(t.success) for t in trajs),
-            "env_steps": int(sum(t.length for t in trajs))}
-
-
-def eval_part(cfg_json: str, task_ids: list[int], out: str, on_episode: Callable[[Any], None] | None = None
-              ) -> str:
-    """Evaluate the given tasks with the protocol and write an eval file (a shard's part or the whole
-    file): the one eval body, for `grpo-vla eval` in-process and for array tasks. Returns the policy source."""
-    from grpo_cli.config import EvalConfig
-    from grpo_cli.evaluate import resolve_tasks, run_eval
-    from grpo_cli.policies.smolvla import SmolVLAAdapter
-    from grpo_cli.storage import write_eval
-
-    values = json.loads(cfg_json)
-    cfg = EvalConfig(**{**values, "tasks": tuple(task_ids)})
-    tasks = resolve_tasks(cfg.suite, cfg.tasks)
-    adapter = SmolVLAAdapter.load(cfg.policy, device=cfg.device)
-    episodes, renderers = run_eval(cfg, adapter, tasks, on_episode=on_episode)
-    table = [{"task_id": t.task_id, "name": t.name, "language": t.language} for t in tasks]
-    write_eval(out, episodes, table, cfg.suite, cfg_json, adapter.identity, renderers)
-    return str(adapter.identity["source"])
-
-
+# --- shards: rollout and eval (their job bodies: rollout.rollout_part, evaluate.eval_part) ----------------
 def failure_reason(err: BaseException) -> str:
     """The one line of a submitit failure that says what went wrong (its message is a whole traceback)."""
     lines = [line.strip() for line in str(err).splitlines() if line.strip()]
@@ -176,43 +127,6 @@ def run_shards(executor: Any, fn: Callable[..., Any], shards: Sequence[tuple[Any
             return results
     raise UserError(f"shard(s) {', '.join(map(str, pending))} failed {max_retries + 1} times; "
                     f"logs in {executor.folder}")
-
-
-def merge_rollouts(parts: Sequence[Path], out: Path, config_json: str) -> None:
-    """Concatenate rollout parts (in order) into one file, demo indices renumbered from 0."""
-    from grpo_cli.storage import atomic_h5, open_kind
-
-    with atomic_h5(out) as f:
-        data = f.create_group("data")
-        total, groups, i = 0, 0, 0
-        for part in parts:
-            with open_kind(part, "rollout") as src:
-                env_args = json.loads(src["data"].attrs["env_args"])
-                if i == 0:
-                    f.attrs.update(dict(src.attrs))
-                    f.attrs["config"] = config_json
-                    merged_args = env_args
-                # shards may run on nodes with other renderers
-                merged_args["renderers"] = sorted(set(merged_args.get("renderers", []))
-                                                  | set(env_args.get("renderers", [])))
-                total += int(src["data"].attrs["total"])
-                groups += int(src["data"].attrs["num_groups"])
-                for k in range(len(src["data"])):
-                    src.copy(src[f"data/demo_{k}"], data, name=f"demo_{i}")
-                    i += 1
-        data.attrs["total"], data.attrs["num_groups"] = total, groups
-        data.attrs["env_args"] = json.dumps(merged_args, sort_keys=True)
-
-
-def merge_evals(parts: Sequence[Path], out: Path, config_json: str) -> None:
-    """Concatenate per-task eval files (in order) into one eval file."""
-    from grpo_cli.storage import EPISODE_FIELDS, read_eval, write_eval
-
-    datas = [read_eval(p) for p in parts]
-    episodes = {k: np.concatenate([d["episodes"][k] for d in datas]) for k in EPISODE_FIELDS}
-    tasks = [t for d in datas for t in d["tasks"]]
-    renderers = sorted({r for d in datas for r in d.get("renderers", [])})
-    write_eval(out, episodes, tasks, str(datas[0]["suite"]), config_json, datas[0]["policy"], renderers)
 
 
 def parts_dir(out: Path) -> Path:

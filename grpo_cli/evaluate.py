@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -15,6 +16,7 @@ from grpo_cli.errors import UserError
 from grpo_cli.policies.smolvla import SmolVLAAdapter
 from grpo_cli.rollout import make_env_slots, run_episodes
 from grpo_cli.stats import wilson_interval
+from grpo_cli.storage import write_eval
 
 
 def resolve_tasks(suite: str, tasks: tuple[int, ...] | None) -> list[TaskSpec]:
@@ -91,3 +93,17 @@ def mean_over_tasks(results: list[TaskResult]) -> tuple[float, tuple[float, floa
     """
     mean = float(np.mean([r.rate for r in results])) if results else 0.0
     return mean, wilson_interval(sum(r.successes for r in results), sum(r.episodes for r in results))
+
+
+def eval_part(cfg_json: str, task_ids: list[int], out: str, on_episode: Callable[[Any], None] | None = None
+              ) -> str:
+    """Evaluate the given tasks with the protocol and write an eval file (a shard's part or the whole
+    file): the one eval body, for `grpo-vla eval` in-process and for array tasks. Returns the policy source."""
+    values = json.loads(cfg_json)
+    cfg = EvalConfig(**{**values, "tasks": tuple(task_ids)})
+    tasks = resolve_tasks(cfg.suite, cfg.tasks)
+    adapter = SmolVLAAdapter.load(cfg.policy, device=cfg.device)
+    episodes, renderers = run_eval(cfg, adapter, tasks, on_episode=on_episode)
+    table = [{"task_id": t.task_id, "name": t.name, "language": t.language} for t in tasks]
+    write_eval(out, episodes, table, cfg.suite, cfg_json, adapter.identity, renderers)
+    return str(adapter.identity["source"])

@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 from scipy.spatial.transform import Rotation
 
-from grpo_cli.envs.libero import STATE_KEY, LiberoEnv
+from grpo_cli.envs.libero import STATE_KEY, LiberoEnv, task_spec
 from grpo_cli.errors import UserError
 
 GAIN = 20.0  # a_xyz = clip(GAIN * error): saturates at 5 cm, about 1.3 cm per step
@@ -198,8 +198,6 @@ def run_expert(env: LiberoEnv, init_state: int, noise_std: float, seed: int, max
 def _collect_task(args: tuple[str, int, list[int], float, int, bool, bool, int, int]) -> list[Demo]:
     """Worker: demos of one task over some init states (one env, one torch thread)."""
     import torch
-
-    from grpo_cli.envs.libero import task_spec
 
     suite, task_id, init_states, noise_std, image_size, images, privileged, seed, repeats = args
     torch.set_num_threads(1)

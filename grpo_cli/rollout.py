@@ -12,6 +12,7 @@ sharding never change a trajectory.
 
 from __future__ import annotations
 
+import json
 import sys
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -19,10 +20,12 @@ from typing import Any
 import numpy as np
 import torch
 
+from grpo_cli.config import RolloutConfig
 from grpo_cli.envs.libero import CAMERAS, STATE_KEY, LiberoEnv, TaskSpec, configure_libero
 from grpo_cli.episodes import EpisodeSpec, Trajectory, episode_seed
 from grpo_cli.errors import EnvFailure
 from grpo_cli.policies.smolvla import SmolVLAAdapter
+from grpo_cli.storage import write_rollout
 
 ChunkResult = tuple[list[np.ndarray], list[float], bool, dict[str, np.ndarray], float, bool]
 STALL_DISTANCE = 0.03  # m: a goal object that has moved less than this has not been picked up or pushed
@@ -353,3 +356,27 @@ def group_episodes(tasks: Sequence[TaskSpec], init_states: Sequence[int], steps_
                                             episode_seed(seed, "rollout", task.task_id, init_state, member),
                                             group=group, member=member))
     return episodes
+
+
+def rollout_part(cfg_json: str, episodes: list[Any], out: str, on_episode: Callable[[Any], None] | None = None
+                 ) -> dict[str, int]:
+    """Run the given episodes of a rollout and write them to `out` (a shard's part or the whole file).
+
+    The one rollout body: `grpo-vla rollout` calls it in-process, shards call it in workers. Returns
+    counts (trajectories, successes, env steps), not the trajectories, which can be large."""
+    cfg = RolloutConfig(**{**json.loads(cfg_json), "tasks": (), "init_states": ()})
+    adapter = SmolVLAAdapter.load(cfg.policy, device=cfg.device)
+    slots = make_env_slots(min(cfg.num_envs or cfg.num_generations, len(episodes)), cfg.image_size,
+                           privileged_state=adapter.privileged_state, processes=cfg.parallel_envs)
+    try:
+        trajs = run_episodes(adapter, slots, episodes, max_steps=cfg.max_steps, n_action_steps=cfg.n_action_steps,
+                             keep_images=cfg.store_images, overlap=cfg.overlap_policy,
+                             on_episode=on_episode)
+        renderers = slots.renderers()
+    finally:
+        slots.close()
+    env_args = {"suite": cfg.suite, "image_size": cfg.image_size, "control_freq": 20, "max_steps": cfg.max_steps,
+                "n_action_steps": cfg.n_action_steps or adapter.config.n_action_steps, "renderers": renderers}
+    write_rollout(out, trajs, cfg_json, adapter.identity, env_args)
+    return {"trajectories": len(trajs), "successes": sum(bool(t.success) for t in trajs),
+            "env_steps": int(sum(t.length for t in trajs))}

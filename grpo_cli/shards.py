@@ -30,11 +30,17 @@ from typing import Any
 import submitit
 import torch
 
+from grpo_cli.cluster import SlurmSettings, failure_reason, make_executor, split
+from grpo_cli.envs.libero import task_spec
+from grpo_cli.episodes import EpisodeSpec
 from grpo_cli.errors import UserError
+from grpo_cli.policies.smolvla import SmolVLAAdapter
+from grpo_cli.presets import resolve
+from grpo_cli.rollout import make_env_slots, run_episodes
+from grpo_cli.storage import open_kind, publish, read_demo, write_rollout
 
 
 def _atomic(path: Path, write: Callable[[str], None]) -> None:
-    from grpo_cli.storage import publish
 
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     os.close(fd)
@@ -55,12 +61,6 @@ class ShardWorker(submitit.helpers.Checkpointable):
     Checkpointable: on preemption the job requeues and serves again (an unfinished request stays)."""
 
     def __call__(self, run_dir: str, generation: str, index: int, cfg_json: str) -> int:
-        from grpo_cli.envs.libero import task_spec
-        from grpo_cli.episodes import EpisodeSpec
-        from grpo_cli.policies.smolvla import SmolVLAAdapter
-        from grpo_cli.presets import resolve
-        from grpo_cli.rollout import make_env_slots, run_episodes
-        from grpo_cli.storage import write_rollout
 
         torch.set_num_threads(1)
         cfg = resolve(None, json.loads(cfg_json))
@@ -100,7 +100,6 @@ class ShardPool:
     """The trainer's side: start the workers, hand out each rollout, gather the parts in order."""
 
     def __init__(self, cfg: Any, run_dir: Path, log: Callable[[str], None] = print):
-        from grpo_cli.cluster import SlurmSettings, make_executor
 
         self.cfg, self.run_dir, self.log = cfg, Path(run_dir), log
         self.folder = self.run_dir / "shards"
@@ -128,9 +127,6 @@ class ShardPool:
 
     def run(self, episodes: Sequence[Any], trainable: dict[str, torch.Tensor]) -> list[Any]:
         """Roll out `episodes` on the workers with the given parameters; trajectories in episode order."""
-        from grpo_cli.cluster import split
-        from grpo_cli.envs.libero import task_spec
-        from grpo_cli.storage import open_kind, read_demo
 
         v = self.version
         self.version += 1
@@ -181,7 +177,6 @@ class ShardPool:
     def _replace(self, k: int, job: Any) -> bool:
         """Worker k's job ended while it owed a part: resubmit it (its request is still waiting). With
         no retries left: stop with one line, or (shard_failure = continue) return False to give up."""
-        from grpo_cli.cluster import failure_reason
 
         try:
             job.result()

@@ -8,6 +8,7 @@ contract for every schema here.
 from __future__ import annotations
 
 import contextlib
+import csv
 import datetime as dt
 import json
 import os
@@ -22,6 +23,7 @@ import h5py
 import numpy as np
 
 from grpo_cli import __version__
+from grpo_cli.envs.libero import num_tasks, task_spec
 from grpo_cli.episodes import EpisodeSpec, Trajectory
 from grpo_cli.errors import UserError
 
@@ -360,3 +362,90 @@ def read_demos(path: str | Path, privileged_state: bool) -> list[dict[str, Any]]
                           "task_id": int(g.attrs.get("task_id", -1)),
                           "success": bool(g.attrs.get("success", True))})
         return demos
+
+
+# --- merges of shard parts ------------------------------------------------------------------------------
+def merge_rollouts(parts: Sequence[Path], out: Path, config_json: str) -> None:
+    """Concatenate rollout parts (in order) into one file, demo indices renumbered from 0."""
+    with atomic_h5(out) as f:
+        data = f.create_group("data")
+        total, groups, i = 0, 0, 0
+        for part in parts:
+            with open_kind(part, "rollout") as src:
+                env_args = json.loads(src["data"].attrs["env_args"])
+                if i == 0:
+                    f.attrs.update(dict(src.attrs))
+                    f.attrs["config"] = config_json
+                    merged_args = env_args
+                # shards may run on nodes with other renderers
+                merged_args["renderers"] = sorted(set(merged_args.get("renderers", []))
+                                                  | set(env_args.get("renderers", [])))
+                total += int(src["data"].attrs["total"])
+                groups += int(src["data"].attrs["num_groups"])
+                for k in range(len(src["data"])):
+                    src.copy(src[f"data/demo_{k}"], data, name=f"demo_{i}")
+                    i += 1
+        data.attrs["total"], data.attrs["num_groups"] = total, groups
+        data.attrs["env_args"] = json.dumps(merged_args, sort_keys=True)
+
+
+def merge_evals(parts: Sequence[Path], out: Path, config_json: str) -> None:
+    """Concatenate per-task eval files (in order) into one eval file."""
+    datas = [read_eval(p) for p in parts]
+    episodes = {k: np.concatenate([d["episodes"][k] for d in datas]) for k in EPISODE_FIELDS}
+    tasks = [t for d in datas for t in d["tasks"]]
+    renderers = sorted({r for d in datas for r in d.get("renderers", [])})
+    write_eval(out, episodes, tasks, str(datas[0]["suite"]), config_json, datas[0]["policy"], renderers)
+
+
+# --- importing published numbers --------------------------------------------------------------------------
+def import_csv(csv_path: str | Path, suite: str, label: str | None, out: str | Path) -> Path:
+    """A CSV of per-task success counts -> an eval file (episodes synthesised from the counts).
+
+    Columns: `task_id,successes,episodes`, optionally `label` (several policies in one file; pick one
+    with `label`) and `drift_pct` (a published drift, shown in Table 2).
+    """
+    csv_path = Path(csv_path)
+    if not csv_path.is_file():
+        raise UserError(f"{csv_path}: no such file")
+    with csv_path.open(newline="") as f:
+        rows = list(csv.DictReader(f))
+    required = {"task_id", "successes", "episodes"}
+    if not rows or not required <= set(rows[0]):
+        raise UserError(f"{csv_path}: needs a header with columns {', '.join(sorted(required))}")
+    labels = sorted({r.get("label") or "" for r in rows})
+    if label is None and len(labels) > 1:
+        raise UserError(f"{csv_path} holds several labels ({', '.join(labels)}): choose one with --label")
+    label = label if label is not None else labels[0]
+    rows = [r for r in rows if (r.get("label") or "") == label] if "label" in rows[0] else rows
+    if not rows:
+        raise UserError(f"{csv_path}: no rows labelled {label!r}; labels: {', '.join(labels)}")
+    counts: dict[int, tuple[int, int]] = {}
+    drifts = set()
+    for i, r in enumerate(rows, start=2):
+        try:
+            t, s, n = int(r["task_id"]), int(r["successes"]), int(r["episodes"])
+        except (TypeError, ValueError):
+            raise UserError(f"{csv_path} line {i}: task_id, successes and episodes must be integers") from None
+        if not 0 <= s <= n or n == 0:
+            raise UserError(f"{csv_path} line {i}: needs 0 <= successes <= episodes and episodes > 0")
+        if not 0 <= t < num_tasks(suite):
+            raise UserError(f"{csv_path} line {i}: task {t} is not in {suite} (0..{num_tasks(suite) - 1})")
+        if t in counts:
+            raise UserError(f"{csv_path} line {i}: task {t} is listed twice for {label!r}")
+        counts[t] = (s, n)
+        if (r.get("drift_pct") or "").strip():
+            drifts.add(float(r["drift_pct"]))
+    if len(drifts) > 1:
+        raise UserError(f"{csv_path}: one drift_pct per label, found {sorted(drifts)}")
+    tasks = [task_spec(suite, t) for t in sorted(counts)]
+    ids = [t for t in sorted(counts) for _ in range(counts[t][1])]
+    success = [int(i < counts[t][0]) for t in sorted(counts) for i in range(counts[t][1])]
+    inits = [i % task.num_init_states for task in tasks for i in range(counts[task.task_id][1])]
+    episodes = {"task_id": np.array(ids), "init_state": np.array(inits), "success": np.array(success),
+                "episode_length": np.zeros(len(ids)), "noise_seed": np.zeros(len(ids), dtype=np.uint64)}
+    identity = {"source": f"import:{csv_path.name}", "kind": "imported", "label": label or csv_path.stem,
+                "drift": {"total": drifts.pop()} if drifts else None}
+    table = [{"task_id": t.task_id, "name": t.name, "language": t.language} for t in tasks]
+    return write_eval(out, episodes, table, suite, json.dumps({"imported_from": str(csv_path), "label": label}),
+                      identity)

@@ -30,6 +30,7 @@ from grpo_cli.episodes import EpisodeSpec, Trajectory, episode_seed, usable_init
 from grpo_cli.errors import EnvFailure, UserError
 from grpo_cli.groups import Member, ReplayPool, SolvedInitStates, assemble_rewards, filtered_groups
 from grpo_cli.policies.smolvla import SmolVLAAdapter, module_of, parameter_groups
+from grpo_cli.presets import resolve
 from grpo_cli.rollout import make_env_slots, run_episodes
 from grpo_cli.shards import ShardPool
 from grpo_cli.sinks import Sinks
@@ -494,8 +495,6 @@ class TrainJob(submitit.helpers.Checkpointable):
         self.__init__()
 
     def __call__(self, cfg_json: str, run_dir: str) -> str | None:
-        from grpo_cli.presets import resolve
-
         cfg = resolve(None, json.loads(cfg_json))
         resume = (Path(run_dir) / "config.json").is_file()  # a requeued job continues its own run
         result: dict[str, Any] = {}

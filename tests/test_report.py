@@ -15,8 +15,8 @@ import pytest
 from scipy import stats
 
 from grpo_cli.errors import UserError
-from grpo_cli.report import build_report, holm, import_csv
-from grpo_cli.storage import read_eval, write_eval
+from grpo_cli.report import build_report, holm
+from grpo_cli.storage import import_csv, read_eval, write_eval
 
 CLI = [sys.executable, "-m", "grpo_cli"]
 REPO = Path(__file__).resolve().parents[1]

@@ -33,6 +33,7 @@ from grpo_cli import grpo
 from grpo_cli.envs.libero import PRIVILEGED_STATE_DIM
 from grpo_cli.errors import UserError
 from grpo_cli.policies.offline_vlm import SMOLVLM2_500M, TinyVLMSpec, write_tiny_vlm
+from grpo_cli.storage import open_kind
 
 DEFAULT_HUB_POLICY = "HuggingFaceVLA/smolvla_libero"
 VLM_SUBDIR = "vlm"  # a saved policy carries its VLM config/tokenizer here, so it can be moved
@@ -352,8 +353,6 @@ def _load_pretrained(source: str, device: str, local_vlm: Path | None) -> SmolVL
 
 def _load_checkpoint(path: Path, device: str) -> SmolVLAAdapter:
     """A grpo-vla training checkpoint: its base policy with the checkpoint's parameters."""
-    from grpo_cli.storage import open_kind
-
     with open_kind(path, "checkpoint") as f:
         base = json.loads(f.attrs["policy"])
         params = {name: torch.from_numpy(ds[()]) for name, ds in f["params"].items()}
