@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -600,6 +601,9 @@ def print_eval_table(results: list[Any], title: str) -> None:
 
 def main() -> None:
     """Entry point: user errors (exit code 2) and env failures (1) become one line on stderr, never a traceback."""
+    if not os.environ.get("GRPO_VLA_WARNINGS"):  # libraries' deprecation chatter is not the user's business
+        warnings.simplefilter("ignore")
+        os.environ.setdefault("PYTHONWARNINGS", "ignore")  # spawned env workers and submitit jobs too
     try:
         cli(standalone_mode=False)
     except click.exceptions.Abort:
