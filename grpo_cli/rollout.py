@@ -23,7 +23,7 @@ import torch
 from grpo_cli.config import RolloutConfig
 from grpo_cli.envs.libero import CAMERAS, STATE_KEY, LiberoEnv, TaskSpec, configure_libero
 from grpo_cli.episodes import EpisodeSpec, Trajectory, episode_seed
-from grpo_cli.errors import EnvFailure
+from grpo_cli.errors import EnvFailure, UserError
 from grpo_cli.policies.smolvla import SmolVLAAdapter
 from grpo_cli.storage import write_rollout
 
@@ -342,6 +342,45 @@ def run_episodes(adapter: SmolVLAAdapter, slots: EnvSlots, episodes: Sequence[Ep
                         wave.query(lanes[k])
         results += wave.trajs
     return results
+
+
+class LocalRollouts:
+    """A trainer's rollout backend on its own node: env slots in this process, or one worker process per
+    env (`make_slots` decides). An env failure restarts the slots and reruns the episodes (same seeds, so
+    the same trajectories), up to `retries` times; then the run stops with one line. The other backend
+    is shards.ShardPool (long-lived workers elsewhere); the trainer is handed one and knows neither."""
+
+    handoff_s: float | None = None  # no hand-off: the envs are local
+
+    def __init__(self, adapter: SmolVLAAdapter, make_slots: Callable[[], EnvSlots], retries: int,
+                 log: Callable[[str], None] = print, **episode_options: Any):
+        self.adapter, self.make_slots, self.retries, self.log = adapter, make_slots, retries, log
+        self.options = episode_options  # run_episodes' keywords: max_steps, n_action_steps, sde_noise, ...
+        self.slots: EnvSlots | None = None  # built at the first rollout
+        self.env_failures = 0
+
+    def run(self, episodes: Sequence[EpisodeSpec], trainable: Callable[[], dict[str, torch.Tensor]] | None = None,
+            label: str = "") -> list[Trajectory]:
+        """The episodes' trajectories, in order (`trainable` is for remote backends: local envs share the
+        trainer's policy)."""
+        for attempt in range(self.retries + 1):
+            if self.slots is None:
+                self.slots = self.make_slots()
+            try:
+                return run_episodes(self.adapter, self.slots, episodes, **self.options)
+            except EnvFailure as err:
+                self.env_failures += 1
+                reason = str(err).splitlines()[0]
+                if attempt == self.retries:
+                    raise UserError(f"{label}envs failed {attempt + 1} times, last: {reason}") from None
+                self.log(f"{label}{reason}; restarting the envs (retry {attempt + 1})")
+                self.close()
+        raise AssertionError("unreachable")
+
+    def close(self) -> None:
+        if self.slots is not None:
+            self.slots.close()
+            self.slots = None
 
 
 def group_episodes(tasks: Sequence[TaskSpec], init_states: Sequence[int], steps_per_member: Sequence[int],

@@ -99,10 +99,19 @@ class ShardWorker(submitit.helpers.Checkpointable):
 class ShardPool:
     """The trainer's side: start the workers, hand out each rollout, gather the parts in order."""
 
-    def __init__(self, cfg: Any, run_dir: Path, log: Callable[[str], None] = print):
+    env_failures = 0  # a failed worker is resubmitted (its job's retries), not an env restart of the trainer's
 
+    def __init__(self, cfg: Any, run_dir: Path, log: Callable[[str], None] = print):
         self.cfg, self.run_dir, self.log = cfg, Path(run_dir), log
         self.folder = self.run_dir / "shards"
+        self.jobs: list[Any] = []  # started at the first rollout
+        self.version = 0
+        self.handoff_s = 0.0  # trainer-side hand-off seconds, summed over runs (the trainer reads deltas)
+        if cfg.shard_executor not in ("local", "slurm"):
+            raise UserError("shard_executor must be local or slurm (workers run beside the trainer)")
+
+    def _start(self) -> None:
+        cfg = self.cfg
         self.folder.mkdir(parents=True, exist_ok=True)
         for stale in [*self.folder.glob("request_*"), *self.folder.glob("part_*"), *self.folder.glob("params_*")]:
             stale.unlink(missing_ok=True)  # hand-offs of an earlier (preempted) trainer are void
@@ -113,26 +122,26 @@ class ShardPool:
         (self.folder / f"generation_{self.generation}").touch()
         saved = self.run_dir / "slurm.json"
         settings = SlurmSettings.resolve(json.loads(saved.read_text()) if saved.is_file() else None)
-        if cfg.shard_executor not in ("local", "slurm"):
-            raise UserError("shard_executor must be local or slurm (workers run beside the trainer)")
         self.executor = make_executor(cfg.shard_executor, self.folder / "submitit", settings, "grpo-vla-shards")
         self.retries_left = cfg.env_failure_retries
-        self.version = 0
-        self.handoff_s = 0.0  # trainer-side hand-off seconds, summed over runs (the trainer reads deltas)
         k = cfg.rollout_shards
         self.jobs = self.executor.map_array(ShardWorker(), [str(self.run_dir)] * k, [self.generation] * k,
                                             list(range(k)), [cfg.to_json()] * k)
-        log(f"started {cfg.rollout_shards} rollout shard workers ({cfg.shard_executor}): "
+        self.log(f"started {cfg.rollout_shards} rollout shard workers ({cfg.shard_executor}): "
             f"{', '.join(str(j.job_id) for j in self.jobs)}")
 
-    def run(self, episodes: Sequence[Any], trainable: dict[str, torch.Tensor]) -> list[Any]:
-        """Roll out `episodes` on the workers with the given parameters; trajectories in episode order."""
-
+    def run(self, episodes: Sequence[Any], trainable: Callable[[], dict[str, torch.Tensor]] | None = None,
+            label: str = "") -> list[Any]:
+        """Roll out `episodes` on the workers with the trainable parameters `trainable()` gives;
+        trajectories in episode order (None for the episodes of a shard given up on)."""
+        if not self.jobs:
+            self._start()
+        assert trainable is not None, "the workers need the trainer's current parameters"
         v = self.version
         self.version += 1
         start = time.perf_counter()
         params = f"params_{self.generation}_{v:06d}.pt"
-        _atomic(self.folder / params, lambda tmp: torch.save(trainable, tmp))
+        _atomic(self.folder / params, lambda tmp: torch.save(trainable(), tmp))
         shards = split(list(episodes), self.cfg.rollout_shards)
         requests = []
         for k, shard in enumerate(shards):
@@ -195,6 +204,8 @@ class ShardPool:
         return True
 
     def close(self) -> None:
+        if not self.jobs:  # never started
+            return
         (self.folder / f"stop_{self.generation}").touch()
         deadline = time.time() + 30
         while time.time() < deadline and not all(j.done() for j in self.jobs):

@@ -27,11 +27,11 @@ from grpo_cli.config import TrainConfig
 from grpo_cli.drift import drift
 from grpo_cli.envs.libero import task_spec
 from grpo_cli.episodes import EpisodeSpec, Trajectory, episode_seed, usable_init_states
-from grpo_cli.errors import EnvFailure, UserError
+from grpo_cli.errors import UserError
 from grpo_cli.groups import Member, ReplayPool, SolvedInitStates, assemble_rewards, filtered_groups
 from grpo_cli.policies.smolvla import SmolVLAAdapter, module_of, parameter_groups
 from grpo_cli.presets import resolve
-from grpo_cli.rollout import make_env_slots, run_episodes
+from grpo_cli.rollout import LocalRollouts, make_env_slots
 from grpo_cli.shards import ShardPool
 from grpo_cli.sinks import Sinks
 from grpo_cli.storage import read_checkpoint, write_checkpoint
@@ -64,7 +64,10 @@ def _complete_lines(path: Path) -> list[str]:
 class Trainer:
     """Holds the policy, optimizer and run state; `step()` is one GRPO step."""
 
-    def __init__(self, cfg: TrainConfig, run_dir: Path, log: Callable[[str], None] = print):
+    def __init__(self, cfg: TrainConfig, run_dir: Path, log: Callable[[str], None] = print,
+                 rollouts: Any = None):
+        """`rollouts`: the backend that rolls out episodes (`run(episodes, trainable, label)`, `close()`),
+        e.g. shards.ShardPool; None = this node's envs (rollout.LocalRollouts)."""
         self.cfg, self.run_dir, self.log = cfg, Path(run_dir), log
         self.adapter = SmolVLAAdapter.load(cfg.policy, device=cfg.device)
         self.groups = parameter_groups(self.adapter.policy, cfg.train_backbone, cfg.train_vision_encoder)
@@ -85,16 +88,14 @@ class Trainer:
         self.tasks = [task_spec(cfg.suite, t) for t in cfg.tasks]
         for task in self.tasks:
             usable_init_states(cfg.init_states, task, "init_states")
-        self.env_failures = 0
         self.episodes_lost = 0  # this step's episodes lost with failed shards (shard_failure = continue)
-        self.slots = self._make_slots() if not cfg.rollout_shards else None
-        self.shards: ShardPool | None = None  # started at the first rollout
-
-    def _make_slots(self) -> Any:
-        cfg = self.cfg
-        return make_env_slots(cfg.num_envs or cfg.num_generations, cfg.image_size, processes=cfg.parallel_envs,
-                              privileged_state=self.adapter.privileged_state, progress_shaping=cfg.progress_shaping,
-                              reach_shaping=cfg.reach_shaping, stall_steps=cfg.stall_steps)
+        self.rollouts = rollouts if rollouts is not None else LocalRollouts(
+            self.adapter, lambda: make_env_slots(
+                cfg.num_envs or cfg.num_generations, cfg.image_size, processes=cfg.parallel_envs,
+                privileged_state=self.adapter.privileged_state, progress_shaping=cfg.progress_shaping,
+                reach_shaping=cfg.reach_shaping, stall_steps=cfg.stall_steps),
+            cfg.env_failure_retries, log, max_steps=cfg.max_steps, n_action_steps=cfg.n_action_steps,
+            keep_images=True, sde_noise=cfg.sde_noise if cfg.likelihood == "sde" else 0.0, overlap=cfg.overlap_policy)
 
     # --- one GRPO step ---------------------------------------------------------------------------------
     def step(self, env_step_room: int | None = None) -> dict[str, float]:
@@ -102,7 +103,7 @@ class Trainer:
         The checkpoint after it is the loop's (`train`)."""
         rng = np.random.default_rng([self.cfg.seed, self.step_index])
         t0 = time.perf_counter()
-        handoff_before = self.shards.handoff_s if self.shards is not None else 0.0
+        handoff_before = self.rollouts.handoff_s
         self.episodes_lost = 0
 
         # 1. Collect: G groups, one (task, init state) each, members differing only in their noise (Eq. 3);
@@ -122,7 +123,8 @@ class Trainer:
 
         # 5. Metrics.
         timing = {"time/rollout": t_rollout, "time/update": t_update,
-                  **({"time/shard_handoff": self.shards.handoff_s - handoff_before} if self.shards is not None else {})}
+                  **({"time/shard_handoff": self.rollouts.handoff_s - handoff_before} if handoff_before is not None
+                     else {})}
         metrics = self.step_metrics(batch, groups, rolled, counts, {**value_stats, **update}, timing)
         self.step_index += 1
         return metrics
@@ -199,7 +201,8 @@ class Trainer:
             "drift_rel_l2": d["total"]["rel_l2"],
             **{f"drift/{module}": v["drift_pct"] for module, v in d.items() if module != "total"},
             **{f"lr/{g['name']}": g["lr"] for g in self.optimizer.param_groups},
-            "env_failures": self.env_failures, "episodes_lost": self.episodes_lost, **timing, "env_steps": env_steps,
+            "env_failures": self.rollouts.env_failures, "episodes_lost": self.episodes_lost, **timing,
+            "env_steps": env_steps,
             "SPS": env_steps / max(timing["time/rollout"] + timing["time/update"], 1e-9), **update,
         }
 
@@ -227,31 +230,11 @@ class Trainer:
         return stats
 
     def _run(self, episodes: list[EpisodeSpec]) -> list[Trajectory]:
-        """Roll out the episodes; on an env failure restart the envs and rerun them (same seeds, so the
-        same trajectories), up to `env_failure_retries` times, then stop with a clear error."""
-        cfg = self.cfg
-        if cfg.rollout_shards:
-            if self.shards is None:
-                self.shards = ShardPool(cfg, self.run_dir, self.log)
-            trainable = {id(p) for p in self.groups["head"] + self.groups["backbone"]}
-            return self.shards.run(episodes, {n: p.detach().clone() for n, p in self.adapter.policy.named_parameters()
-                                              if id(p) in trainable})
-        for attempt in range(cfg.env_failure_retries + 1):
-            try:
-                return run_episodes(self.adapter, self.slots, episodes, max_steps=cfg.max_steps,
-                                    n_action_steps=cfg.n_action_steps, keep_images=True,
-                                    sde_noise=cfg.sde_noise if cfg.likelihood == "sde" else 0.0,
-                                    overlap=cfg.overlap_policy)
-            except EnvFailure as err:
-                self.env_failures += 1
-                reason = str(err).splitlines()[0]
-                if attempt == cfg.env_failure_retries:
-                    raise UserError(f"step {self.step_index + 1}: envs failed {attempt + 1} times, last: {reason}"
-                                    ) from None
-                self.log(f"step {self.step_index + 1}: {reason}; restarting the envs (retry {attempt + 1})")
-                self.slots.close()
-                self.slots = self._make_slots()
-        raise AssertionError("unreachable")
+        """Roll out the episodes on the backend (env failures are retried there, same seeds)."""
+        trainable = {id(p) for p in self.groups["head"] + self.groups["backbone"]}
+        return self.rollouts.run(episodes, lambda: {n: p.detach().clone() for n, p in
+                                                    self.adapter.policy.named_parameters() if id(p) in trainable},
+                                 label=f"step {self.step_index + 1}: ")
 
     @property
     def score_mask(self) -> torch.Tensor:
@@ -395,10 +378,7 @@ class Trainer:
         torch.set_rng_state(ckpt["rng_torch"])
 
     def close(self) -> None:
-        if self.slots is not None:
-            self.slots.close()
-        if self.shards is not None:
-            self.shards.close()
+        self.rollouts.close()
 
 
 def _norm(grads: Any) -> float:
@@ -428,7 +408,8 @@ def train(cfg: TrainConfig, run_dir: str | Path, resume: bool = False, log: Call
             raise UserError(f"{run_dir} holds no run to resume (no config.json)")
     elif config_file.exists():
         raise UserError(f"{run_dir} already holds a run: pass --resume to continue it, or choose another --run-dir")
-    trainer = Trainer(cfg, run_dir, log)  # fails early (policy, tasks) before anything is written
+    # fails early (policy, tasks) before anything is written; shard workers start at the first rollout
+    trainer = Trainer(cfg, run_dir, log, rollouts=ShardPool(cfg, run_dir, log) if cfg.rollout_shards else None)
     run_dir.mkdir(parents=True, exist_ok=True)
     if not resume or json.loads(config_file.read_text()) != json.loads(cfg.to_json()):  # new, or extended
         tmp = config_file.with_suffix(".json.tmp")

@@ -149,15 +149,16 @@ def test_a_shard_worker_past_its_retries_is_left_out_or_stops_the_run(tmp_path: 
     import signal
 
     from grpo_cli.presets import resolve
+    from grpo_cli.shards import ShardPool
     from grpo_cli.train import Trainer
 
     settings = dict(a.split("=", 1) for a in TRAIN[1::2])
     cfg = resolve("e5", {**settings, "tasks_per_step": "2", "rollout_shards": "2", "shard_envs": "1",
                          "env_failure_retries": "0", "shard_failure": "continue"})
-    trainer = Trainer(cfg, tmp_path, log=lambda _: None)
+    trainer = Trainer(cfg, tmp_path, log=lambda _: None, rollouts=ShardPool(cfg, tmp_path, log=lambda _: None))
     try:
         assert trainer.step()["episodes_lost"] == 0
-        worker = trainer.shards.jobs[1]
+        worker = trainer.rollouts.jobs[1]
         os.kill(int(worker.job_id), signal.SIGKILL)  # submitit's local job id is the worker's pid
         deadline = time.time() + 60
         while not worker.done() and time.time() < deadline:
@@ -166,7 +167,7 @@ def test_a_shard_worker_past_its_retries_is_left_out_or_stops_the_run(tmp_path: 
         # 2 groups x 2 members split over 2 workers: worker 1 held group 1 (E5's fallback runs on worker
         # 0), so one whole group was lost and the step trained on the other
         assert metrics["episodes_lost"] == 2 and metrics["step"] == 2
-        trainer.shards.cfg = dataclasses.replace(cfg, shard_failure="stop")
+        trainer.rollouts.cfg = dataclasses.replace(cfg, shard_failure="stop")
         with pytest.raises(UserError, match="rollout shard 1 failed and no retries are left"):
             trainer.step()
     finally:
