@@ -11,7 +11,7 @@ export HF_HUB_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM ?= false
 DEMO_OUT ?= demo-out
 GRPO := $(VENV)/bin/grpo-vla
-DEMO_EVAL := --suite libero_object --tasks 0 --init-states 0-7 --episodes-per-task 8 --image-size 64 \
+DEMO_EVAL := --suite libero_object --tasks 0 --init-states 0-15 --episodes-per-task 16 --image-size 64 \
     --n-action-steps 10 --num-envs 2 --parallel-envs
 
 .PHONY: install test demo lint bench clean
@@ -30,14 +30,14 @@ test: install
 
 demo: install
 	rm -rf $(DEMO_OUT)/sft $(DEMO_OUT)/run-rec
-	# 1. Scripted-expert demos on LIBERO-Object task 0 (init states 0-7), then behaviour cloning (~4 min)
-	$(GRPO) demos --suite libero_object --tasks 0 --init-states 0-7 --workers 2 --out $(DEMO_OUT)/demos.h5 --overwrite
-	$(GRPO) sft $(DEMO_OUT)/demos.h5 --privileged-state --steps 800 --lr 1e-3 --out $(DEMO_OUT)/sft
+	# 1. Scripted-expert demos on LIBERO-Object task 0 (init states 0-15), then behaviour cloning (~7 min)
+	$(GRPO) demos --suite libero_object --tasks 0 --init-states 0-15 --workers 2 --out $(DEMO_OUT)/demos.h5 --overwrite
+	$(GRPO) sft $(DEMO_OUT)/demos.h5 --privileged-state --steps 1250 --lr 1e-3 --out $(DEMO_OUT)/sft
 	# 2. Its eval on those init states (a demo of the machinery, not a held-out result), Wilson intervals
 	$(GRPO) eval --policy $(DEMO_OUT)/sft $(DEMO_EVAL) --out $(DEMO_OUT)/eval_sft.h5 --overwrite
 	# 3. Two GRPO steps of `recommended` from it (small groups), then the same eval episodes again
 	$(GRPO) train --exp recommended --policy $(DEMO_OUT)/sft --run-dir $(DEMO_OUT)/run-rec --set steps=2 \
-	    --set suite=libero_object --set tasks=0 --set init_states=0,1,2,3,4,5,6,7 --set num_generations=4 \
+	    --set suite=libero_object --set tasks=0 --set init_states=0,1,2,3,4,5,6,7,8,9,10,11,12,13,14,15 --set num_generations=4 \
 	    --set tasks_per_step=1 --set image_size=64 --set n_action_steps=10 --set num_envs=2 --set parallel_envs=true
 	$(GRPO) eval --policy $(DEMO_OUT)/run-rec/checkpoints/step_000002.h5 $(DEMO_EVAL) --out $(DEMO_OUT)/eval_rec.h5 --overwrite
 	# 4. The report (tables, paired test, curves, diagnosis), and the seed's own tables re-analysed
