@@ -306,7 +306,10 @@ class Trainer:
                     stats.setdefault("ode/rescore_max_abs", []).append(max(
                         float((mean[-1] - torch.from_numpy(m.traj.chains[c][-1])).abs().max())
                         for (m, c), mean in zip(chunks, means, strict=True)))
-                    old[b] = self._score(self.adapter, chunks, grad=False, targets=targets[b])[0]
+                    # the log-density of each retargeted chunk at its own mean: no second forward pass
+                    stds = scored[b][2]
+                    old[b] = [lp if t is None else grpo.gaussian_logdensity(t, t, s, self.score_mask)
+                              for lp, t, s in zip(old[b], targets[b], stds, strict=True)]
         self.adapter.policy.train()
         params = self.groups["head"] + self.groups["backbone"]
         for _ in range(cfg.num_iterations):
