@@ -24,8 +24,9 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from grpo_cli.envs.libero import LiberoEnv, task_spec  # noqa: E402
+from grpo_cli.envs.slots import make_env_slots  # noqa: E402
 from grpo_cli.policies.smolvla import SmolVLAAdapter  # noqa: E402
-from grpo_cli.rollout import EpisodeSpec, make_env_slots, run_episodes  # noqa: E402
+from grpo_cli.rollout import EpisodeSpec, run_episodes  # noqa: E402
 
 
 def bare(spec, steps: int, image_size: int, render_every_step: bool, images: bool) -> float:

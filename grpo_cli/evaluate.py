@@ -11,10 +11,11 @@ import numpy as np
 
 from grpo_cli.config import EvalConfig
 from grpo_cli.envs.libero import TaskSpec, num_tasks, task_spec
+from grpo_cli.envs.slots import make_env_slots
 from grpo_cli.episodes import EpisodeSpec, Trajectory, episode_seed, usable_init_states
 from grpo_cli.errors import UserError
 from grpo_cli.policies.smolvla import SmolVLAAdapter
-from grpo_cli.rollout import make_env_slots, run_episodes
+from grpo_cli.rollout import run_episodes
 from grpo_cli.stats import wilson_interval
 from grpo_cli.storage import write_eval
 

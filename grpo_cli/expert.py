@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 from scipy.spatial.transform import Rotation
 
-from grpo_cli.envs.libero import STATE_KEY, LiberoEnv, task_spec
+from grpo_cli.envs.libero import STATE_KEY, LiberoEnv, TaskSpec, task_spec
 from grpo_cli.errors import UserError
 
 GAIN = 20.0  # a_xyz = clip(GAIN * error): saturates at 5 cm, about 1.3 cm per step
@@ -195,13 +195,10 @@ def run_expert(env: LiberoEnv, init_state: int, noise_std: float, seed: int, max
     return demo
 
 
-def _collect_task(args: tuple[str, int, list[int], float, int, bool, bool, int, int]) -> list[Demo]:
-    """Worker: demos of one task over some init states (one env, one torch thread)."""
-    import torch
-
-    suite, task_id, init_states, noise_std, image_size, images, privileged, seed, repeats = args
-    torch.set_num_threads(1)
-    env = LiberoEnv(task_spec(suite, task_id), image_size=image_size, images=images, privileged_state=privileged)
+def _collect_task(args: tuple[TaskSpec, list[int], float, int, bool, bool, int, int]) -> list[Demo]:
+    """Worker: demos of one task over some init states (one env; no torch, see grpo_cli/envs/slots.py)."""
+    spec, init_states, noise_std, image_size, images, privileged, seed, repeats = args
+    env = LiberoEnv(spec, image_size=image_size, images=images, privileged_state=privileged)
     try:
         return [run_expert(env, i, noise_std, seed + r) for r in range(repeats) for i in init_states]
     finally:
@@ -215,7 +212,8 @@ def collect_demos(suite: str, task_ids: list[int], init_states: list[int], noise
     import concurrent.futures as cf
     import multiprocessing as mp
 
-    jobs = [(suite, t, init_states[w::workers], noise_std, image_size, images, privileged_state, seed, repeats)
+    specs = {t: task_spec(suite, t) for t in task_ids}  # resolved here: LIBERO's task registry imports torch
+    jobs = [(specs[t], init_states[w::workers], noise_std, image_size, images, privileged_state, seed, repeats)
             for t in task_ids for w in range(min(workers, len(init_states)))]
     demos: list[Demo] = []
     if workers <= 1:

@@ -32,11 +32,12 @@ import torch
 
 from grpo_cli.cluster import SlurmSettings, failure_reason, make_executor, split
 from grpo_cli.envs.libero import task_spec
+from grpo_cli.envs.slots import make_env_slots
 from grpo_cli.episodes import EpisodeSpec
 from grpo_cli.errors import UserError
 from grpo_cli.policies.smolvla import SmolVLAAdapter
 from grpo_cli.presets import resolve
-from grpo_cli.rollout import make_env_slots, run_episodes
+from grpo_cli.rollout import run_episodes
 from grpo_cli.storage import open_kind, publish, read_demo, write_rollout
 
 

@@ -26,12 +26,13 @@ from grpo_cli import grpo
 from grpo_cli.config import TrainConfig
 from grpo_cli.drift import drift
 from grpo_cli.envs.libero import task_spec
+from grpo_cli.envs.slots import make_env_slots
 from grpo_cli.episodes import EpisodeSpec, Trajectory, episode_seed, usable_init_states
 from grpo_cli.errors import UserError
 from grpo_cli.groups import Member, ReplayPool, SolvedInitStates, assemble_rewards, filtered_groups
 from grpo_cli.policies.smolvla import SmolVLAAdapter, module_of, parameter_groups
 from grpo_cli.presets import resolve
-from grpo_cli.rollout import LocalRollouts, make_env_slots
+from grpo_cli.rollout import LocalRollouts
 from grpo_cli.shards import ShardPool
 from grpo_cli.sinks import Sinks
 from grpo_cli.storage import read_checkpoint, write_checkpoint

@@ -183,7 +183,7 @@ def test_sft_lowers_the_flow_matching_loss_and_recommended_runs(demo_file, tmp_p
 
 
 def test_stall_rule_ends_only_episodes_whose_goal_object_never_moved() -> None:
-    from grpo_cli.rollout import EnvWorker
+    from grpo_cli.envs.slots import EnvWorker
 
     task = task_spec("libero_object", 0)
     worker = EnvWorker(64, images=False, privileged_state=True, stall_steps=5)

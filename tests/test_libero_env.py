@@ -149,3 +149,101 @@ def test_closing_another_env_keeps_this_envs_images() -> None:
             np.testing.assert_array_equal(first[key], again[key])
     finally:
         a.close()
+
+
+def test_init_states_are_read_without_torch_and_equal_torch_load(tmp_path) -> None:
+    """Env workers read LIBERO's init states without importing torch: same arrays as `torch.load`, and a
+    file whose pickle names anything but numpy is refused (nothing in it runs)."""
+    import glob
+    import pickle
+    import zipfile
+
+    import torch
+
+    from grpo_cli.envs.libero import configure_libero, read_init_states
+
+    configure_libero(require_assets=False)
+    from libero.libero import get_libero_path
+
+    files = sorted(glob.glob(f"{get_libero_path('init_states')}/*/*.pruned_init"))
+    assert len(files) >= 100  # every suite's tasks
+    for path in files:
+        ours, theirs = read_init_states(path), torch.load(path, weights_only=False)
+        assert ours.dtype == theirs.dtype and np.array_equal(ours, theirs), path
+    spec = task_spec("libero_10", 0)
+    assert spec.num_init_states == len(read_init_states(spec.init_states_file)) == 50
+
+    evil = tmp_path / "evil.pruned_init"
+    with zipfile.ZipFile(evil, "w") as archive:
+        archive.writestr("archive/data.pkl", pickle.dumps(print))  # a global outside numpy
+    with pytest.raises(pickle.UnpicklingError, match="builtins.print is not part of a numpy array"):
+        read_init_states(str(evil))
+
+
+def test_identical_textures_are_uploaded_once() -> None:
+    from grpo_cli.envs.libero import merge_duplicate_textures
+
+    xml = """<mujoco><asset>
+      <texture name="a" file="wood.png" type="cube"/><texture name="b" file="wood.png" type="cube"/>
+      <texture name="c" file="wood.png" type="2d"/>
+      <material name="ma" texture="a"/><material name="mb" texture="b"/><material name="mc" texture="c"/>
+    </asset><worldbody/></mujoco>"""
+    merged = merge_duplicate_textures(xml)
+    assert merged.count("<texture") == 2 and 'name="b"' not in merged.split("<material")[0]
+    assert '<material name="mb" texture="a"' in merged and '<material name="mc" texture="c"' in merged
+    plain = "<mujoco><asset><texture name='a' file='x.png'/></asset></mujoco>"
+    assert merge_duplicate_textures(plain) == plain  # nothing to merge: the XML is not rewritten
+
+
+def test_scene_compile_is_mujocos_own_and_lean_only_drops_render_copies() -> None:
+    """`compile_scene` (through an MjSpec, freed at once) gives MuJoCo's model byte for byte; `lean` merges
+    copied textures and drops the shadow map when no light casts shadows, and nothing else."""
+    import hashlib
+
+    import mujoco
+
+    from grpo_cli.envs.libero import compile_scene
+
+    def digest(model) -> str:
+        buffer = np.zeros(mujoco.mj_sizeModel(model), np.uint8)
+        mujoco.mj_saveModel(model, None, buffer)
+        return hashlib.sha256(buffer.tobytes()).hexdigest()
+
+    def scene(castshadow: str) -> str:
+        return f"""<mujoco><asset>
+          <texture name="t1" builtin="checker" rgb1="1 0 0" rgb2="0 0 1" width="64" height="64" type="cube"/>
+          <texture name="t2" builtin="checker" rgb1="1 0 0" rgb2="0 0 1" width="64" height="64" type="cube"/>
+          <material name="m1" texture="t1"/><material name="m2" texture="t2"/></asset>
+          <worldbody><light castshadow="{castshadow}"/><body><freejoint/><geom size=".1" material="m1"/></body>
+          <geom type="plane" size="1 1 .1" material="m2"/></worldbody></mujoco>"""
+
+    xml = scene("false")
+    assert digest(compile_scene(xml, lean=False)) == digest(mujoco.MjModel.from_xml_string(xml))
+    lean, plain = compile_scene(xml, lean=True), compile_scene(xml, lean=False)
+    assert (lean.ntex, plain.ntex) == (1, 2) and lean.vis.quality.shadowsize == 0 < plain.vis.quality.shadowsize
+    for name in ("body_mass", "geom_size", "geom_friction", "opt.timestep"):
+        obj_l, obj_p = lean, plain
+        for part in name.split("."):
+            obj_l, obj_p = getattr(obj_l, part), getattr(obj_p, part)
+        np.testing.assert_array_equal(obj_l, obj_p)
+    assert compile_scene(scene("true"), lean=True).vis.quality.shadowsize > 0  # a shadow is drawn: kept
+
+
+def test_one_env_worker_peaks_under_1_2_gib() -> None:
+    """Issue 28: one LIBERO-10 env (task 0, 256 px, both cameras, reset + 30 steps) in a fresh process, as
+    an env worker runs it (no torch), peaks at <= 1.2 GiB resident."""
+    import dataclasses
+    import json
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "env_memory.py"
+    spec = json.dumps(dataclasses.asdict(task_spec("libero_10", 0)))
+    proc = subprocess.run([sys.executable, str(script), "--image-size", "256", "--child", "shipped", "--spec", spec],
+                          capture_output=True, text=True, timeout=600, env=os.environ.copy())
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert not result["torch"]
+    assert result["stages"]["reset + 30 steps"] <= 1228, result["stages"]

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
+
 import numpy as np
 import pytest
 
 from grpo_cli.config import RolloutConfig, parse_tiers
+from grpo_cli.envs.slots import LocalEnvSlots
 from grpo_cli.errors import UserError
-from grpo_cli.rollout import LocalEnvSlots, episode_seed, group_episodes, run_episodes
+from grpo_cli.rollout import episode_seed, group_episodes, run_episodes
 
 
 def test_parse_tiers() -> None:
@@ -81,7 +85,7 @@ def test_rollout_is_deterministic_per_seed(group) -> None:
 def test_process_workers_give_the_same_trajectories(tiny, task0, group) -> None:
     import multiprocessing as mp
 
-    from grpo_cli.rollout import ProcessEnvSlots
+    from grpo_cli.envs.slots import ProcessEnvSlots
 
     episodes, inline, _ = group
     slots = ProcessEnvSlots(3, image_size=64)
@@ -89,6 +93,9 @@ def test_process_workers_give_the_same_trajectories(tiny, task0, group) -> None:
     try:
         parallel = run_episodes(tiny, slots, episodes, max_steps=25, n_action_steps=10)
         rss = slots.worker_rss_mb()
+        # a worker holds one env, not a second torch (~470 MiB each; grpo_cli/envs/slots.py)
+        assert not any("libtorch" in Path(f"/proc/{pid}/maps").read_text() for pid in pids)
+        assert "libtorch" in Path(f"/proc/{os.getpid()}/maps").read_text()  # the check can see torch
     finally:
         slots.close()
     assert len(rss) == 3 and all(50 < x < 4096 for x in rss)  # an env with MuJoCo + EGL, not the parent
@@ -103,7 +110,7 @@ def test_process_workers_give_the_same_trajectories(tiny, task0, group) -> None:
 def test_worker_errors_surface_and_workers_shut_down(task0) -> None:
     import multiprocessing as mp
 
-    from grpo_cli.rollout import ProcessEnvSlots
+    from grpo_cli.envs.slots import ProcessEnvSlots
 
     slots = ProcessEnvSlots(1, image_size=64, images=False)
     try:
@@ -139,7 +146,7 @@ def test_eval_samples_with_the_sde_sampler_when_asked(tiny, task0) -> None:
 def test_overlap_lanes_step_while_the_policy_works(tiny, task0) -> None:
     """With overlap, one lane's chunks are submitted before the other lane's are gathered (the policy
     computes while envs step), and worker processes give the same trajectories as inline slots."""
-    from grpo_cli.rollout import ProcessEnvSlots
+    from grpo_cli.envs.slots import ProcessEnvSlots
 
     class Recording(LocalEnvSlots):
         calls: list[tuple[str, tuple[int, ...]]] = []

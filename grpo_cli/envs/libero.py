@@ -15,11 +15,14 @@ survive fork; use the spawn start method). `configure_libero()` must run before 
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import importlib.util
 import io
 import logging
 import os
+import pickle
 import tempfile
+import zipfile
 import zlib
 from dataclasses import dataclass
 from functools import cache
@@ -125,6 +128,7 @@ class TaskSpec:
     name: str
     language: str
     bddl_file: str
+    init_states_file: str
     num_init_states: int
     max_steps: int
 
@@ -158,14 +162,41 @@ def task_spec(suite: str, task_id: int) -> TaskSpec:
 
     task = bench.get_task(task_id)
     bddl = os.path.join(get_libero_path("bddl_files"), task.problem_folder, task.bddl_file)
+    init_file = os.path.join(get_libero_path("init_states"), task.problem_folder, task.init_states_file)
     return TaskSpec(suite=suite, task_id=task_id, name=task.name, language=task.language, bddl_file=bddl,
-                    num_init_states=len(bench.get_task_init_states(task_id)),
+                    init_states_file=init_file, num_init_states=len(read_init_states(init_file)),
                     max_steps=SUITE_MAX_STEPS[suite])
+
+
+class _ArrayUnpickler(pickle.Unpickler):
+    """Unpickles numpy arrays and nothing else: no code from the file runs."""
+
+    ALLOWED = {("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
+               ("numpy", "ndarray"), ("numpy", "dtype"), ("_codecs", "encode")}
+
+    def find_class(self, module: str, name: str) -> Any:
+        if (module, name) not in self.ALLOWED:
+            raise pickle.UnpicklingError(f"{module}.{name} is not part of a numpy array")
+        if name == "_reconstruct":
+            return np.ndarray.__reduce__(np.zeros(0))[0]  # numpy's own _reconstruct, wherever it lives
+        return getattr(np, name) if module == "numpy" else super().find_class(module, name)
+
+
+def read_init_states(path: str) -> np.ndarray:
+    """A task's fixed initial MuJoCo states (num_init_states, state_dim), without torch.
+
+    LIBERO stores them with `torch.save` as a numpy array inside torch's zip format, and reads them with
+    `torch.load`; importing torch for that costs each env worker process ~470 MiB of RSS. The array's
+    pickle holds only numpy objects, so it is read here from the zip with an unpickler that allows
+    nothing else (the same array, tested)."""
+    with zipfile.ZipFile(path) as archive:
+        name = next(n for n in archive.namelist() if n.endswith("/data.pkl"))
+        return np.asarray(_ArrayUnpickler(io.BytesIO(archive.read(name))).load())
 
 
 def load_init_states(spec: TaskSpec) -> np.ndarray:
     """The task's fixed initial MuJoCo states, (num_init_states, state_dim)."""
-    return np.asarray(_benchmark(spec.suite).get_task_init_states(spec.task_id))
+    return read_init_states(spec.init_states_file)
 
 
 def scene_seed(suite: str, task_id: int, init_state: int) -> int:
@@ -221,6 +252,82 @@ def _arena(problem_name: str, memory_mb: int | None):
         yield
     finally:
         TASK_MAPPING[problem_name] = original
+
+
+SCENE_ENV_VAR = "GRPO_VLA_SCENE"
+"""`lean` (default) or `libero`. Both compile LIBERO's scene to the same physics; `lean` uploads less to the
+renderer: textures that are exact copies of another (same file, same type: LIBERO-10 task 0 loads its
+2000 px table texture as two cube maps) are uploaded once, and the 4096 px shadow map is not allocated
+when no light casts shadows. Frames and states are bit-identical (tests/test_reproducibility.py and
+benchmarks/scene_sameness.py); `libero` renders LIBERO's model as compiled, texture for texture."""
+
+
+def scene_mode() -> str:
+    value = os.environ.get(SCENE_ENV_VAR, "").strip().lower() or "lean"
+    if value not in ("lean", "libero"):
+        raise UserError(f"bad {SCENE_ENV_VAR}={value!r}: choose lean (the default) or libero")
+    return value
+
+
+def merge_duplicate_textures(xml: str) -> str:
+    """The scene XML with each `<texture>` that repeats another's attributes (all but its name) dropped
+    and its materials pointed at the first; the XML unchanged when there is no such copy."""
+    import xml.etree.ElementTree as ET
+
+    root = ET.fromstring(xml)
+    first: dict[tuple, str] = {}
+    alias: dict[str, str] = {}
+    for asset in root.iter("asset"):
+        for texture in list(asset.findall("texture")):
+            key = tuple(sorted((k, v) for k, v in texture.attrib.items() if k != "name"))
+            name = texture.get("name")
+            if name is None or key not in first:
+                first.setdefault(key, name)
+                continue
+            alias[name] = first[key]
+            asset.remove(texture)
+    if not alias:
+        return xml
+    for element in root.iter():
+        if element.tag in ("material", "layer") and element.get("texture") in alias:
+            element.set("texture", alias[element.get("texture")])
+    return ET.tostring(root, encoding="unicode")
+
+
+def release_freed_memory() -> None:
+    """Return the pages malloc keeps after large frees to the OS (glibc's `malloc_trim`; elsewhere nothing)."""
+    try:
+        ctypes.CDLL(None).malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
+
+
+def compile_scene(xml: str, lean: bool) -> Any:
+    """MuJoCo model of a scene XML, compiled through an `MjSpec` that is freed right after: MuJoCo's
+    `MjModel.from_xml_string` keeps the decoded meshes and textures (~400 MiB for LIBERO-10 task 0)
+    for the life of the process. The model is byte-identical to `from_xml_string`'s (tested)."""
+    import mujoco
+
+    spec = mujoco.MjSpec.from_string(merge_duplicate_textures(xml) if lean else xml)
+    model = spec.compile()
+    del spec
+    release_freed_memory()  # else the freed spec stays resident and the renderer's buffers come on top
+    if lean and not model.light_castshadow.any():
+        model.vis.quality.shadowsize = 0  # no light casts a shadow: the shadow map would never be drawn
+    return model
+
+
+@contextlib.contextmanager
+def _scene_compiler(lean: bool):
+    """While LIBERO builds an env, robosuite's `MjSim.from_xml_string` compiles with `compile_scene`."""
+    from robosuite.utils.binding_utils import MjSim
+
+    original = MjSim.__dict__["from_xml_string"]
+    MjSim.from_xml_string = classmethod(lambda cls, xml: cls(compile_scene(xml, lean)))
+    try:
+        yield
+    finally:
+        MjSim.from_xml_string = original
 
 
 RENDER_ENV_VAR = "GRPO_VLA_RENDER"
@@ -372,7 +479,9 @@ class LiberoEnv:
         device = None
         if images and os.environ.get("MUJOCO_GL", "egl") == "egl" and "MUJOCO_EGL_DEVICE_ID" not in os.environ:
             device = egl_device(worker, os.environ.get("CUDA_VISIBLE_DEVICES"), _egl_device_count())
-        with _arena(get_problem_info(spec.bddl_file)["problem_name"], self.arena_mb):
+        self.scene = scene_mode()
+        with _arena(get_problem_info(spec.bddl_file)["problem_name"], self.arena_mb), \
+                _scene_compiler(self.scene == "lean"):
             self._env = OffScreenRenderEnv(bddl_file_name=spec.bddl_file, camera_heights=image_size,
                                            camera_widths=image_size, hard_reset=hard_reset,
                                            use_camera_obs=images, render_gpu_device_id=-1 if device is None else device)
@@ -473,7 +582,8 @@ class LiberoEnv:
         if self.hard_reset:
             self._free_render_context()  # the hard reset rebuilds the sim and drops this context
         self._env.seed(scene_seed(self.spec.suite, self.spec.task_id, init_state))
-        self._env.reset()
+        with _scene_compiler(self.scene == "lean"):  # a hard reset recompiles the scene
+            self._env.reset()
         self._env.set_init_state(self._init_states[init_state])
         # A soft reset keeps state that a hard reset (which rebuilds the model) starts from zero: the
         # Panda gripper's integrated command and MuJoCo's solver warm-start. Zero both so that soft and
