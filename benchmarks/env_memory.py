@@ -47,7 +47,8 @@ def child(spec_json: str, image_size: int, mode: str) -> None:
     stages["reset + 30 steps"] = _status()["VmHWM"]
     data = env.sim.data._data
     print(json.dumps({"stages": stages, "torch": "torch" in sys.modules,
-                      "arena_mib": env.sim.model._model.narena / 2**20, "maxuse_arena_mib": data.maxuse_arena / 2**20, "renderer": env.renderer}))
+                      "arena_mib": env.sim.model._model.narena / 2**20, "maxuse_arena_mib": data.maxuse_arena / 2**20,
+                      "renderer": env.renderer}))
 
 
 def main() -> None:
