@@ -14,7 +14,7 @@ GRPO := $(VENV)/bin/grpo-vla
 DEMO_EVAL := --suite libero_object --tasks 0 --init-states 0-15 --episodes-per-task 16 --image-size 64 \
     --n-action-steps 10 --num-envs 2 --parallel-envs
 
-.PHONY: install test demo lint bench clean
+.PHONY: install test demo lint bench clean image sif image-test sif-test
 
 $(VENV)/.installed: pyproject.toml constraints.txt scripts/install.sh
 	bash scripts/install.sh $(VENV)
@@ -57,5 +57,45 @@ bench: install
 	$(PY) benchmarks/env_throughput.py
 	$(PY) benchmarks/rollout_throughput.py
 
+# Containers: `make image` (docker or podman) and `make sif` (Apptainer), from a clean checkout; the build
+# context is what .dockerignore lets through. SITE_CA=ca.pem: a CA bundle for builds behind a proxy that
+# intercepts TLS (build-time only, never in the image). The self-tests run a LIBERO eval inside each
+# container on a read-only file system; LIBERO_ASSETS is the assets folder they bind.
+comma := ,
+# docker when its daemon answers, else podman (a docker CLI without a daemon is common on clusters)
+ENGINE ?= $(shell docker info >/dev/null 2>&1 && echo docker || echo podman)
+IMAGE ?= grpo-vla:latest
+SIF ?= grpo-vla.sif
+APPTAINER ?= apptainer
+SIF_FROM ?= $(if $(shell command -v $(firstword $(APPTAINER)) 2>/dev/null),def,image)
+LIBERO_ASSETS ?= $(GRPO_VLA_LIBERO_ASSETS)
+SELFTEST_OUT ?= $(CURDIR)/build/selftest
+
+image:
+	$(ENGINE) build $(if $(SITE_CA),--secret id=site_ca$(comma)src=$(abspath $(SITE_CA))) -t $(IMAGE) .
+
+sif:
+ifeq ($(SIF_FROM),def)
+	$(APPTAINER) build --force $(if $(SITE_CA),--bind $(abspath $(SITE_CA)):/run/secrets/site_ca) $(SIF) apptainer.def
+else
+	mkdir -p build && rm -f build/grpo-vla-image.tar
+	$(ENGINE) save -o build/grpo-vla-image.tar $(IMAGE)
+	$(APPTAINER) build --force $(SIF) apptainer-image.def
+	rm -f build/grpo-vla-image.tar
+endif
+
+image-test:
+	@test -d "$(LIBERO_ASSETS)" || { echo "make image-test: set LIBERO_ASSETS to LIBERO's assets folder" >&2; exit 2; }
+	mkdir -p $(SELFTEST_OUT)/image && chmod a+rwx $(SELFTEST_OUT)/image
+	$(ENGINE) run --rm --read-only --tmpfs /tmp -v $(abspath $(LIBERO_ASSETS)):/assets:ro \
+	    -e GRPO_VLA_LIBERO_ASSETS=/assets -v $(SELFTEST_OUT)/image:/out --entrypoint bash $(IMAGE) \
+	    /opt/grpo-vla/scripts/container_selftest.sh /out
+
+sif-test:
+	@test -d "$(LIBERO_ASSETS)" || { echo "make sif-test: set LIBERO_ASSETS to LIBERO's assets folder" >&2; exit 2; }
+	mkdir -p $(SELFTEST_OUT)/sif
+	$(APPTAINER) test --bind $(abspath $(LIBERO_ASSETS)):/assets:ro --bind $(SELFTEST_OUT)/sif:/out \
+	    --env GRPO_VLA_LIBERO_ASSETS=/assets$(comma)TMPDIR=/out $(SIF)
+
 clean:
-	rm -rf $(DEMO_OUT) .pytest_cache .ruff_cache
+	rm -rf $(DEMO_OUT) .pytest_cache .ruff_cache build

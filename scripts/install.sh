@@ -2,6 +2,8 @@
 # One install script for every runtime: `make`, CI, the Dockerfile and apptainer.def all call it.
 #   scripts/install.sh [VENV_DIR]     (default .venv; VENV_DIR=system installs into the current python)
 # As root on Debian/Ubuntu it also installs the system libraries (EGL/Mesa for headless MuJoCo).
+# Settings: GRPO_VLA_EXTRAS (default dev; empty for a runtime-only install, as the images do);
+# GRPO_VLA_SITE_CA=FILE, a CA bundle pip trusts (sites whose proxy intercepts TLS; used if the file exists).
 set -euo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 venv="${1:-${GRPO_VLA_VENV:-$here/.venv}}"
@@ -27,7 +29,12 @@ else
   pip="$venv/bin/python -m pip"
 fi
 
+if [ -n "${GRPO_VLA_SITE_CA:-}" ] && [ -s "$GRPO_VLA_SITE_CA" ]; then
+  export PIP_CERT="$GRPO_VLA_SITE_CA"
+  echo "install.sh: pip trusts the CA bundle $GRPO_VLA_SITE_CA"
+fi
+extras="${GRPO_VLA_EXTRAS-dev}"
 # Exact pins (constraints.txt) make every install resolve the same; lerobot's own pins stay authoritative.
-$pip install -q -c "$here/constraints.txt" -e "$here[dev]"
+$pip install -q -c "$here/constraints.txt" -e "$here${extras:+[$extras]}"
 $pip check
 echo "install.sh: ok ($($pip --version | cut -d' ' -f1-2), grpo-vla in ${venv})"
