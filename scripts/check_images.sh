@@ -45,7 +45,7 @@ debian_image() {  # NAME SUITE: a minbase Debian image from debootstrap (no regi
 if [ "${CHECK_STANDIN_BASE:-0}" = 1 ] && ! $engine image inspect docker.io/library/python:3.11-slim-bookworm >/dev/null 2>&1; then
   debian_image localhost/debian:bookworm-slim bookworm
   log "stand-in python:3.11-slim-bookworm"
-  $engine build --pull=never -t docker.io/library/python:3.11-slim-bookworm -f - "$out" <<'EOF'
+  $engine build --pull=never -t docker.io/library/python:3.11-slim-bookworm -f - "$out" >"$out/standin.log" <<'EOF'
 FROM localhost/debian:bookworm-slim
 RUN apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
     python3.11 python3.11-venv python3-pip ca-certificates && rm -rf /var/lib/apt/lists/*
@@ -56,9 +56,10 @@ if [ "${CHECK_APPTAINER_IN_CONTAINER:-0}" = 1 ]; then
   if ! $engine image inspect localhost/apptainer-runner >/dev/null 2>&1; then
     debian_image localhost/debian:trixie trixie
     log "apptainer runner (trixie + sid's apptainer)"
-    $engine build --pull=never -t localhost/apptainer-runner -f - "$out" <<EOF
+    $engine build --pull=never -t localhost/apptainer-runner -f - "$out" >"$out/runner.log" 2>&1 <<EOF
 FROM localhost/debian:trixie
-RUN echo "deb $mirror sid main" > /etc/apt/sources.list.d/sid.list && apt-get update -qq \
+RUN echo "deb $mirror sid main" > /etc/apt/sources.list.d/sid.list \
+ && apt-get -o Acquire::Check-Valid-Until=false update -qq \
  && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends apptainer squashfs-tools \
  && rm -rf /var/lib/apt/lists/* \
  && echo "root:100000:65536" >> /etc/subuid && echo "root:100000:65536" >> /etc/subgid \
