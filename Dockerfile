@@ -20,7 +20,8 @@ COPY pyproject.toml constraints.txt README.md ./
 COPY scripts/install.sh scripts/container_selftest.sh scripts/
 COPY grpo_cli/__init__.py grpo_cli/__init__.py
 RUN --mount=type=secret,id=site_ca \
-    GRPO_VLA_SITE_CA=/run/secrets/site_ca GRPO_VLA_EXTRAS= bash scripts/install.sh /opt/venv
+    GRPO_VLA_SITE_CA=/run/secrets/site_ca GRPO_VLA_EXTRAS= GRPO_VLA_PURGE_BUILD_DEPS=1 \
+    bash scripts/install.sh /opt/venv
 COPY grpo_cli/ grpo_cli/
 RUN /opt/venv/bin/pip install -q --no-deps --no-build-isolation -e . \
  && /opt/venv/bin/python -c "from grpo_cli.policies.offline_vlm import write_tiny_vlm; write_tiny_vlm('/opt/grpo-vla-cache/tiny-smolvlm')" \

@@ -6,7 +6,7 @@
 # Workarounds for machines like our build VM, each off unless set (docs/NOTEBOOK.md, "Containers"):
 #   CHECK_PODMAN_RUNC=1            podman with runc, cgroupfs and ulimits under the host's hard limits
 #   CHECK_STANDIN_BASE=1           no registry: a debootstrapped Debian bookworm with Python 3.11 stands
-#                                  in for python:3.11-slim-bookworm (its Python in /usr/bin)
+#                                  in for python:3.11-slim-bookworm (its Python and headers in /usr)
 #   CHECK_APPTAINER_IN_CONTAINER=1 no native Apptainer: Debian sid's apptainer in a privileged trixie
 #                                  container converts the image archive and runs the SIF
 #   SITE_CA=FILE                   a CA bundle for builds behind a TLS-intercepting proxy (to make)
@@ -48,7 +48,7 @@ if [ "${CHECK_STANDIN_BASE:-0}" = 1 ] && ! $engine image inspect docker.io/libra
   $engine build --pull=never -t docker.io/library/python:3.11-slim-bookworm -f - "$out" >"$out/standin.log" <<'EOF'
 FROM localhost/debian:bookworm-slim
 RUN apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
-    python3.11 python3.11-venv python3-pip ca-certificates && rm -rf /var/lib/apt/lists/*
+    python3.11 python3.11-venv python3.11-dev python3-pip ca-certificates && rm -rf /var/lib/apt/lists/*
 EOF
 fi
 
