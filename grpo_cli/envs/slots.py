@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from grpo_cli.envs.libero import STATE_KEY, LiberoEnv, TaskSpec, configure_libero
+from grpo_cli.envs.libero import STATE_KEY, LiberoEnv, TaskSpec, arena_mb, configure_libero, scene_mode
 from grpo_cli.errors import EnvFailure
 
 ChunkResult = tuple[list[np.ndarray], list[float], bool, dict[str, np.ndarray], float, bool]
@@ -239,7 +239,8 @@ def make_env_slots(size: int, image_size: int, images: bool = True, processes: b
 
     privileged_state: append the goal objects' positions to the state (policies trained that way);
     progress_shaping, reach_shaping: the shaping weights of each trajectory's goal progress."""
-    configure_libero()  # missing assets: one line here, not an env failure in every slot
+    configure_libero()  # missing assets, bad settings: one line here, not an env failure in every slot
+    scene_mode(), arena_mb()
     return (ProcessEnvSlots if processes else LocalEnvSlots)(
         size, image_size, images, privileged_state=privileged_state, progress_shaping=progress_shaping,
         reach_shaping=reach_shaping, stall_steps=stall_steps)
