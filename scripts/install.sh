@@ -10,9 +10,10 @@ here="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 venv="${1:-${GRPO_VLA_VENV:-$here/.venv}}"
 python="${PYTHON:-python3.11}"
 
-# evdev (lerobot -> pynput) has no wheel: it compiles, needing gcc and the kernel's input headers.
+# Three dependencies have no wheel and compile: evdev (lerobot -> pynput; the kernel's input headers)
+# and egl-probe / hf-egl-probe (LIBERO; CMake and a C++ compiler).
 # GRPO_VLA_PURGE_BUILD_DEPS=1 (the container builds) removes the build tools this script added, afterwards.
-build_deps="gcc libc6-dev linux-libc-dev"
+build_deps="gcc g++ make cmake libc6-dev linux-libc-dev libegl-dev"
 added_build_deps=""
 if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
   pkgs="libegl1 libegl-mesa0 libgl1 libgl1-mesa-dri libglib2.0-0 libosmesa6 $build_deps"
