@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import pytest
 
@@ -247,3 +249,22 @@ def test_one_env_worker_peaks_under_1_2_gib() -> None:
     result = json.loads(proc.stdout.strip().splitlines()[-1])
     assert not result["torch"]
     assert result["stages"]["reset + 30 steps"] <= 1228, result["stages"]
+
+
+def test_numba_caches_outside_a_read_only_install(tmp_path) -> None:
+    """robosuite's numba functions cache beside their source; a read-only install (an Apptainer image)
+    gets a writable per-user folder instead, the first of the candidates that works. /proc stands in
+    for read-only folders (not writable even for root)."""
+    from pathlib import Path
+
+    from grpo_cli.envs.libero import numba_cache_dir
+
+    source = tmp_path / "robosuite" / "utils"
+    source.mkdir(parents=True)
+    assert numba_cache_dir(source, [tmp_path / "cache"]) is None  # writable: numba's own default
+    read_only = Path("/proc/self")
+    assert not os.access(read_only, os.W_OK)
+    writable = tmp_path / "cache" / "numba"
+    assert numba_cache_dir(read_only, [read_only / "numba", writable]) == writable
+    assert (tmp_path / "cache" / "numba").is_dir()
+    assert numba_cache_dir(read_only, [read_only / "numba"]) is None  # nowhere writable: numba's default

@@ -78,6 +78,35 @@ def write_libero_config(config_dir: Path) -> Path:
     return config_file
 
 
+def numba_cache_dir(package_dir: Path, candidates: list[Path]) -> Path | None:
+    """Where numba should cache robosuite's compiled functions: None (beside the source, numba's default)
+    when that folder is writable, else the first candidate folder that can be made writable."""
+    if os.access(package_dir, os.W_OK):
+        return None
+    for folder in candidates:
+        try:
+            folder.mkdir(parents=True, exist_ok=True, mode=0o700)
+        except OSError:
+            continue
+        if os.access(folder, os.W_OK):
+            return folder
+    return None
+
+
+def _writable_numba_cache() -> None:
+    """robosuite compiles with numba's `cache=True`, which writes beside robosuite's source; in a read-only
+    install (an Apptainer image, a shared site venv) every env then fails with "cannot cache function
+    ...: no locator available". Point $NUMBA_CACHE_DIR at a writable per-user folder (before numba loads)."""
+    spec = importlib.util.find_spec("robosuite")
+    if "NUMBA_CACHE_DIR" in os.environ or spec is None or not spec.submodule_search_locations:
+        return
+    candidates = [Path.home() / ".cache" / "grpo-vla" / "numba",
+                  Path(tempfile.gettempdir()) / f"grpo-vla-{os.getuid()}" / "numba"]
+    folder = numba_cache_dir(Path(next(iter(spec.submodule_search_locations))) / "utils", candidates)
+    if folder is not None:
+        os.environ["NUMBA_CACHE_DIR"] = str(folder)
+
+
 def configure_libero(assets: str | None = None, require_assets: bool = True) -> Path | None:
     """Make `import libero.libero` work offline and non-interactively; return the assets folder.
 
@@ -91,6 +120,7 @@ def configure_libero(assets: str | None = None, require_assets: bool = True) -> 
         # submitit's CPU-only jobs hide GPUs with an empty list, which robosuite's EGL set-up cannot parse
         del os.environ["CUDA_VISIBLE_DEVICES"]
     check_gl_backend()
+    _writable_numba_cache()
     write_libero_config(Path(os.environ.setdefault(
         "LIBERO_CONFIG_PATH", str(Path.home() / ".cache" / "grpo-vla" / "libero"))))
 
