@@ -11,7 +11,7 @@ ENV MUJOCO_GL=egl PYOPENGL_PLATFORM=egl TOKENIZERS_PARALLELISM=false HF_HUB_OFFL
     LIBERO_CONFIG_PATH=/opt/libero-config GRPO_VLA_CACHE=/opt/grpo-vla-cache \
     PYTHON=python3.11 PATH=/opt/venv/bin:$PATH \
     PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1 PYTHONDONTWRITEBYTECODE=1 \
-    MPLCONFIGDIR=/tmp/matplotlib
+    MPLCONFIGDIR=/tmp/matplotlib MESA_SHADER_CACHE_DISABLE=true
 
 WORKDIR /opt/grpo-vla
 # Dependency layer first: changes to the source do not reinstall torch. A site CA bundle (build-time only,

@@ -70,9 +70,10 @@ APPTAINER ?= apptainer
 SIF_FROM ?= $(if $(shell command -v $(firstword $(APPTAINER)) 2>/dev/null),def,image)
 LIBERO_ASSETS ?= $(GRPO_VLA_LIBERO_ASSETS)
 SELFTEST_OUT ?= $(CURDIR)/build/selftest
+IMAGE_BUILD_FLAGS ?=
 
 image:
-	$(ENGINE) build $(if $(SITE_CA),--secret id=site_ca$(comma)src=$(abspath $(SITE_CA))) -t $(IMAGE) .
+	$(ENGINE) build $(IMAGE_BUILD_FLAGS) $(if $(SITE_CA),--secret id=site_ca$(comma)src=$(abspath $(SITE_CA))) -t $(IMAGE) .
 
 sif:
 ifeq ($(SIF_FROM),def)

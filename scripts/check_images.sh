@@ -11,6 +11,7 @@
 #                                  container converts the image archive and runs the SIF
 #   SITE_CA=FILE                   a CA bundle for builds behind a TLS-intercepting proxy (to make)
 #   LIBERO_ASSETS=DIR              the assets the self-tests bind (default ../shared/libero/assets)
+#   IMAGE_BUILD_FLAGS=...          flags for the image build (default --no-cache: a full build is timed)
 set -euo pipefail
 repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 out="$(mkdir -p "${1:-/var/tmp/grpo-vla-images}" && cd "${1:-/var/tmp/grpo-vla-images}" && pwd)"
@@ -80,7 +81,7 @@ fi
 log "fresh clone of $(git -C "$repo" rev-parse --short HEAD)"
 rm -rf "$out/src" && git clone -q "$repo" "$out/src"
 commit="$(git -C "$out/src" rev-parse HEAD)"
-make_args=(-C "$out/src" ENGINE="$engine" ${SITE_CA:+SITE_CA="$SITE_CA"} LIBERO_ASSETS="$LIBERO_ASSETS")
+make_args=(-C "$out/src" ENGINE="$engine" IMAGE_BUILD_FLAGS="${IMAGE_BUILD_FLAGS---no-cache}" ${SITE_CA:+SITE_CA="$SITE_CA"} LIBERO_ASSETS="$LIBERO_ASSETS")
 
 timed() {  # NAME CMD...: run, keep the log, remember the seconds
   local name="$1"; shift
