@@ -96,6 +96,7 @@ timed() {  # NAME CMD...: run, keep the log, remember the seconds
   if ! "$@" >"$out/$name.log" 2>&1; then tail -30 "$out/$name.log"; log "$name FAILED (log: $out/$name.log)"; exit 1; fi
   eval "${name//-/_}_s=$(( $(date +%s) - start ))"
 }
+$engine rmi -f grpo-vla:latest >/dev/null 2>&1 || true  # a full build: the previous image's disk back first
 timed image make "${make_args[@]}" image
 timed image-test make "${make_args[@]}" image-test
 timed sif make "${make_args[@]}" sif
