@@ -66,8 +66,8 @@ PRESETS: dict[str, dict[str, Any]] = {
         "advantage_baseline": "value",
         # GAE over chunks: each chunk is credited with the change in V it caused. From a 60% SFT policy,
         # RL seeds 0-2: 77, 82, 65 against lambda 1's +5 -- all on task 0, scored on the tuning episodes.
-        # Held out (RESULTS.md), 6 units so far: task 2, 30 -> 14, 18; task 4, 56 -> 28, 65; task 6, 37 -> 54, 9
-        # (4 significantly worse, 1 significantly better; mean -9.7 points, t interval [-29.5, +10.1]).
+        # Held out (RESULTS.md), 8 units: task 2, 30 -> 14, 18; task 4, 56 -> 28, 65; task 6, 37 -> 54, 9;
+        # task 8, 71 -> 56, 78 (5 significantly worse, 1 better; mean -8.2 points, t interval [-22.6, +6.1]).
         "gae_lambda": 0.8,
         "group_filter": "drop_degenerate",  # groups with equal rewards give zero advantage: replace them
         "max_resample_tries": 2,  # bounded extra rounds keep the batch full without stalling a step
