@@ -42,17 +42,12 @@ def _digest(*arrays) -> str:
     return h.hexdigest()[:16]
 
 
-def _vm_hwm_mb(pid: int) -> int:
-    with open(f"/proc/{pid}/status") as f:
-        return next(int(line.split()[1]) // 1024 for line in f if line.startswith("VmHWM"))
-
-
 def child(suite: str, task: int, image_size: int) -> dict:
     import numpy as np
     import torch
 
     from grpo_cli.envs.libero import CAMERAS, LiberoEnv, task_spec
-    from grpo_cli.envs.slots import ProcessEnvSlots
+    from grpo_cli.envs.slots import ProcessEnvSlots, process_memory_mb
     from grpo_cli.expert import run_expert
     from grpo_cli.policies.smolvla import SmolVLAAdapter
     from grpo_cli.rollout import EpisodeSpec, run_episodes
@@ -66,7 +61,7 @@ def child(suite: str, task: int, image_size: int) -> dict:
     try:
         traj = run_episodes(SmolVLAAdapter.load("tiny"), slots, [EpisodeSpec(spec, 2, 10, noise_seed=task)],
                             n_action_steps=10)[0]
-        out["worker_peak_rss_mib"] = _vm_hwm_mb(slots._procs[0].pid)
+        out["worker_peak_rss_mib"] = int(process_memory_mb(slots._procs[0].pid, "VmHWM"))
     finally:
         slots.close()
     frames = np.stack([np.stack(traj.query_images[k]) for k in CAMERAS.values()])

@@ -134,12 +134,14 @@ def _worker_main(conn: Any, image_size: int, images: bool, options: dict[str, An
         worker.close()
 
 
-def _rss_mb(pid: int | None) -> float:
+def process_memory_mb(pid: int | str | None, field: str = "VmRSS") -> float:
+    """A process's memory in MiB from /proc/PID/status (`VmRSS` now, `VmHWM` its peak; pid "self" for
+    this one); NaN where unreadable (not Linux, or the process is gone)."""
     try:
         status = open(f"/proc/{pid}/status").read()
     except OSError:
         return float("nan")
-    kib = next((int(line.split()[1]) for line in status.splitlines() if line.startswith("VmRSS:")), None)
+    kib = next((int(line.split()[1]) for line in status.splitlines() if line.startswith(f"{field}:")), None)
     return kib / 1024 if kib is not None else float("nan")
 
 
@@ -213,7 +215,7 @@ class ProcessEnvSlots:
 
     def worker_rss_mb(self) -> list[float]:
         """Resident memory of each worker process in MiB (Linux /proc; NaN where unreadable)."""
-        return [_rss_mb(proc.pid) for proc in self._procs]
+        return [process_memory_mb(proc.pid) for proc in self._procs]
 
     def close(self) -> None:
         for conn in self._conns:
