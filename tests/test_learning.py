@@ -237,3 +237,31 @@ def test_heldout_pipeline_records_each_unit_and_skips_finished_ones(tmp_path) ->
     assert config["init_states"] == [0, 1] and config["exp"] == "recommended"
     second = subprocess.run(args, capture_output=True, text=True, cwd=Path(__file__).parents[1])
     assert second.returncode == 0 and "[task 0] every arm recorded" in second.stdout, second.stderr[-2000:]
+
+
+def test_tuning_script_sees_only_task_0s_training_init_states(tmp_path) -> None:
+    """benchmarks/learning/tune.py --quick: every episode it rolls out or scores is task 0 on a training
+    init state; the candidate's overrides reach the run; the arm is recorded with its paired outcomes and
+    a second run of the same candidate runs nothing."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = Path(__file__).parents[1] / "benchmarks" / "learning" / "tune.py"
+    results = tmp_path / "tuning.json"
+    args = [sys.executable, str(script), "--quick", "--name", "cand", "--rl-seeds", "0", "--set", "lr_head=3e-5",
+            "--out", str(tmp_path / "out"), "--results", str(results)]
+    first = subprocess.run(args, capture_output=True, text=True, cwd=Path(__file__).parents[1])
+    assert first.returncode == 0, first.stderr[-3000:]
+    data = json.loads(results.read_text())
+    (arm,) = data["arms"]
+    assert data["tune_init_states"] == [0, 1] and arm["name"] == "cand" and arm["overrides"] == {"lr_head": "3e-5"}
+    assert len(arm["outcomes"]) == len(data["sft"]["outcomes"]) == 4
+    assert {k[0] for k in arm["episode_keys"]} <= {0, 1}  # scored on training init states only
+    assert arm["gained"] - arm["lost"] == arm["successes"] - data["sft"]["successes"]
+    config = json.loads((tmp_path / "out" / "task0" / "run_cand_seed0" / "config.json").read_text())
+    assert config["init_states"] == [0, 1] and config["tasks"] == [0] and config["lr_head"] == 3e-5
+    second = subprocess.run(args, capture_output=True, text=True, cwd=Path(__file__).parents[1])
+    assert second.returncode == 0 and "recorded already" in second.stdout, second.stderr[-2000:]
+    bad = subprocess.run([*args[:2], "--name", "x", "--set", "lr_head"], capture_output=True, text=True)
+    assert bad.returncode != 0 and "KEY=VALUE" in bad.stderr and "Traceback" not in bad.stderr

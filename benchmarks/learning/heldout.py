@@ -41,6 +41,9 @@ PROTOCOL: dict[str, Any] = {
     # The CPU configuration of every learning run so far (run.py), not a method setting:
     "image_size": 64, "max_steps": 280, "n_action_steps": 10, "num_envs": 2,
 }
+# --quick: a few-minute version of the protocol for tests (not a result)
+QUICK: dict[str, Any] = {"train_init_states": [0, 1], "eval_init_states": [30], "eval_episodes": 2, "sft_steps": 20,
+                         "env_step_budget": 120, "max_steps": 30, "num_envs": 1}
 
 
 def git(where: Path, *args: str) -> str:
@@ -98,8 +101,7 @@ def main() -> None:
     args = parser.parse_args()
     proto = dict(PROTOCOL)
     if args.quick:
-        proto.update(train_init_states=[0, 1], eval_init_states=[30], eval_episodes=2, sft_steps=20,
-                     env_step_budget=120, max_steps=30, num_envs=1)
+        proto.update(QUICK)
     out, results_path = Path(args.out), Path(args.results)
     out.mkdir(parents=True, exist_ok=True)
     train_states = ",".join(map(str, proto["train_init_states"]))

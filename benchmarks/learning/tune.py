@@ -1,0 +1,117 @@
+"""Tuning a new version of `recommended` on what PREREGISTRATION.md allows: task 0's training init states.
+
+    python benchmarks/learning/tune.py --name v2a --rl-seeds 0,1 --set lr_head=3e-5 --set beta=0.04 [--commit]
+
+Same SFT rule, budget and CPU configuration as the held-out measurement (heldout.PROTOCOL), on LIBERO-
+Object task 0: demos and SFT from init states 0-29, RL rollouts from 0-29, and the eval on 0-29 too
+(2 episodes each, the "eval" noise stream: no training episode shares its noise). The held-out init
+states 30-49 and tasks 1-9 are never touched. A candidate is `recommended` (as on this checkout) plus
+the --set overrides; each (candidate, RL seed) arm is scored against the SFT policy on the same 60
+episodes and appended, with its outcomes, to docs/results/tuning.json (temp file, then rename; with
+--commit, a git commit of that file alone), so every attempt is on record, kept or not.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from heldout import PROTOCOL, QUICK, code_commit, eval_arm, git, run_summary, write_json  # noqa: E402
+from run import stage  # noqa: E402
+
+TASK = 0
+EPISODES_PER_INIT_STATE = 2
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--name", required=True, help="the candidate's name in the results file")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="override of `recommended` (repeatable)")
+    parser.add_argument("--rl-seeds", default="0,1")
+    parser.add_argument("--out", default="runs/tune")
+    parser.add_argument("--results", default="docs/results/tuning.json")
+    parser.add_argument("--commit", action="store_true", help="git-commit the results file after each arm")
+    parser.add_argument("--quick", action="store_true", help="a few-minute version for tests (not a result)")
+    args = parser.parse_args()
+    if any("=" not in kv for kv in args.set):
+        sys.exit(f"--set takes KEY=VALUE, got {next(kv for kv in args.set if '=' not in kv)!r}")
+    overrides = dict(kv.split("=", 1) for kv in args.set)
+    proto = {**PROTOCOL, **(QUICK if args.quick else {})}
+    out, results_path = Path(args.out) / f"task{TASK}", Path(args.results)
+    out.mkdir(parents=True, exist_ok=True)
+    tune_states = proto["train_init_states"]  # 0-29: the only init states tuning may see
+    states, episodes = ",".join(map(str, tune_states)), EPISODES_PER_INIT_STATE * len(tune_states)
+    results = json.loads(results_path.read_text()) if results_path.exists() else {
+        "task": TASK, "suite": proto["suite"], "tune_init_states": tune_states, "eval_episodes": episodes,
+        "env_step_budget": proto["env_step_budget"], "protocol": proto, "arms": []}
+    if results.setdefault("protocol", proto) != proto:
+        sys.exit(f"{results_path} was tuned under another protocol: use another results file")
+    log, times = out / "commands.log", {}
+    where = ["--suite", proto["suite"], "--tasks", str(TASK)]
+    demos, policy = out / "demos.h5", out / "sft"
+    stage("demos", ["demos", *where, "--image-size", str(proto["image_size"]), "--init-states", states,
+                    "--workers", "2", "--seed", str(proto["demo_seed"]), "--out", str(demos)], demos, log, times)
+    stage("sft", ["sft", str(demos), "--privileged-state", "--steps", str(proto["sft_steps"]), "--lr",
+                  str(proto["sft_lr"]), "--seed", str(proto["sft_seed"]), "--out", str(policy)], policy, log, times)
+    common_eval = ["--suite", proto["suite"], "--tasks", str(TASK), "--image-size", str(proto["image_size"]),
+                   "--max-steps", str(proto["max_steps"]), "--n-action-steps", str(proto["n_action_steps"]),
+                   "--init-states", states, "--episodes-per-task", str(episodes), "--num-envs",
+                   str(proto["num_envs"]), *(["--parallel-envs"] if proto["num_envs"] > 1 else []),
+                   "--seed", str(proto["eval_seed"])]
+    stage("eval sft", ["eval", "--policy", str(policy), *common_eval, "--out", str(out / "eval_sft.h5")],
+          out / "eval_sft.h5", log, times)
+    sft = eval_arm(out / "eval_sft.h5")
+    results["sft"] = {k: sft[k] for k in ("successes", "episodes", "outcomes")}
+    for seed in [int(s) for s in args.rl_seeds.split(",") if s.strip()]:
+        if any(a["name"] == args.name and a["rl_seed"] == seed for a in results["arms"]):
+            print(f"[{args.name} seed {seed}] recorded already", flush=True)
+            continue
+        run_dir = out / f"run_{args.name}_seed{seed}"
+        start = time.perf_counter()
+        if (run_dir / "config.json").exists() and not (run_dir / "done").exists():  # interrupted: resume
+            stage(f"resume {args.name} seed {seed}", ["train", "--resume", "--run-dir", str(run_dir)],
+                  run_dir / "done", log, times)
+            (run_dir / "done").touch()
+        settings = {"suite": proto["suite"], "tasks": TASK, "init_states": states, "seed": seed,
+                    "env_step_budget": proto["env_step_budget"], "steps": 100000,
+                    "image_size": proto["image_size"], "max_steps": proto["max_steps"],
+                    "n_action_steps": proto["n_action_steps"], "num_envs": proto["num_envs"],
+                    "parallel_envs": str(proto["num_envs"] > 1).lower(), "save_every": 5, **overrides}
+        stage(f"train {args.name} seed {seed}", [
+            "train", "--exp", "recommended", "--policy", str(policy), "--run-dir", str(run_dir),
+            *(a for k, v in settings.items() for a in ("--set", f"{k}={v}"))], run_dir / "done", log, times)
+        (run_dir / "done").touch()
+        train_s = time.perf_counter() - start
+        last = sorted((run_dir / "checkpoints").glob("step_*.h5"))[-1]
+        ev = out / f"eval_{args.name}_seed{seed}.h5"
+        start = time.perf_counter()
+        stage(f"eval {args.name} seed {seed}", ["eval", "--policy", str(last), *common_eval, "--out", str(ev)],
+              ev, log, times)
+        arm = eval_arm(ev)
+        gained = sum(r > s for r, s in zip(arm["outcomes"], sft["outcomes"], strict=True))
+        lost = sum(r < s for r, s in zip(arm["outcomes"], sft["outcomes"], strict=True))
+        results["arms"].append({
+            "name": args.name, "rl_seed": seed, "overrides": overrides, "commit": code_commit(),
+            "date": time.strftime("%Y-%m-%d %H:%M"), "successes": arm["successes"], "episodes": arm["episodes"],
+            "delta_points": round(100 * (arm["successes"] - sft["successes"]) / arm["episodes"], 1),
+            "gained": gained, "lost": lost, "outcomes": arm["outcomes"], "episode_keys": arm["episode_keys"],
+            **run_summary(run_dir),
+            "wall_s": {"train": round(train_s), "eval": round(time.perf_counter() - start)}})
+        write_json(results_path, results)
+        print(f"[{args.name} seed {seed}] {arm['successes']}/{arm['episodes']} vs SFT {sft['successes']}/"
+              f"{sft['episodes']} (+{gained} / -{lost}); wrote {results_path}", flush=True)
+        if args.commit:
+            where_git = results_path.resolve().parent
+            git(where_git, "add", results_path.name)
+            git(where_git, "commit", "-q", "-m", f"tuning (task 0, training init states): {args.name} RL seed "
+                f"{seed} {arm['successes']}/{arm['episodes']} (SFT {sft['successes']}/{sft['episodes']})",
+                "--", results_path.name)
+
+
+if __name__ == "__main__":
+    main()
