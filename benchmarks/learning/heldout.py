@@ -41,6 +41,8 @@ PROTOCOL: dict[str, Any] = {
     # The CPU configuration of every learning run so far (run.py), not a method setting:
     "image_size": 64, "max_steps": 280, "n_action_steps": 10, "num_envs": 2,
 }
+# The preregistered version of `recommended` this checkout measures (PREREGISTRATION.md): one results file each
+VERSION = 2
 # --quick: a few-minute version of the protocol for tests (not a result)
 QUICK: dict[str, Any] = {"train_init_states": [0, 1], "eval_init_states": [30], "eval_episodes": 2, "sft_steps": 20,
                          "env_step_budget": 120, "max_steps": 30, "num_envs": 1}
@@ -93,9 +95,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--tasks", default="2,4,6,8")
     parser.add_argument("--rl-seeds", default="0,1")
-    parser.add_argument("--e2-seeds", default="0")
-    parser.add_argument("--out", default="runs/heldout")
-    parser.add_argument("--results", default="docs/results/heldout.json")
+    parser.add_argument("--e2-seeds", default="", help="e2 is the same in every version: version 1 measured it")
+    parser.add_argument("--out", default="runs/heldout_v2")
+    parser.add_argument("--results", default="docs/results/heldout_v2.json")
     parser.add_argument("--commit", action="store_true", help="git-commit the results file after each arm")
     parser.add_argument("--quick", action="store_true", help="a few-minute version for tests (not a result)")
     args = parser.parse_args()
@@ -112,6 +114,10 @@ def main() -> None:
     results.setdefault("env_step_budget", proto["env_step_budget"])
     results.setdefault("protocol", proto)
     results.setdefault("units", [])
+    found = results.setdefault("version", 1 if results["units"] else VERSION)  # files before versions were 1
+    if found != VERSION:
+        sys.exit(f"{results_path} holds version {found} of the preset, this checkout measures version {VERSION}: "
+                 "give each version its own results file")
     if results["protocol"] != proto:
         sys.exit(f"{results_path} was measured under another protocol: start a new file (and a new "
                  "preregistration entry) rather than mixing them")
