@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -214,18 +217,20 @@ def test_stall_rule_ends_only_episodes_whose_goal_object_never_moved() -> None:
         stove.close()
 
 
+def learning_script(name: str, *args: str) -> subprocess.CompletedProcess:
+    """Run benchmarks/learning/NAME with args from the repository root; output captured."""
+    root = Path(__file__).parents[1]
+    return subprocess.run([sys.executable, str(root / "benchmarks" / "learning" / name), *args],
+                          capture_output=True, text=True, cwd=root)
+
+
 def test_heldout_pipeline_records_each_unit_and_skips_finished_ones(tmp_path) -> None:
     """benchmarks/learning/heldout.py --quick: demos and RL on training init states, evals on held-out ones,
     one unit written to the results file as it finishes; a second run finds it and runs nothing."""
-    import subprocess
-    import sys
-    from pathlib import Path
-
-    script = Path(__file__).parents[1] / "benchmarks" / "learning" / "heldout.py"
     results = tmp_path / "heldout.json"
-    args = [sys.executable, str(script), "--quick", "--tasks", "0", "--rl-seeds", "0", "--e2-seeds", "",
-            "--out", str(tmp_path / "out"), "--results", str(results)]
-    first = subprocess.run(args, capture_output=True, text=True, cwd=Path(__file__).parents[1])
+    args = ["--quick", "--tasks", "0", "--rl-seeds", "0", "--e2-seeds", "", "--out", str(tmp_path / "out"),
+            "--results", str(results)]
+    first = learning_script("heldout.py", *args)
     assert first.returncode == 0, first.stderr[-3000:]
     data = json.loads(results.read_text())
     (unit,) = data["units"]
@@ -235,23 +240,22 @@ def test_heldout_pipeline_records_each_unit_and_skips_finished_ones(tmp_path) ->
     assert unit["recommended"]["env_steps"] > 0 and "summary" in data and data["commit"]
     config = json.loads((tmp_path / "out" / "task0" / "run_recommended_seed0" / "config.json").read_text())
     assert config["init_states"] == [0, 1] and config["exp"] == "recommended"
-    second = subprocess.run(args, capture_output=True, text=True, cwd=Path(__file__).parents[1])
+    second = learning_script("heldout.py", *args)
     assert second.returncode == 0 and "[task 0] every arm recorded" in second.stdout, second.stderr[-2000:]
+    older = tmp_path / "v1.json"  # a file of an earlier preset version (written before files had versions)
+    older.write_text(json.dumps({"units": [{"task": 0, "rl_seed": 0}]}))
+    mixed = learning_script("heldout.py", *args[:-1], str(older))
+    assert mixed.returncode != 0 and "version 1" in mixed.stderr and "Traceback" not in mixed.stderr
 
 
 def test_tuning_script_sees_only_task_0s_training_init_states(tmp_path) -> None:
     """benchmarks/learning/tune.py --quick: every episode it rolls out or scores is task 0 on a training
     init state; the candidate's overrides reach the run; the arm is recorded with its paired outcomes and
     a second run of the same candidate runs nothing."""
-    import subprocess
-    import sys
-    from pathlib import Path
-
-    script = Path(__file__).parents[1] / "benchmarks" / "learning" / "tune.py"
     results = tmp_path / "tuning.json"
-    args = [sys.executable, str(script), "--quick", "--name", "cand", "--rl-seeds", "0", "--set", "lr_head=3e-5",
-            "--out", str(tmp_path / "out"), "--results", str(results)]
-    first = subprocess.run(args, capture_output=True, text=True, cwd=Path(__file__).parents[1])
+    args = ["--quick", "--name", "cand", "--rl-seeds", "0", "--set", "lr_head=3e-5", "--out", str(tmp_path / "out"),
+            "--results", str(results)]
+    first = learning_script("tune.py", *args)
     assert first.returncode == 0, first.stderr[-3000:]
     data = json.loads(results.read_text())
     (arm,) = data["arms"]
@@ -261,7 +265,7 @@ def test_tuning_script_sees_only_task_0s_training_init_states(tmp_path) -> None:
     assert arm["gained"] - arm["lost"] == arm["successes"] - data["sft"]["successes"]
     config = json.loads((tmp_path / "out" / "task0" / "run_cand_seed0" / "config.json").read_text())
     assert config["init_states"] == [0, 1] and config["tasks"] == [0] and config["lr_head"] == 3e-5
-    second = subprocess.run(args, capture_output=True, text=True, cwd=Path(__file__).parents[1])
+    second = learning_script("tune.py", *args)
     assert second.returncode == 0 and "recorded already" in second.stdout, second.stderr[-2000:]
-    bad = subprocess.run([*args[:2], "--name", "x", "--set", "lr_head"], capture_output=True, text=True)
+    bad = learning_script("tune.py", "--name", "x", "--set", "lr_head")
     assert bad.returncode != 0 and "KEY=VALUE" in bad.stderr and "Traceback" not in bad.stderr

@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from run import CLI, stage  # noqa: E402 - sets the LIBERO environment variables first
+from run import CLI, stage, train_stage  # noqa: E402 - sets the LIBERO environment variables first
 
 PROTOCOL: dict[str, Any] = {
     "suite": "libero_object",
@@ -195,19 +195,14 @@ def main() -> None:
         for seed, arm in todo:
             run_dir = d / f"run_{arm}_seed{seed}"
             start = time.perf_counter()
-            if (run_dir / "config.json").exists() and not (run_dir / "done").exists():  # interrupted: resume
-                stage(f"task{task} resume {arm} seed {seed}", ["train", "--resume", "--run-dir", str(run_dir)],
-                      run_dir / "done", log, times)
-                (run_dir / "done").touch()
-            stage(f"task{task} train {arm} seed {seed}", [
-                "train", "--exp", arm, "--policy", str(policy), "--run-dir", str(run_dir),
+            train_stage(f"task{task} {arm} seed {seed}", run_dir, [
+                "--exp", arm, "--policy", str(policy),
                 *(a for kv in [f"suite={proto['suite']}", f"tasks={task}", f"init_states={train_states}",
                                f"seed={seed}", f"env_step_budget={proto['env_step_budget']}", "steps=100000",
                                f"image_size={proto['image_size']}", f"max_steps={proto['max_steps']}",
                                f"n_action_steps={proto['n_action_steps']}", f"num_envs={proto['num_envs']}",
                                f"parallel_envs={'true' if proto['num_envs'] > 1 else 'false'}", "save_every=5"]
-                  for a in ("--set", kv))], run_dir / "done", log, times)
-            (run_dir / "done").touch()
+                  for a in ("--set", kv))], log, times)
             train_s = time.perf_counter() - start
             last = sorted((run_dir / "checkpoints").glob("step_*.h5"))[-1]
             ev = d / f"eval_{arm}_seed{seed}.h5"

@@ -21,7 +21,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from heldout import PROTOCOL, QUICK, code_commit, eval_arm, git, run_summary, write_json  # noqa: E402
-from run import stage  # noqa: E402
+from run import stage, train_stage  # noqa: E402
 
 TASK = 0
 EPISODES_PER_INIT_STATE = 2
@@ -73,19 +73,13 @@ def main() -> None:
             continue
         run_dir = out / f"run_{args.name}_seed{seed}"
         start = time.perf_counter()
-        if (run_dir / "config.json").exists() and not (run_dir / "done").exists():  # interrupted: resume
-            stage(f"resume {args.name} seed {seed}", ["train", "--resume", "--run-dir", str(run_dir)],
-                  run_dir / "done", log, times)
-            (run_dir / "done").touch()
         settings = {"suite": proto["suite"], "tasks": TASK, "init_states": states, "seed": seed,
                     "env_step_budget": proto["env_step_budget"], "steps": 100000,
                     "image_size": proto["image_size"], "max_steps": proto["max_steps"],
                     "n_action_steps": proto["n_action_steps"], "num_envs": proto["num_envs"],
                     "parallel_envs": str(proto["num_envs"] > 1).lower(), "save_every": 5, **overrides}
-        stage(f"train {args.name} seed {seed}", [
-            "train", "--exp", "recommended", "--policy", str(policy), "--run-dir", str(run_dir),
-            *(a for k, v in settings.items() for a in ("--set", f"{k}={v}"))], run_dir / "done", log, times)
-        (run_dir / "done").touch()
+        train_stage(f"{args.name} seed {seed}", run_dir, ["--exp", "recommended", "--policy", str(policy),
+                    *(a for k, v in settings.items() for a in ("--set", f"{k}={v}"))], log, times)
         train_s = time.perf_counter() - start
         last = sorted((run_dir / "checkpoints").glob("step_*.h5"))[-1]
         ev = out / f"eval_{args.name}_seed{seed}.h5"
