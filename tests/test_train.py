@@ -337,7 +337,7 @@ def test_skip_solved_counts_groups_and_survives_a_checkpoint(tmp_path, monkeypat
         return trajs
 
     monkeypatch.setattr(Trainer, "_run", all_succeed)
-    cfg = smoke("recommended", num_generations="2", max_resample_tries="1", skip_solved="1")
+    cfg = smoke("recommended", num_generations="2", max_resample_tries="1", skip_solved="1", tasks_per_step="2")
     trainer = Trainer(cfg, tmp_path)
     metrics = trainer.step()
     trainer.save()
@@ -434,8 +434,9 @@ def test_value_baseline_gives_each_chunk_its_own_advantage(tmp_path) -> None:
 
 
 def test_value_baseline_runs_from_the_second_step(tmp_path) -> None:
+    # tiny-policy failures differ only in their reach: all-fail groups must train (success_band drops them)
     cfg = smoke("recommended", num_generations="2", steps="2", advantage_baseline="value",
-                value_buffer_steps="2", reach_shaping="0.3")  # tiny-policy failures differ only in their reach
+                value_buffer_steps="2", reach_shaping="0.3", group_filter="drop_degenerate")
     train(cfg, tmp_path / "run")
     metrics = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert "value/explained_variance" not in metrics[0]  # nothing to fit before the first step: group baseline
