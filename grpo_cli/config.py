@@ -134,7 +134,7 @@ class EvalConfig(RuntimeSettings):
             raise UserError("sde_noise must be >= 0")
 
 
-LIKELIHOODS = ("ode", "sde")
+LIKELIHOODS = ("ode", "sde", "fpo")
 
 
 @dataclass(frozen=True)
@@ -155,11 +155,15 @@ class SamplingSettings:
     denoise_tiers: str = "10"
     """denoising steps per member: `1x1,5x10` (seed E2), `1x8,1x9,1x10` (E1) or a uniform K"""
     likelihood: str = "ode"
-    """`ode` (the seed's reading: zero policy gradient at theta_old, exactly) or `sde` (Flow-SDE)"""
+    """`ode` (the seed's reading: zero policy gradient at theta_old, exactly), `sde` (Flow-SDE: stochastic
+    sampling steps and their Gaussian density) or `fpo` (FPO: the deterministic sampler, and flow-matching
+    loss differences as log-ratios)"""
     sde_noise: float = 0.5
     """Flow-SDE noise level a (sigma_t = a sqrt(t / (1 - t))) of `likelihood = sde`'s sampler and density"""
     ode_sigma: float = 0.1
     """std of `likelihood = ode`'s Gaussian around the recomputed chunk (scales its zero gradient's terms)"""
+    fpo_samples: int = 4
+    """`likelihood = fpo`: (time, noise) draws per chunk at which the flow-matching loss is compared"""
     stall_steps: int = 0
     """training rollouts end (as failures) once this many steps have passed and the goal's object has not
     moved 3 cm (0 = off; tasks whose goal object is a fixture never stall). Evaluation never stops early."""
@@ -346,7 +350,7 @@ class TrainConfig(LoggingSettings, ShardSettings, OptimizerSettings, LossSetting
         if self.tier_weights and len(self.tier_weights) != len(steps):
             raise UserError(f"tier_weights has {len(self.tier_weights)} entries but the group has "
                             f"{len(steps)} members")
-        for name in ("tasks_per_step", "num_iterations", "minibatch_size", "steps", "save_every"):
+        for name in ("tasks_per_step", "num_iterations", "minibatch_size", "steps", "save_every", "fpo_samples"):
             if getattr(self, name) < 1:
                 raise UserError(f"{name} must be >= 1")
         if self.dual_clip is not None and self.dual_clip <= 1:

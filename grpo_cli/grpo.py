@@ -4,7 +4,8 @@ Dimension legend
     G   groups in a batch             n   members per group (num_generations)
     B   flattened samples (G*n or chunks)
     K   denoising steps               H   chunk size       Da  real action dims (masked)
-    J   scored transitions of a chunk (K for `sde`, 1 for `ode`)    Dm  padded action dim (32)
+    J   scored transitions of a chunk (K for `sde`, 1 for `ode`, fpo_samples for `fpo`)
+    Dm  padded action dim (32)
 """
 
 from __future__ import annotations
@@ -122,6 +123,33 @@ def sde_step_mean(x_t: torch.Tensor, v: torch.Tensor, t: torch.Tensor, dt: float
     s2 = (sigma ** 2).view(-1, 1, 1)
     eps_hat = x_t + (1.0 - t_) * v
     return x_t - dt * v - dt * s2 / (2.0 * t_) * eps_hat
+
+
+# --- FPO: flow-matching policy gradients (flow-likelihood.md) -----------------------------------------
+
+# log N(u; v, 1/2) = -(u - v)^2 + const: with this std the log-ratio of a chunk element under theta and
+# theta_old is exactly its conditional flow-matching loss difference, l_old - l_theta (FPO's surrogate).
+FPO_STD = 0.5 ** 0.5
+
+
+def fpo_draws(generator: torch.Generator, count: int, shape: tuple[int, ...]) -> tuple[torch.Tensor, torch.Tensor]:
+    """FPO's Monte Carlo draws for one chunk: times (count,) and noise (count, *shape).
+
+    The times follow lerobot SmolVLA's training distribution, Beta(1.5, 1) scaled to [0.001, 1] (its CDF is
+    x^1.5, so x = u^(2/3)), so the ratio weighs the flow times that SFT fitted. The same generator state
+    gives the same draws: theta_old and theta score a chunk on identical points.
+    """
+    taus = torch.rand(count, generator=generator) ** (2.0 / 3.0) * 0.999 + 0.001
+    return taus, torch.randn((count, *shape), generator=generator)
+
+
+def cfm_point(action: torch.Tensor, noise: torch.Tensor, tau: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """A point of the conditional flow from `noise` to `action` and its velocity target (lerobot's convention).
+
+    action (B, H, Dm), noise (B, H, Dm), tau (B,) -> x_tau = tau noise + (1 - tau) action and u = noise - action.
+    """
+    t = tau.view(-1, 1, 1)
+    return t * noise + (1.0 - t) * action, noise - action
 
 
 def gaussian_logdensity(x: torch.Tensor, mean: torch.Tensor, std: torch.Tensor, mask: torch.Tensor | None = None

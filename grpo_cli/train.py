@@ -264,7 +264,7 @@ class Trainer:
             with torch.set_grad_enabled(grad):
                 prefix = adapter.encode_prefix(batch, grad=grad and cfg.train_backbone)
                 stored, mean, std = adapter.transitions(prefix, chains, cfg.likelihood, cfg.sde_noise,
-                                                        cfg.ode_sigma)
+                                                        cfg.ode_sigma, self._fpo_draws(picked, chains))
                 if targets is not None:
                     stored = torch.stack([stored[j] if targets[i] is None else targets[i]  # type: ignore[misc]
                                           for j, i in enumerate(idx)])
@@ -273,6 +273,18 @@ class Trainer:
             for j, i in enumerate(idx):
                 logp[i], means[i], stds[i] = lp[j], mean[j], std[j]
         return logp, means, stds
+
+    def _fpo_draws(self, chunks: list[tuple[Member, int]], chains: torch.Tensor
+                   ) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """`fpo`: each chunk's (time, noise) draws, seeded by its episode's noise seed and its index, so
+        theta_old and every later scoring of the chunk use the same points. (B,) chunks -> (B, J), (B, J, H, Dm)."""
+        if self.cfg.likelihood != "fpo":
+            return None
+        draws = [grpo.fpo_draws(torch.Generator().manual_seed(int(np.random.SeedSequence(
+            [m.traj.spec.noise_seed, c]).generate_state(1, np.uint64)[0] >> 1)), self.cfg.fpo_samples,
+            tuple(chains.shape[2:])) for m, c in chunks]
+        return (torch.stack([t for t, _ in draws]).to(chains.device),
+                torch.stack([n for _, n in draws]).to(chains.device))
 
     def _update(self, members: list[Member], rng: np.random.Generator) -> dict[str, float]:
         cfg = self.cfg

@@ -7,6 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import h5py
 import numpy as np
 import pytest
 
@@ -147,8 +148,6 @@ def demo_file(object_env, tmp_path_factory):
 
 
 def test_demo_files_use_libero_layout(demo_file) -> None:
-    import h5py
-
     with h5py.File(demo_file) as f:
         g = f["data/demo_0"]
         assert {"agentview_rgb", "eye_in_hand_rgb", "ee_states", "gripper_states", "privileged"} <= set(g["obs"])
@@ -248,24 +247,33 @@ def test_heldout_pipeline_records_each_unit_and_skips_finished_ones(tmp_path) ->
     assert mixed.returncode != 0 and "version 1" in mixed.stderr and "Traceback" not in mixed.stderr
 
 
-def test_tuning_script_sees_only_task_0s_training_init_states(tmp_path) -> None:
+@pytest.mark.parametrize("split", ["train", "inner"])
+def test_tuning_script_sees_only_task_0s_training_init_states(tmp_path, split: str) -> None:
     """benchmarks/learning/tune.py --quick: every episode it rolls out or scores is task 0 on a training
-    init state; the candidate's overrides reach the run; the arm is recorded with its paired outcomes and
-    a second run of the same candidate runs nothing."""
+    init state (quick: 0 and 1); with --split inner, SFT and RL fit on the first part (0) and the eval
+    scores only the rest (1). The candidate's overrides reach the run; the arm is recorded with its paired
+    outcomes and a second run of the same candidate runs nothing."""
     results = tmp_path / "tuning.json"
-    args = ["--quick", "--name", "cand", "--rl-seeds", "0", "--set", "lr_head=3e-5", "--out", str(tmp_path / "out"),
-            "--results", str(results)]
+    args = ["--quick", "--split", split, "--name", "cand", "--rl-seeds", "0", "--set", "lr_head=3e-5",
+            "--out", str(tmp_path / "out"), "--results", str(results)]
     first = learning_script("tune.py", *args)
     assert first.returncode == 0, first.stderr[-3000:]
     data = json.loads(results.read_text())
     (arm,) = data["arms"]
+    fit, scored = ([0, 1], [0, 1]) if split == "train" else ([0], [1])
     assert data["tune_init_states"] == [0, 1] and arm["name"] == "cand" and arm["overrides"] == {"lr_head": "3e-5"}
+    assert (data["fit_init_states"], data["eval_init_states"]) == (fit, scored)
     assert len(arm["outcomes"]) == len(data["sft"]["outcomes"]) == 4
-    assert {k[0] for k in arm["episode_keys"]} <= {0, 1}  # scored on training init states only
+    assert {k[0] for k in arm["episode_keys"]} == set(scored)  # scored on these init states only
     assert arm["gained"] - arm["lost"] == arm["successes"] - data["sft"]["successes"]
     config = json.loads((tmp_path / "out" / "task0" / "run_cand_seed0" / "config.json").read_text())
-    assert config["init_states"] == [0, 1] and config["tasks"] == [0] and config["lr_head"] == 3e-5
+    assert config["init_states"] == fit and config["tasks"] == [0] and config["lr_head"] == 3e-5
+    with h5py.File(tmp_path / "out" / "task0" / "demos.h5") as f:  # SFT's data: the fit init states only
+        assert sorted({int(f["data"][d].attrs["init_state"]) for d in f["data"]}) == fit
     second = learning_script("tune.py", *args)
     assert second.returncode == 0 and "recorded already" in second.stdout, second.stderr[-2000:]
+    other = learning_script("tune.py", *[a if a != split else {"train": "inner", "inner": "train"}[split]
+                                         for a in args])
+    assert other.returncode != 0 and "another protocol" in other.stderr and "Traceback" not in other.stderr
     bad = learning_script("tune.py", "--name", "x", "--set", "lr_head")
     assert bad.returncode != 0 and "KEY=VALUE" in bad.stderr and "Traceback" not in bad.stderr

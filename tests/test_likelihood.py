@@ -76,3 +76,39 @@ def test_policy_gradient_vanishes_for_ode_but_not_sde(likelihood: str) -> None:
         assert norm == 0.0  # the seed's reading: no first-order policy gradient at theta_old
     else:
         assert norm > 1e-3
+
+
+def test_fpo_log_ratios_are_lerobots_flow_matching_loss_differences() -> None:
+    """`fpo` scores a chunk at (time, noise) draws; its log-density is minus lerobot's own training loss
+    (VLAFlowMatching.forward at the same action, noise and time) plus a constant, so a log-ratio between
+    two parameter sets is exactly their flow-matching loss difference."""
+    ad = SmolVLAAdapter.load("tiny")
+    batch = _batch(ad, 2)
+    prefix = ad.encode_prefix(batch)
+    chains = torch.stack(ad.denoise(prefix, ad.sample_noise(torch.Generator().manual_seed(0), 2), [4, 4]))
+    draws = [grpo.fpo_draws(torch.Generator().manual_seed(b), 3, (50, 32)) for b in range(2)]
+    taus, noise = torch.stack([t for t, _ in draws]), torch.stack([n for _, n in draws])
+    with torch.no_grad():
+        targets, means, stds = ad.transitions(prefix, chains, "fpo", fpo_draws=(taus, noise))
+        ours = grpo.gaussian_logdensity(targets.flatten(0, 1), means.flatten(0, 1), stds.flatten(), ad.action_mask)
+        images, img_masks = ad.policy.prepare_images(batch)
+        for j in range(3):
+            lerobot_loss = ad.model.forward(images, img_masks, batch["observation.language.tokens"],
+                                            batch["observation.language.attention_mask"],
+                                            ad.policy.prepare_state(batch), chains[:, -1], noise[:, j], taus[:, j])
+            constant = -math.log(grpo.FPO_STD) - 0.5 * math.log(2 * math.pi)
+            expected = (constant - lerobot_loss)[..., :7]
+            torch.testing.assert_close(ours.view(2, 3, 50, 32)[:, j, :, :7], expected, rtol=1e-4, atol=1e-4)
+    assert targets.shape == means.shape == (2, 3, 50, 32) and not torch.equal(targets, means)
+
+
+def test_fpo_draws_follow_lerobots_time_distribution_and_repeat() -> None:
+    from scipy import stats
+
+    taus, noise = grpo.fpo_draws(torch.Generator().manual_seed(3), 4000, (2, 3))
+    again = grpo.fpo_draws(torch.Generator().manual_seed(3), 4000, (2, 3))
+    assert torch.equal(taus, again[0]) and torch.equal(noise, again[1]) and noise.shape == (4000, 2, 3)
+    assert 0.001 <= float(taus.min()) and float(taus.max()) <= 1.0
+    # lerobot's sample_time: Beta(1.5, 1) * 0.999 + 0.001
+    assert stats.kstest(taus.numpy(), stats.beta(1.5, 1.0, loc=0.001, scale=0.999).cdf).pvalue > 0.01
+    assert stats.kstest(taus.numpy(), stats.uniform(0.001, 0.999).cdf).pvalue < 1e-6

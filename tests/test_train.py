@@ -522,3 +522,28 @@ def test_settings_are_declared_once_by_section_with_docstrings_and_documented() 
     assert field_docs(TrainConfig).keys() == {"policy"}  # train's only own default: never a random policy
     assert (Path(__file__).parents[1] / "docs" / "SETTINGS.md").read_text() == settings_markdown(), \
         "docs/SETTINGS.md is stale: regenerate it (see grpo_cli.config.settings_markdown)"
+
+
+def test_fpo_update_fits_positive_advantage_chunks_and_samples_like_eval(tmp_path) -> None:
+    """`fpo` rolls out with eval's deterministic sampler and moves the flow-matching loss of a chunk in the
+    direction of its advantage; theta_old and theta score every chunk on the same draws."""
+    members = _members(tmp_path, "fpo")
+    cfg = smoke("e2", likelihood="fpo", fpo_samples="3", num_generations="2", denoise_tiers="2x4", tier_weights="",
+                train_backbone="false", minibatch_size="64", lr_head="1e-4", ratio_level="token")
+    trainer = Trainer(cfg, tmp_path)
+    assert trainer.rollouts.options["sde_noise"] == 0.0  # the deterministic Euler sampler: no step noise
+    first = trainer._score(trainer.adapter, [(members[0], 0)], grad=False)[0][0]
+    assert first.shape[0] == 3 and (first[..., :7] != 0).all() and first[..., 7:].abs().sum() == 0
+    assert torch.equal(first, trainer._score(trainer.adapter, [(members[0], 0)], grad=False)[0][0])
+
+    def chunk_logp() -> list[float]:  # minus the summed flow-matching loss, plus a constant
+        with torch.no_grad():
+            return [float(sum(lp.sum() for lp in trainer._score(trainer.adapter, [(m, c) for c in range(
+                len(m.traj.chains))], grad=False)[0])) for m in members]
+
+    before = chunk_logp()
+    stats = trainer._update(members, np.random.default_rng(0))
+    after = chunk_logp()
+    trainer.close()
+    assert stats["ratio/min"] == stats["ratio/max"] == 1.0 and stats["grad_norm/head"] > 0
+    assert after[0] > before[0] and after[1] < before[1]  # advantage +1: loss down; advantage -1: loss up

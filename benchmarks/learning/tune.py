@@ -1,14 +1,19 @@
 """Tuning a new version of `recommended` on what PREREGISTRATION.md allows: task 0's training init states.
 
-    python benchmarks/learning/tune.py --name v2a --rl-seeds 0,1 --set lr_head=3e-5 --set beta=0.04 [--commit]
+    python benchmarks/learning/tune.py --name v3a --rl-seeds 0,1 --set likelihood=fpo [--split inner] [--commit]
 
 Same SFT rule, budget and CPU configuration as the held-out measurement (heldout.PROTOCOL), on LIBERO-
-Object task 0: demos and SFT from init states 0-29, RL rollouts from 0-29, and the eval on 0-29 too
-(2 episodes each, the "eval" noise stream: no training episode shares its noise). The held-out init
-states 30-49 and tasks 1-9 are never touched. A candidate is `recommended` (as on this checkout) plus
-the --set overrides; each (candidate, RL seed) arm is scored against the SFT policy on the same 60
-episodes and appended, with its outcomes, to docs/results/tuning.json (temp file, then rename; with
---commit, a git commit of that file alone), so every attempt is on record, kept or not.
+Object task 0, init states 0-29 only; the held-out init states 30-49 and tasks 1-9 are never touched.
+Two splits of those 30 init states:
+- `train` (version 2's tuning): demos, SFT and RL rollouts from 0-29, and the eval on 0-29 too (2 episodes
+  each) -- so it scores the policy on the init states RL trained on;
+- `inner` (from version 3 on): the held-out protocol in miniature -- demos, SFT and RL rollouts from 0-19,
+  the eval on 20-29 (6 episodes each), init states that neither SFT nor RL saw, as on the held-out tasks.
+Both evals have 60 episodes from the "eval" noise stream (no training episode shares its noise). A
+candidate is `recommended` (as on this checkout) plus the --set overrides; each (candidate, RL seed) arm
+is scored against the SFT policy on the same 60 episodes and appended, with its outcomes, to the split's
+results file (temp file, then rename; with --commit, a git commit of that file alone), so every attempt
+is on record, kept or not.
 """
 
 from __future__ import annotations
@@ -33,8 +38,10 @@ def main() -> None:
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="override of `recommended` (repeatable)")
     parser.add_argument("--rl-seeds", default="0,1")
-    parser.add_argument("--out", default="runs/tune")
-    parser.add_argument("--results", default="docs/results/tuning.json")
+    parser.add_argument("--split", choices=("train", "inner"), default="inner",
+                        help="score on RL's own init states (train) or on ones SFT and RL never saw (inner)")
+    parser.add_argument("--out", help="default: runs/tune (train), runs/tune_inner (inner)")
+    parser.add_argument("--results", help="default: docs/results/tuning.json (train), tuning_inner.json (inner)")
     parser.add_argument("--commit", action="store_true", help="git-commit the results file after each arm")
     parser.add_argument("--quick", action="store_true", help="a few-minute version for tests (not a result)")
     args = parser.parse_args()
@@ -42,25 +49,35 @@ def main() -> None:
         sys.exit(f"--set takes KEY=VALUE, got {next(kv for kv in args.set if '=' not in kv)!r}")
     overrides = dict(kv.split("=", 1) for kv in args.set)
     proto = {**PROTOCOL, **(QUICK if args.quick else {})}
-    out, results_path = Path(args.out) / f"task{TASK}", Path(args.results)
-    out.mkdir(parents=True, exist_ok=True)
     tune_states = proto["train_init_states"]  # 0-29: the only init states tuning may see
-    states, episodes = ",".join(map(str, tune_states)), EPISODES_PER_INIT_STATE * len(tune_states)
+    episodes = EPISODES_PER_INIT_STATE * len(tune_states)  # 60
+    if args.split == "train":
+        fit_states = eval_states = tune_states
+        default_out, default_results = "runs/tune", "docs/results/tuning.json"
+    else:
+        cut = len(tune_states) * 2 // 3  # 0-19 to fit, 20-29 to score
+        fit_states, eval_states = tune_states[:cut], tune_states[cut:]
+        proto["tuning_split"] = {"fit_init_states": fit_states, "eval_init_states": eval_states}
+        default_out, default_results = "runs/tune_inner", "docs/results/tuning_inner.json"
+    out, results_path = Path(args.out or default_out) / f"task{TASK}", Path(args.results or default_results)
+    out.mkdir(parents=True, exist_ok=True)
+    fit, scored = ",".join(map(str, fit_states)), ",".join(map(str, eval_states))
     results = json.loads(results_path.read_text()) if results_path.exists() else {
-        "task": TASK, "suite": proto["suite"], "tune_init_states": tune_states, "eval_episodes": episodes,
-        "env_step_budget": proto["env_step_budget"], "protocol": proto, "arms": []}
+        "task": TASK, "suite": proto["suite"], "tune_init_states": tune_states, "fit_init_states": fit_states,
+        "eval_init_states": eval_states, "eval_episodes": episodes, "env_step_budget": proto["env_step_budget"],
+        "protocol": proto, "arms": []}
     if results.setdefault("protocol", proto) != proto:
         sys.exit(f"{results_path} was tuned under another protocol: use another results file")
     log, times = out / "commands.log", {}
     where = ["--suite", proto["suite"], "--tasks", str(TASK)]
     demos, policy = out / "demos.h5", out / "sft"
-    stage("demos", ["demos", *where, "--image-size", str(proto["image_size"]), "--init-states", states,
+    stage("demos", ["demos", *where, "--image-size", str(proto["image_size"]), "--init-states", fit,
                     "--workers", "2", "--seed", str(proto["demo_seed"]), "--out", str(demos)], demos, log, times)
     stage("sft", ["sft", str(demos), "--privileged-state", "--steps", str(proto["sft_steps"]), "--lr",
                   str(proto["sft_lr"]), "--seed", str(proto["sft_seed"]), "--out", str(policy)], policy, log, times)
     common_eval = ["--suite", proto["suite"], "--tasks", str(TASK), "--image-size", str(proto["image_size"]),
                    "--max-steps", str(proto["max_steps"]), "--n-action-steps", str(proto["n_action_steps"]),
-                   "--init-states", states, "--episodes-per-task", str(episodes), "--num-envs",
+                   "--init-states", scored, "--episodes-per-task", str(episodes), "--num-envs",
                    str(proto["num_envs"]), *(["--parallel-envs"] if proto["num_envs"] > 1 else []),
                    "--seed", str(proto["eval_seed"])]
     stage("eval sft", ["eval", "--policy", str(policy), *common_eval, "--out", str(out / "eval_sft.h5")],
@@ -73,7 +90,7 @@ def main() -> None:
             continue
         run_dir = out / f"run_{args.name}_seed{seed}"
         start = time.perf_counter()
-        settings = {"suite": proto["suite"], "tasks": TASK, "init_states": states, "seed": seed,
+        settings = {"suite": proto["suite"], "tasks": TASK, "init_states": fit, "seed": seed,
                     "env_step_budget": proto["env_step_budget"], "steps": 100000,
                     "image_size": proto["image_size"], "max_steps": proto["max_steps"],
                     "n_action_steps": proto["n_action_steps"], "num_envs": proto["num_envs"],
@@ -102,7 +119,7 @@ def main() -> None:
         if args.commit:
             where_git = results_path.resolve().parent
             git(where_git, "add", results_path.name)
-            git(where_git, "commit", "-q", "-m", f"tuning (task 0, training init states): {args.name} RL seed "
+            git(where_git, "commit", "-q", "-m", f"tuning (task 0, {args.split} split): {args.name} RL seed "
                 f"{seed} {arm['successes']}/{arm['episodes']} (SFT {sft['successes']}/{sft['episodes']})",
                 "--", results_path.name)
 

@@ -207,7 +207,8 @@ class SmolVLAAdapter:
         return chains  # type: ignore[return-value]
 
     def transitions(self, prefix: Prefix, chains: torch.Tensor, likelihood: str, sde_noise: float = 0.5,
-                    ode_sigma: float = 0.1) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+                    ode_sigma: float = 0.1, fpo_draws: tuple[torch.Tensor, torch.Tensor] | None = None
+                    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """The Gaussian steps that score stored chains under the current parameters (differentiable).
 
         prefix for B samples; chains (B, K+1, H, Dm), all with the same K. Returns (targets, means, stds)
@@ -217,6 +218,10 @@ class SmolVLAAdapter:
         - `ode` (J = 1): the seed's reading. Re-run the deterministic Euler sampler from the stored
           noise and score the stored chunk under N(f_theta(z), ode_sigma^2). At theta = theta_old
           f_theta(z) equals the stored chunk: the log-prob sits at its maximum, its gradient is 0.
+        - `fpo` (J = draws): FPO's surrogate. `fpo_draws` = (taus (B, J), noise (B, J, H, Dm)); draw j scores
+          v_theta at the conditional-flow point between its noise and the executed chunk x_0 against the
+          velocity target, under std grpo.FPO_STD, so a log-ratio is a flow-matching loss difference. It
+          needs no sampler likelihood: chunks come from the deterministic sampler that eval uses.
         """
         k = chains.shape[1] - 1
         dt = 1.0 / k
@@ -236,7 +241,18 @@ class SmolVLAAdapter:
                 t = torch.full((batch,), 1.0 + step * (-dt), device=chains.device)
                 x = x - dt * self.velocity(prefix, x, t)
             return chains[:, -1:], x[:, None], torch.full((batch, 1), ode_sigma, device=chains.device)
-        raise ValueError(f"likelihood must be 'sde' or 'ode', got {likelihood!r}")
+        if likelihood == "fpo":
+            if fpo_draws is None:
+                raise ValueError("likelihood 'fpo' needs fpo_draws")
+            taus, noise = fpo_draws
+            draws = taus.shape[1]
+            x_tau, target = grpo.cfm_point(chains[:, -1].repeat_interleave(draws, 0), noise.flatten(0, 1),
+                                           taus.flatten())
+            owner = torch.arange(batch, device=chains.device).repeat_interleave(draws)
+            v = self.velocity(prefix.select(owner), x_tau, taus.flatten())
+            return (target.view(batch, draws, *target.shape[1:]), v.view(batch, draws, *v.shape[1:]),
+                    torch.full((batch, draws), grpo.FPO_STD, device=chains.device))
+        raise ValueError(f"likelihood must be 'sde', 'ode' or 'fpo', got {likelihood!r}")
 
     @property
     def action_mask(self) -> torch.Tensor:
