@@ -132,17 +132,24 @@ def test_one_update_moves_exactly_the_trainable_parameters(tmp_path, likelihood:
         assert all(torch.equal(after[n], before[n]) for n in trainable)
 
 
-@pytest.mark.parametrize("ratio_level, loss_type", [("trajectory", "bnpo"), ("chunk", "bnpo"), ("step", "bnpo"),
-                                                     ("token", "bnpo"), ("token", "grpo"), ("step", "grpo")])
-def test_update_raises_the_likelihood_of_positive_advantage_chains(tmp_path, ratio_level: str, loss_type: str) -> None:
-    members = _members(tmp_path, "sde")
-    cfg = smoke("e2", likelihood="sde", num_generations="2", denoise_tiers="2x4", tier_weights="",
-                train_backbone="false", minibatch_size="64", lr_head="1e-4", ratio_level=ratio_level,
+@pytest.mark.parametrize("likelihood, ratio_level, loss_type", [
+    ("sde", "trajectory", "bnpo"), ("sde", "chunk", "bnpo"), ("sde", "step", "bnpo"), ("sde", "token", "bnpo"),
+    ("sde", "token", "grpo"), ("sde", "step", "grpo"), ("fpo", "token", "bnpo")])
+def test_update_raises_the_likelihood_of_positive_advantage_chains(tmp_path, likelihood: str, ratio_level: str,
+                                                                   loss_type: str) -> None:
+    """One update moves each chunk's log-density the way its advantage points. `sde` scores the K = 4
+    sampled denoising steps; `fpo` rolls out with eval's deterministic sampler and scores 3 (time, noise)
+    draws per chunk, the same draws every time, so its log-density is minus the flow-matching loss."""
+    members = _members(tmp_path, likelihood)
+    cfg = smoke("e2", likelihood=likelihood, fpo_samples="3", num_generations="2", denoise_tiers="2x4",
+                tier_weights="", train_backbone="false", minibatch_size="64", lr_head="1e-4", ratio_level=ratio_level,
                 loss_type=loss_type)
     trainer = Trainer(cfg, tmp_path)
-    scored = trainer._score(trainer.adapter, [(members[0], 0)], grad=False)[0][0]  # (S, H, Dm)
-    assert scored.shape[0] == 4  # every one of K = 4 denoising steps
+    assert trainer.rollouts.options["sde_noise"] == (0.5 if likelihood == "sde" else 0.0)
+    scored = trainer._score(trainer.adapter, [(members[0], 0)], grad=False)[0][0]  # (J, H, Dm)
+    assert scored.shape[0] == (4 if likelihood == "sde" else 3)  # K = 4 denoising steps, or 3 draws
     assert (scored[..., :7] != 0).all() and scored[..., 7:].abs().sum() == 0  # real action dims only
+    assert torch.equal(scored, trainer._score(trainer.adapter, [(members[0], 0)], grad=False)[0][0])
 
     def chain_logp() -> list[float]:
         with torch.no_grad():
@@ -523,27 +530,3 @@ def test_settings_are_declared_once_by_section_with_docstrings_and_documented() 
     assert (Path(__file__).parents[1] / "docs" / "SETTINGS.md").read_text() == settings_markdown(), \
         "docs/SETTINGS.md is stale: regenerate it (see grpo_cli.config.settings_markdown)"
 
-
-def test_fpo_update_fits_positive_advantage_chunks_and_samples_like_eval(tmp_path) -> None:
-    """`fpo` rolls out with eval's deterministic sampler and moves the flow-matching loss of a chunk in the
-    direction of its advantage; theta_old and theta score every chunk on the same draws."""
-    members = _members(tmp_path, "fpo")
-    cfg = smoke("e2", likelihood="fpo", fpo_samples="3", num_generations="2", denoise_tiers="2x4", tier_weights="",
-                train_backbone="false", minibatch_size="64", lr_head="1e-4", ratio_level="token")
-    trainer = Trainer(cfg, tmp_path)
-    assert trainer.rollouts.options["sde_noise"] == 0.0  # the deterministic Euler sampler: no step noise
-    first = trainer._score(trainer.adapter, [(members[0], 0)], grad=False)[0][0]
-    assert first.shape[0] == 3 and (first[..., :7] != 0).all() and first[..., 7:].abs().sum() == 0
-    assert torch.equal(first, trainer._score(trainer.adapter, [(members[0], 0)], grad=False)[0][0])
-
-    def chunk_logp() -> list[float]:  # minus the summed flow-matching loss, plus a constant
-        with torch.no_grad():
-            return [float(sum(lp.sum() for lp in trainer._score(trainer.adapter, [(m, c) for c in range(
-                len(m.traj.chains))], grad=False)[0])) for m in members]
-
-    before = chunk_logp()
-    stats = trainer._update(members, np.random.default_rng(0))
-    after = chunk_logp()
-    trainer.close()
-    assert stats["ratio/min"] == stats["ratio/max"] == 1.0 and stats["grad_norm/head"] > 0
-    assert after[0] > before[0] and after[1] < before[1]  # advantage +1: loss down; advantage -1: loss up
