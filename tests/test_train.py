@@ -421,7 +421,7 @@ def test_every_minibatch_is_one_optimizer_step(tmp_path, monkeypatch) -> None:
 
 
 def test_value_baseline_gives_each_chunk_its_own_advantage(tmp_path) -> None:
-    members = _members(tmp_path, "sde")
+    members = _members(tmp_path, resolve("recommended", {}).likelihood)  # sampled as the preset samples
     assert all(len(m.traj.chains) == 2 for m in members)  # SMOKE: 10 steps, chunks of 5
     members[0].chunk_advantages, members[1].chunk_advantages = [1.0, -1.0], [-1.0, 1.0]
     cfg = smoke("recommended", num_generations="2", minibatch_size="64", lr_head="1e-4",

@@ -42,7 +42,7 @@ PROTOCOL: dict[str, Any] = {
     "image_size": 64, "max_steps": 280, "n_action_steps": 10, "num_envs": 2,
 }
 # The preregistered version of `recommended` this checkout measures (PREREGISTRATION.md): one results file each
-VERSION = 2
+VERSION = 3
 # --quick: a few-minute version of the protocol for tests (not a result)
 QUICK: dict[str, Any] = {"train_init_states": [0, 1], "eval_init_states": [30], "eval_episodes": 2, "sft_steps": 20,
                          "env_step_budget": 120, "max_steps": 30, "num_envs": 1}
