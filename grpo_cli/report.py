@@ -268,8 +268,8 @@ def units_tables(summary: dict[str, Any]) -> list[Table]:
             rows, [f"Across units: mean Δ {s['mean_delta_points']:+.1f} points, 95% t interval "
                    f"{interval(s['t_interval'])} (t-test p {p}), 95% bootstrap interval "
                    f"{interval(s['bootstrap_interval'])}; "
-                   f"{s['improved_significantly']} units improved and {s['worsened_significantly']} worsened "
-                   "significantly (McNemar p < 0.05). Episode-level tests are per unit only."]))
+                   f"units significantly improved: {s['improved_significantly']}, worsened: "
+                   f"{s['worsened_significantly']} (McNemar p < 0.05). Episode-level tests are per unit only."]))
     return tables
 
 
