@@ -247,6 +247,40 @@ def test_heldout_pipeline_records_each_unit_and_skips_finished_ones(tmp_path) ->
     assert mixed.returncode != 0 and "version 1" in mixed.stderr and "Traceback" not in mixed.stderr
 
 
+def test_heldout_merge_joins_two_pipelines_and_refuses_mismatched_parts(tmp_path) -> None:
+    """--merge: units of two pipelines' files sorted into one, the across-units summary recomputed
+    over all of them; parts of another commit, a unit twice, or a task's SFT eval differing are refused."""
+    def unit(task: int, seed: int, sft: list[int], rl: list[int]) -> dict:
+        return {"task": task, "rl_seed": seed, "sft": {"successes": sum(sft), "episodes": len(sft), "outcomes": sft},
+                "recommended": {"successes": sum(rl), "episodes": len(rl), "outcomes": rl}}
+
+    def part(name: str, units: list[dict], commit: str = "abc") -> str:
+        path = tmp_path / name
+        path.write_text(json.dumps({"preset": "recommended", "version": 3, "protocol": {"suite": "libero_object"},
+                                    "commit": commit, "command": f"python heldout.py --results {name}",
+                                    "units": units}))
+        return str(path)
+
+    sft = [1, 0, 1, 0, 0, 0]
+    a = part("a.json", [unit(8, 1, sft, [1, 1, 1, 0, 1, 0]), unit(2, 0, sft, [0, 0, 1, 0, 0, 0])])
+    b = part("b.json", [unit(6, 0, sft, [1, 1, 1, 1, 0, 0]), {"task": 6, "rl_seed": 1}])  # a placeholder
+    out = tmp_path / "merged.json"
+    merged = learning_script("heldout.py", "--merge", a, b, "--results", str(out))
+    assert merged.returncode == 0, merged.stderr[-2000:]
+    data = json.loads(out.read_text())
+    assert [(u["task"], u["rl_seed"]) for u in data["units"]] == [(2, 0), (6, 0), (8, 1)]
+    assert data["merged_from"] == [a, b] and data["commit"] == "abc" and " ; " in data["command"]
+    summary = data["summary"]["recommended"]
+    assert summary["n_units"] == 3
+    assert summary["mean_delta_points"] == pytest.approx(100 * (2 - 1 + 2) / 6 / 3)  # Δ +2, -1, +2 of 6
+    for bad, words in [(part("c.json", [unit(4, 0, sft, sft)], commit="other"), "differ in commit"),
+                       (part("d.json", [unit(8, 1, sft, sft)]), "task 8 RL seed 1 is in both"),
+                       (part("e.json", [unit(2, 1, [0] * 6, sft)]), "SFT evals of the parts differ")]:
+        refused = learning_script("heldout.py", "--merge", a, bad, "--results", str(tmp_path / "x.json"))
+        assert refused.returncode != 0 and words in refused.stderr and "Traceback" not in refused.stderr
+        assert not (tmp_path / "x.json").exists()
+
+
 @pytest.mark.parametrize("split", ["train", "inner"])
 def test_tuning_script_sees_only_task_0s_training_init_states(tmp_path, split: str) -> None:
     """benchmarks/learning/tune.py --quick: every episode it rolls out or scores is task 0 on a training

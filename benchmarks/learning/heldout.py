@@ -14,6 +14,14 @@ point into the main checkout. The results file records the commit the code came 
 are skipped; stages whose output exists in OUT are skipped (see run.py's `stage`). PROTOCOL is the
 preregistered protocol: changing it means a new dated entry in PREREGISTRATION.md and a rerun of
 every unit.
+
+Two pipelines side by side (a unit leaves half of a 2-core box idle): give them disjoint --tasks and
+their own --results files, then join those into the version's file:
+
+    python benchmarks/learning/heldout.py --merge PART.json [PART.json ...] --results docs/results/heldout_v3.json
+
+--merge refuses parts of different versions, protocols or commits, a unit found in two parts, and
+two SFT evals of one task.
 """
 
 from __future__ import annotations
@@ -91,6 +99,39 @@ def run_summary(run_dir: Path) -> dict[str, Any]:
             "clip_ratio_mean": sum(m.get("clip_ratio/region_mean", 0.0) for m in metrics) / len(metrics)}
 
 
+def summarize(units: list[dict[str, Any]]) -> dict[str, Any]:
+    """The across-units figures per arm, over the units whose SFT eval is in (without the per-unit rows)."""
+    from grpo_cli.report import units_summary
+
+    summary = units_summary({"units": [u for u in units if "sft" in u]})
+    return {arm: {k: v for k, v in s.items() if k != "units"} for arm, s in summary.items()}
+
+
+def merge(parts: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """One results file from several pipelines' files (name -> contents) of the same version and commit."""
+    first_name, first = next(iter(parts.items()))
+    for name, part in parts.items():
+        for key in ("version", "protocol", "commit", "preset"):
+            if part.get(key) != first.get(key):
+                raise ValueError(f"{name} and {first_name} differ in {key}: only parts of one measurement merge")
+    seen: dict[tuple[int, int], str] = {}
+    sft: dict[int, list[int]] = {}
+    for name, part in parts.items():
+        for u in part["units"]:
+            if "sft" not in u:  # a pipeline's placeholder for the unit it was running
+                continue
+            key = (u["task"], u["rl_seed"])
+            if key in seen:
+                raise ValueError(f"task {key[0]} RL seed {key[1]} is in both {seen[key]} and {name}")
+            seen[key] = name
+            if sft.setdefault(u["task"], u["sft"]["outcomes"]) != u["sft"]["outcomes"]:
+                raise ValueError(f"task {key[0]}: the SFT evals of the parts differ (a task's units share one SFT)")
+    units = [u for p in parts.values() for u in p["units"] if "sft" in u]
+    units.sort(key=lambda u: (u["task"], u["rl_seed"]))
+    return {**first, "units": units, "command": " ; ".join(p["command"] for p in parts.values()),
+            "merged_from": list(parts), "summary": summarize(units)}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--tasks", default="2,4,6,8")
@@ -100,7 +141,16 @@ def main() -> None:
     parser.add_argument("--results", default=f"docs/results/heldout_v{VERSION}.json")
     parser.add_argument("--commit", action="store_true", help="git-commit the results file after each arm")
     parser.add_argument("--quick", action="store_true", help="a few-minute version for tests (not a result)")
+    parser.add_argument("--merge", nargs="+", metavar="PART", help="join pipelines' results files into --results")
     args = parser.parse_args()
+    if args.merge:
+        try:
+            merged = merge({name: json.loads(Path(name).read_text()) for name in args.merge})
+        except (OSError, ValueError, KeyError) as err:
+            sys.exit(f"cannot merge: {err}")
+        write_json(Path(args.results), merged)
+        print(f"merged {len(merged['units'])} units from {len(args.merge)} files into {args.results}")
+        return
     proto = dict(PROTOCOL)
     if args.quick:
         proto.update(QUICK)
@@ -144,10 +194,7 @@ def main() -> None:
         u["sft"], u[arm] = sft, value
         results["commit"] = code_commit()
         results["command"] = "python " + " ".join([sys.argv[0], *sys.argv[1:]])
-        from grpo_cli.report import units_summary
-
-        summary = units_summary({"units": [x for x in results["units"] if "sft" in x]})
-        results["summary"] = {a: {k: v for k, v in s.items() if k != "units"} for a, s in summary.items()}
+        results["summary"] = summarize(results["units"])
         write_json(results_path, results)
         print(f"[task {task} seed {seed}] {arm} {value['successes']}/{value['episodes']} vs SFT "
               f"{sft['successes']}/{sft['episodes']}; wrote {results_path}", flush=True)
