@@ -281,6 +281,28 @@ def test_heldout_merge_joins_two_pipelines_and_refuses_mismatched_parts(tmp_path
         assert not (tmp_path / "x.json").exists()
 
 
+def test_diagnose_ranks_the_training_trend_against_the_held_out_change(tmp_path) -> None:
+    """benchmarks/learning/diagnose.py: per unit the held-out change and the training-success trend in
+    points; Spearman's rho per file as scipy gives it; units still running are left out."""
+    from scipy.stats import spearmanr
+
+    trends, deltas = [0.1, -0.2, 0.05, 0.3], [5, -10, 8, 12]
+    units = [{"task": t, "rl_seed": 0, "sft": {"successes": 50},
+              "recommended": {"successes": 50 + d, "episodes": 100, "training_success_first_half": 0.4,
+                              "training_success_second_half": 0.4 + tr, "drift_pct": 1.0 + t}}
+             for t, (tr, d) in enumerate(zip(trends, deltas, strict=True))] + [{"task": 9, "rl_seed": 0}]
+    (tmp_path / "v.json").write_text(json.dumps({"units": units}))
+    out = tmp_path / "diag.json"
+    done = learning_script("diagnose.py", f"v={tmp_path / 'v.json'}", "--out", str(out))
+    assert done.returncode == 0, done.stderr[-2000:]
+    f = json.loads(out.read_text())["per_file"]["v"]
+    assert f["n_units"] == 4 and [u["heldout_delta_points"] for u in f["units"]] == deltas
+    assert f["units"][1]["training_trend_points"] == pytest.approx(-20)
+    assert f["spearman_training_trend_points"]["rho"] == pytest.approx(spearmanr(trends, deltas)[0])
+    bad = learning_script("diagnose.py", f"v={tmp_path / 'missing.json'}")
+    assert bad.returncode != 0 and "cannot read" in bad.stderr and "Traceback" not in bad.stderr
+
+
 @pytest.mark.parametrize("split", ["train", "inner"])
 def test_tuning_script_sees_only_task_0s_training_init_states(tmp_path, split: str) -> None:
     """benchmarks/learning/tune.py --quick: every episode it rolls out or scores is task 0 on a training
