@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import subprocess
 import sys
 from pathlib import Path
 from typing import Any
@@ -44,6 +45,12 @@ def correlations(rows: list[dict[str, Any]]) -> dict[str, Any]:
     return out
 
 
+def code_commit() -> str:
+    git = ["git", "-C", str(Path(__file__).resolve().parent), "rev-parse", "HEAD"]
+    done = subprocess.run(git, capture_output=True, text=True)
+    return done.stdout.strip() if done.returncode == 0 else "unknown (not a git checkout)"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("inputs", nargs="+", metavar="LABEL=PATH", help="held-out results files")
@@ -58,7 +65,7 @@ def main() -> None:
             sys.exit(f"cannot read held-out results {path}: {err}")
     result = {"per_file": {k: {"units": v, **correlations(v)} for k, v in files.items()},
               "all": correlations([r for v in files.values() for r in v]),
-              "command": "python " + " ".join(sys.argv)}
+              "command": "python " + " ".join(sys.argv), "commit": code_commit()}
     for label, f in [*result["per_file"].items(), ("all", result["all"])]:
         t, d = f["spearman_training_trend_points"], f["spearman_drift_pct"]
         print(f"{label}: {f['n_units']} units; Spearman with the held-out change: training trend "
