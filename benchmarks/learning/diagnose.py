@@ -14,12 +14,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
 import sys
 from pathlib import Path
 from typing import Any
 
 from scipy.stats import spearmanr
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from heldout import code_commit, write_json  # noqa: E402
 
 
 def unit_rows(data: dict[str, Any], arm: str = "recommended") -> list[dict[str, Any]]:
@@ -45,12 +47,6 @@ def correlations(rows: list[dict[str, Any]]) -> dict[str, Any]:
     return out
 
 
-def code_commit() -> str:
-    git = ["git", "-C", str(Path(__file__).resolve().parent), "rev-parse", "HEAD"]
-    done = subprocess.run(git, capture_output=True, text=True)
-    return done.stdout.strip() if done.returncode == 0 else "unknown (not a git checkout)"
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("inputs", nargs="+", metavar="LABEL=PATH", help="held-out results files")
@@ -71,9 +67,7 @@ def main() -> None:
         print(f"{label}: {f['n_units']} units; Spearman with the held-out change: training trend "
               f"{t['rho']:+.2f} (p {t['p']:.2g}), drift {d['rho']:+.2f} (p {d['p']:.2g})")
     if args.out:
-        tmp = args.out.with_suffix(".json.tmp")
-        tmp.write_text(json.dumps(result, indent=1) + "\n")
-        tmp.replace(args.out)
+        write_json(args.out, result)
 
 
 if __name__ == "__main__":

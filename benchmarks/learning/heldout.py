@@ -116,6 +116,7 @@ def merge(parts: dict[str, dict[str, Any]]) -> dict[str, Any]:
                 raise ValueError(f"{name} and {first_name} differ in {key}: only parts of one measurement merge")
     seen: dict[tuple[int, int], str] = {}
     sft: dict[int, list[int]] = {}
+    units = []
     for name, part in parts.items():
         for u in part["units"]:
             if "sft" not in u:  # a pipeline's placeholder for the unit it was running
@@ -126,7 +127,7 @@ def merge(parts: dict[str, dict[str, Any]]) -> dict[str, Any]:
             seen[key] = name
             if sft.setdefault(u["task"], u["sft"]["outcomes"]) != u["sft"]["outcomes"]:
                 raise ValueError(f"task {key[0]}: the SFT evals of the parts differ (a task's units share one SFT)")
-    units = [u for p in parts.values() for u in p["units"] if "sft" in u]
+            units.append(u)
     units.sort(key=lambda u: (u["task"], u["rl_seed"]))
     return {**first, "units": units, "command": " ; ".join(p["command"] for p in parts.values()),
             "merged_from": list(parts), "summary": summarize(units)}
