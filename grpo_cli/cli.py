@@ -270,88 +270,130 @@ def eval_cmd(policy: str, suite: str, max_steps: int | None, n_action_steps: int
     click.echo(f"wrote {out}")
 
 
-@cli.command()
-@click.option("--exp", default=None, help="preset: e1 ... e6 (the seed's experiments)")
-@click.option("--config", "config_file", type=click.Path(dir_okay=False), default=None,
-              help="YAML file of settings (applied after the preset, before --set)")
-@click.option("--set", "sets", multiple=True, metavar="KEY=VALUE", help="override one setting (repeatable)")
-@click.option("--policy", default=None, help="shortcut for --set policy=...")
-@click.option("--steps", type=int, default=None, help="shortcut for --set steps=...")
-@click.option("--run-dir", default=None, type=click.Path(file_okay=False),
-              help="run directory [default: runs/<exp>, printed]")
-@click.option("--resume", is_flag=True, help="continue the run in --run-dir from its latest checkpoint")
-@click.option("--dry-run", is_flag=True, help="print the resolved config and exit")
-@click.option("--wait", is_flag=True, help="with --executor slurm: wait for the jobs and report how they ended")
-@cluster_options
-def train(exp: str | None, config_file: str | None, sets: tuple[str, ...], policy: str | None, steps: int | None,
-          run_dir: str | None, resume: bool, dry_run: bool, wait: bool, executor: str, slurm_config: str | None,
-          **slurm: Any) -> None:
-    """GRPO fine-tuning of the flow head (presets e1-e6 reproduce the seed).
+_run_options = [
+    click.option("--config", "config_file", type=click.Path(dir_okay=False), default=None,
+                 help="YAML file of settings (applied after the preset, before --set)"),
+    click.option("--set", "sets", multiple=True, metavar="KEY=VALUE", help="override one setting (repeatable)"),
+    click.option("--policy", default=None, help="shortcut for --set policy=..."),
+    click.option("--steps", type=int, default=None, help="shortcut for --set steps=..."),
+    click.option("--seeds", default=None, help="one run per seed, e.g. 0,1 (RUN_DIR/seedS); with --per-task, "
+                                               "one per task and seed"),
+    click.option("--per-task", is_flag=True, help="one run per task of `tasks` (RUN_DIR/taskT)"),
+    click.option("--run-dir", default=None, type=click.Path(file_okay=False),
+                 help="run directory [default: runs/<exp>, printed]"),
+    click.option("--resume", is_flag=True, help="continue the run in --run-dir from its latest checkpoint"),
+    click.option("--dry-run", is_flag=True, help="print the resolved config and exit (it refuses what the run would)"),
+    click.option("--wait", is_flag=True, help="with --executor slurm: wait for the jobs and report how they ended"),
+]
 
-    `--exp e1,e2` (or `all`: e1-e6) trains one run per experiment in RUN_DIR/<exp>; with
-    `--executor slurm` they are one array job. SLURM jobs checkpoint and requeue before their time
-    limit or on preemption and resume where they stopped."""
-    import dataclasses
-    import json
+
+def run_options(fn: Callable) -> Callable:
+    for option in reversed(_run_options):
+        fn = option(fn)
+    return fn
+
+
+# What a resumed run may change: how long it runs and how it saves, never what it learns.
+EXTENDABLE = {"steps", "env_step_budget", "save_every", "save_latest"}
+
+
+def _resolve_runs(algorithm: str, exp: str | None, config_file: str | None, sets: tuple[str, ...],
+                  policy: str | None, steps: int | None, seeds: str | None, per_task: bool, run_dir: str | None,
+                  resume: bool) -> tuple[list[tuple[Any, Any]], dict | None, str]:
+    """The (config, run directory) pairs a `train` or `steer` command asks for, the YAML's slurm section,
+    and the top run directory. Each config is validated here, before anything runs or is written."""
     from pathlib import Path
 
     from grpo_cli.presets import PRESETS, load_yaml, parse_sets, resolve
+    from grpo_cli.steer import resolve_steer
 
-    # What a resumed run may change: how long it runs and how it saves, never what it learns.
-    EXTENDABLE = {"steps", "env_step_budget", "save_every", "save_latest"}  # noqa: N806
-    section = None
+    def make(name: str | None, values: dict[str, Any]) -> Any:
+        return resolve_steer(values) if algorithm == "steer" else resolve(name, values)
+
+    names = [e.strip() for e in (exp or "").split(",") if e.strip()]
     if run_dir is None:
         if resume:
             raise UserError("--resume needs the --run-dir of the run to continue")
-        names = [e.strip() for e in (exp or "").split(",") if e.strip()]
-        one = len(names) == 1 and names[0] != "all"
-        run_dir = f"runs/{names[0]}" if one else "runs/train" if not names else "runs"  # several: runs/<exp>
-        click.echo(f"run directory: {run_dir}{'' if one or not names else '/<exp>'}", err=True)
+        one = len(names) <= 1 and names != ["all"] and not seeds and not per_task
+        run_dir = f"runs/{names[0] if names else algorithm if algorithm == 'steer' else 'train'}" if one else "runs"
+        click.echo(f"run directory: {run_dir}{'' if one else '/<run>'}", err=True)
     if resume:
         extend = parse_sets(sets)
-        if exp or config_file or policy or set(extend) - EXTENDABLE:
+        if exp or config_file or policy or seeds or per_task or set(extend) - EXTENDABLE:
             raise UserError("--resume takes its settings from the run directory; pass only --run-dir, --steps "
                             f"and --set for {', '.join(sorted(EXTENDABLE))}")
         saved = Path(run_dir) / "config.json"
         if not saved.is_file():
             raise UserError(f"{run_dir} holds no run to resume (no config.json)")
         values = json.loads(saved.read_text())
-        runs = [(resolve(None, {**values, **extend, **({"steps": steps} if steps else {})}), Path(run_dir))]
-    else:
-        overrides = {**(load_yaml(config_file) if config_file else {}), **parse_sets(sets)}
-        section = overrides.pop("slurm", None)
-        if policy:
-            overrides["policy"] = policy
-        if steps:
-            overrides["steps"] = steps
-        names = [e.strip() for e in (exp or "").split(",") if e.strip()] or [None]
-        names = [f"e{i}" for i in range(1, 7)] if names == ["all"] else names
-        for name in names:
-            if name is not None and name not in PRESETS:
-                raise UserError(f"unknown experiment {name!r}; choose from {', '.join(PRESETS)} or all")
-        one = len(names) == 1
-        runs = [(resolve(name, overrides), Path(run_dir) if one else Path(run_dir) / str(name)) for name in names]
-        for _, directory in runs:
-            if (directory / "config.json").exists():
-                raise UserError(f"{directory} already holds a run: use --resume or another --run-dir")
+        return [(make(None, {**values, **extend, **({"steps": steps} if steps else {})}), Path(run_dir))], None, run_dir
+    overrides = {**(load_yaml(config_file) if config_file else {}), **parse_sets(sets)}
+    section = overrides.pop("slurm", None)
+    if policy:
+        overrides["policy"] = policy
+    if steps:
+        overrides["steps"] = steps
+    names = [f"e{i}" for i in range(1, 7)] if names == ["all"] else names or [None]
+    for name in names:
+        if name is not None and name not in PRESETS:
+            raise UserError(f"unknown experiment {name!r}; choose from {', '.join(PRESETS)} or all")
+    seed_list = _int_list(seeds, "--seeds") if seeds else None
+    runs = []
+    for name in names:
+        base = make(name, overrides)  # validates the preset and overrides as given
+        for task in (base.tasks if per_task else [None]):
+            for seed in (seed_list or [None]):
+                values = {**overrides, **({"tasks": (task,)} if task is not None else {}),
+                          **({"seed": seed} if seed is not None else {})}
+                parts = [*([name] if len(names) > 1 else []), *([f"task{task}"] if task is not None else []),
+                         *([f"seed{seed}"] if seed is not None else [])]
+                runs.append((make(name, values), Path(run_dir, "_".join(parts)) if parts else Path(run_dir)))
+    for cfg, directory in runs:
+        if (directory / "config.json").exists():
+            raise UserError(f"{directory} already holds a run: use --resume or another --run-dir")
+        _check_run(cfg)  # what the run itself refuses, refused before it starts (and in --dry-run)
+    return runs, section, run_dir
+
+
+def _check_run(cfg: Any) -> None:
+    """The checks a run makes when it starts, without starting it: the suite, its tasks and init states."""
+    from grpo_cli.envs.libero import task_spec
+    from grpo_cli.episodes import usable_init_states
+
+    for task in cfg.tasks:
+        usable_init_states(cfg.init_states, task_spec(cfg.suite, task), "init_states")
+
+
+def _launch(algorithm: str, runs: list[tuple[Any, Any]], section: dict | None, run_dir: str, dry_run: bool,
+            wait: bool, executor: str, slurm_config: str | None, slurm: dict[str, Any], resume: bool) -> None:
+    """Run `train` or `steer` runs: print them (--dry-run), submit them as one SLURM array, or run them here."""
+    import dataclasses
+    from pathlib import Path
+
     if dry_run:
         configs = {str(directory): json.loads(cfg.to_json()) for cfg, directory in runs}
         click.echo(json.dumps(next(iter(configs.values())) if len(configs) == 1 else configs, indent=1))
         return
     settings = _slurm_settings(section, slurm_config, slurm)
     for cfg, directory in runs:  # what the run's SLURM shard workers (and a requeued trainer) ask for
-        if cfg.rollout_shards and cfg.shard_executor == "slurm":
+        if getattr(cfg, "rollout_shards", 0) and cfg.shard_executor == "slurm":
             directory.mkdir(parents=True, exist_ok=True)
             (directory / "slurm.json").write_text(json.dumps(dataclasses.asdict(settings)))
+    if algorithm == "steer":
+        from grpo_cli.steer import run_job
+        from grpo_cli.steer import steer as run_training
+    else:
+        from grpo_cli.train import run_job
+        from grpo_cli.train import train as run_training
     if executor != "local":
         from grpo_cli.cluster import failure_reason, make_executor, submit_training
-        from grpo_cli.train import TrainJob
+        from grpo_cli.runs import TrainJob
 
         folder = Path(run_dir) / "submitit"
-        ex = make_executor(executor, folder, settings, "grpo-vla-train")
+        ex = make_executor(executor, folder, settings, f"grpo-vla-{algorithm}")
         for _, directory in runs:
             directory.mkdir(parents=True, exist_ok=True)
-        jobs = submit_training(ex, TrainJob(), [(cfg.to_json(), str(directory)) for cfg, directory in runs])
+        jobs = submit_training(ex, TrainJob(run_job), [(cfg.to_json(), str(directory)) for cfg, directory in runs])
         for job, (_, directory) in zip(jobs, runs, strict=True):
             click.echo(f"job {job.job_id}: {directory}")
         click.echo(f"logs in {folder}")
@@ -363,30 +405,63 @@ def train(exp: str | None, config_file: str | None, sets: tuple[str, ...], polic
                 except Exception as err:
                     failed.append(f"{directory} (job {job.job_id}): {failure_reason(err)}")
             if failed:
-                raise UserError("training failed: " + "; ".join(failed))
+                raise UserError(f"{algorithm} failed: " + "; ".join(failed))
         return
     _setup_runtime()
-    if len(runs) > 1:  # several experiments on this machine: one after another
-        from grpo_cli.train import train as run_training
-
+    if len(runs) > 1:  # several runs on this machine: one after another
         for cfg, directory in runs:
             click.echo(f"== {cfg.exp}: {directory}", err=True)
             run_training(cfg, directory, log=lambda msg: click.echo(msg, err=True))
         return
-    cfg, run_dir = runs[0][0], str(runs[0][1])
-    from grpo_cli.train import train as run_training
+    cfg, directory = runs[0]
 
     def summary(m: dict) -> str:
+        if algorithm == "steer":
+            return (f"step {m['step']} env steps {m['env_steps_total']} success {m['success_rate']:.2f} "
+                    f"{'actor' if m['steering'] else 'warm-up'} updates {m['gradient_updates']} "
+                    f"rollout {m['time/rollout']:.1f}s update {m['time/update']:.1f}s")
         return (f"step {m['step']}/{cfg.steps} reward {m['reward']:.3f} success {m['success_rate']:.2f} "
                 f"zero_std {m['frac_reward_zero_std']:.2f} kl {m.get('kl', 0.0):.2e} "
                 f"clip {m.get('clip_ratio/region_mean', 0.0):.2f} drift {m['drift_pct']:.4f}% "
                 f"rollout {m['time/rollout']:.1f}s update {m['time/update']:.1f}s")
 
     # A live rich bar with the latest diagnostics on a terminal; one plain line per step otherwise.
-    with progress(cfg.steps, "train") as tick:
-        last = run_training(cfg, run_dir, resume=resume, log=lambda msg: click.echo(msg, err=True),
+    with progress(cfg.steps, algorithm) as tick:
+        last = run_training(cfg, directory, resume=resume, log=lambda msg: click.echo(msg, err=True),
                             on_step=lambda m: tick(summary(m)))
-    click.echo(f"run {run_dir}: last checkpoint {last}")
+    click.echo(f"run {directory}: last checkpoint {last}")
+
+
+@cli.command()
+@click.option("--exp", default=None, help="preset: e1 ... e6 (the seed's experiments), recommended; a list or all")
+@run_options
+@cluster_options
+def train(exp: str | None, config_file: str | None, sets: tuple[str, ...], policy: str | None, steps: int | None,
+          seeds: str | None, per_task: bool, run_dir: str | None, resume: bool, dry_run: bool, wait: bool,
+          executor: str, slurm_config: str | None, **slurm: Any) -> None:
+    """GRPO fine-tuning of the flow head (presets e1-e6 reproduce the seed).
+
+    `--exp e1,e2` (or `all`: e1-e6) trains one run per experiment in RUN_DIR/<exp>; with
+    `--executor slurm` they are one array job. SLURM jobs checkpoint and requeue before their time
+    limit or on preemption and resume where they stopped."""
+    runs, section, top = _resolve_runs("train", exp, config_file, sets, policy, steps, seeds, per_task, run_dir,
+                                       resume)
+    _launch("train", runs, section, top, dry_run, wait, executor, slurm_config, slurm, resume)
+
+
+@cli.command()
+@run_options
+@cluster_options
+def steer(config_file: str | None, sets: tuple[str, ...], policy: str | None, steps: int | None, seeds: str | None,
+          per_task: bool, run_dir: str | None, resume: bool, dry_run: bool, wait: bool, executor: str,
+          slurm_config: str | None, **slurm: Any) -> None:
+    """Noise-space RL (DSRL): SAC trains an actor that picks each chunk's flow noise; the policy stays frozen.
+
+    The last checkpoint is a policy: `grpo-vla eval --policy RUN/checkpoints/step_N.h5` evaluates the frozen
+    policy steered by its actor. `--per-task --seeds 0,1 --executor slurm`: one array job over tasks x seeds."""
+    runs, section, top = _resolve_runs("steer", None, config_file, sets, policy, steps, seeds, per_task, run_dir,
+                                       resume)
+    _launch("steer", runs, section, top, dry_run, wait, executor, slurm_config, slurm, resume)
 
 
 @cli.command()

@@ -23,10 +23,12 @@ def parse_tiers(tiers: str | None, num_generations: int | None, default_steps: i
     steps: list[int] = []
     try:
         for part in tiers.split(","):
-            count, _, k = part.strip().partition("x")
-            if not k:  # a bare K: uniform over the whole group
+            count, sep, k = part.strip().partition("x")
+            if not sep:  # a bare K: uniform over the whole group
                 steps = [int(count)] * (num_generations or 1)
                 break
+            if not k:
+                raise ValueError(part)
             steps += [int(k)] * int(count)
     except ValueError:
         raise UserError(f"bad denoise tiers {tiers!r}: use COUNTxSTEPS,... e.g. 1x1,5x10") from None
@@ -137,16 +139,58 @@ class EvalConfig(RuntimeSettings):
 LIKELIHOODS = ("ode", "sde", "fpo")
 
 
+# --- sections every training algorithm shares (GRPO's `train`, the noise actor's `steer`) --------------------
+@dataclass(frozen=True)
+class TaskSettings:
+    """Tasks: what a training run rolls out."""
+
+    tasks: tuple[int, ...] = tuple(range(10))
+    """tasks sampled from, uniformly"""
+    init_states: tuple[int, ...] = ()
+    """the init states training draws from; () = all of each task's. Keep evaluation's out of it"""
+
+
+@dataclass(frozen=True)
+class ShapingSettings:
+    """Goal progress: how a trajectory's progress towards the BDDL goal is measured."""
+
+    progress_shaping: float = 0.0
+    """weight of distance shaping inside goal progress (0 = predicates only)"""
+    reach_shaping: float = 0.0
+    """weight of the gripper's closest approach to the goal object inside goal progress (0 = off);
+    progress_shaping + reach_shaping < 1 so that a near miss earns less than a satisfied predicate"""
+
+    def check_shaping(self) -> None:
+        if self.progress_shaping < 0 or self.reach_shaping < 0:
+            raise UserError("progress_shaping and reach_shaping must be >= 0")
+        if self.progress_shaping + self.reach_shaping >= 1:
+            raise UserError(f"progress_shaping + reach_shaping must be < 1 (a near miss must earn less than "
+                            f"a satisfied predicate), got {self.progress_shaping} + {self.reach_shaping}")
+
+
+@dataclass(frozen=True)
+class RunSettings:
+    """Run length and env failures."""
+
+    steps: int = 6000
+    """steps of the run (a GRPO step; a `steer` step is one wave of episodes, one per env, and its updates)"""
+    env_step_budget: int = 0
+    """stop once the run has taken this many env steps (0 = no limit): compare presets at equal budget"""
+    env_failure_retries: int = 2
+    """restarts of the envs when one fails or its worker dies mid-rollout (the rollout is rerun, same seeds)"""
+
+    def check_run(self) -> None:
+        if self.steps < 1 or self.env_step_budget < 0 or self.env_failure_retries < 0:
+            raise UserError("steps must be >= 1, env_step_budget and env_failure_retries >= 0")
+
+
+
 @dataclass(frozen=True)
 class SamplingSettings:
     """Sampling: which groups a step rolls out, and how the policy samples and scores its chunks."""
 
-    tasks: tuple[int, ...] = tuple(range(10))
-    """tasks sampled from, uniformly"""
     tasks_per_step: int = 1
     """groups (one task + init state each) per GRPO step; the seed used 1"""
-    init_states: tuple[int, ...] = ()
-    """the init states training draws from; () = all of each task's. Keep evaluation's out of it"""
     skip_solved: int = 0
     """never draw again an init state whose last this-many groups all succeeded (RIPT-VLA's dynamic
     sampling; 0 = off): saves the env steps of groups that a filter would drop; checkpointed"""
@@ -175,11 +219,6 @@ class RewardSettings:
 
     reward: str = "binary"
     """`binary` (success, the seed), `progress` (BDDL goal progress) or `progress+success`"""
-    progress_shaping: float = 0.0
-    """weight of distance shaping inside goal progress (0 = predicates only)"""
-    reach_shaping: float = 0.0
-    """weight of the gripper's closest approach to the goal object inside goal progress (0 = off);
-    progress_shaping + reach_shaping < 1 so that a near miss earns less than a satisfied predicate"""
     tier_weights: tuple[float, ...] = ()
     """Eq. 4 reward weight per member; () = all 1.0"""
     fallback_steps: int = 0
@@ -255,10 +294,6 @@ class OptimizerSettings:
     """inner epochs over each step's samples (TRL's name)"""
     minibatch_size: int = 16
     """chunks per backward pass; memory stays flat as groups grow"""
-    steps: int = 6000
-    """GRPO steps of the run"""
-    env_step_budget: int = 0
-    """stop once the run has taken this many env steps (0 = no limit): compare presets at equal budget"""
 
 
 @dataclass(frozen=True)
@@ -278,8 +313,6 @@ class ShardSettings:
     shard_failure: str = "stop"
     """when a rollout shard worker has failed more than env_failure_retries times: `stop` the run with one
     line, or `continue` the step with the groups that arrived (its episodes are logged as `episodes_lost`)"""
-    env_failure_retries: int = 2
-    """restarts of the envs when one fails or its worker dies mid-rollout (the rollout is rerun, same seeds)"""
 
 
 @dataclass(frozen=True)
@@ -299,13 +332,13 @@ class LoggingSettings:
     """also log to Weights & Biases (offline mode unless WANDB_MODE is set)"""
 
 
-TRAIN_SECTIONS = (RuntimeSettings, SamplingSettings, RewardSettings, AdvantageSettings, LossSettings,
-                  OptimizerSettings, ShardSettings, LoggingSettings)
+TRAIN_SECTIONS = (RuntimeSettings, TaskSettings, SamplingSettings, ShapingSettings, RewardSettings, AdvantageSettings,
+                  LossSettings, OptimizerSettings, RunSettings, ShardSettings, LoggingSettings)
 
 
 @dataclass(frozen=True)
-class TrainConfig(LoggingSettings, ShardSettings, OptimizerSettings, LossSettings, AdvantageSettings,
-                  RewardSettings, SamplingSettings, RuntimeSettings):
+class TrainConfig(LoggingSettings, ShardSettings, RunSettings, OptimizerSettings, LossSettings, AdvantageSettings,
+                  RewardSettings, ShapingSettings, SamplingSettings, TaskSettings, RuntimeSettings):
     """`grpo-vla train`: a GRPO run. Presets e1-e6 and recommended (presets.py) are diffs from these
     defaults; `--set key=value` overrides any field of any section."""
 
@@ -339,18 +372,15 @@ class TrainConfig(LoggingSettings, ShardSettings, OptimizerSettings, LossSetting
             raise UserError("rollout_shards must be >= 0, shard_envs >= 1, shard_executor local or slurm")
         if self.shard_failure not in ("stop", "continue"):
             raise UserError(f"shard_failure must be stop or continue, got {self.shard_failure!r}")
-        if (self.max_resample_tries < 0 or self.progress_shaping < 0 or self.reach_shaping < 0
-                or self.env_failure_retries < 0 or self.stall_steps < 0 or self.skip_solved < 0):
-            raise UserError("max_resample_tries, progress_shaping, reach_shaping, env_failure_retries, "
-                            "stall_steps and skip_solved must be >= 0")
-        if self.progress_shaping + self.reach_shaping >= 1:
-            raise UserError(f"progress_shaping + reach_shaping must be < 1 (a near miss must earn less than "
-                            f"a satisfied predicate), got {self.progress_shaping} + {self.reach_shaping}")
+        self.check_shaping()
+        self.check_run()
+        if self.max_resample_tries < 0 or self.stall_steps < 0 or self.skip_solved < 0:
+            raise UserError("max_resample_tries, stall_steps and skip_solved must be >= 0")
         steps = parse_tiers(self.denoise_tiers, self.num_generations)
         if self.tier_weights and len(self.tier_weights) != len(steps):
             raise UserError(f"tier_weights has {len(self.tier_weights)} entries but the group has "
                             f"{len(steps)} members")
-        for name in ("tasks_per_step", "num_iterations", "minibatch_size", "steps", "save_every", "fpo_samples"):
+        for name in ("tasks_per_step", "num_iterations", "minibatch_size", "save_every", "fpo_samples"):
             if getattr(self, name) < 1:
                 raise UserError(f"{name} must be >= 1")
         if self.dual_clip is not None and self.dual_clip <= 1:
@@ -361,6 +391,82 @@ class TrainConfig(LoggingSettings, ShardSettings, OptimizerSettings, LossSetting
     @property
     def steps_per_member(self) -> list[int]:
         return parse_tiers(self.denoise_tiers, self.num_generations)
+
+
+STEER_ACTOR_INPUTS = ("state", "state+time")
+STEER_REWARDS = ("success", "progress")
+
+
+@dataclass(frozen=True)
+class SteerSettings:
+    """Noise steering (`steer`): SAC picks each chunk's initial flow noise; the VLA's weights never move."""
+
+    noise_bound: float = 1.0
+    """the actor's noise lies in [-noise_bound, noise_bound] (tanh-squashed); DSRL used 1 to 1.5"""
+    steer_positions: int = 0
+    """chunk positions whose noise the actor sets (0 = all of them); later positions repeat the last steered
+    row (DSRL's pi0 code). Only the real action dims are steered; lerobot's padding keeps the episode's draw"""
+    actor_inputs: str = "state"
+    """what the actor and critic see: the policy's `state` (robot + goal positions with a privileged-state
+    policy), or `state+time` (plus the fraction of the episode's steps used)"""
+    steer_reward: str = "success"
+    """per chunk: `success` (DSRL's: -1, and 0 on the chunk that succeeds, which ends the episode) or
+    `progress` (`success` plus the chunk's change in goal progress, ShapingSettings)"""
+    gamma: float = 0.99
+    """discount per chunk"""
+    utd: int = 20
+    """update-to-data ratio: SAC gradient steps per chunk collected (DSRL: 20)"""
+    warmup_env_steps: int = 5000
+    """env steps rolled out with the SFT's own N(0, I) noise, before the actor acts and before any update"""
+    batch_size: int = 256
+    """transitions per SAC gradient step"""
+    learning_rate: float = 3e-4
+    """Adam learning rate of actor, critics and entropy coefficient"""
+    tau: float = 0.005
+    """Polyak rate of the target critics"""
+    hidden_sizes: tuple[int, ...] = (256, 256)
+    """hidden layers of the actor and of each of the two critics"""
+    buffer_size: int = 100000
+    """replay buffer capacity in chunks (transitions); checkpointed whole"""
+    target_entropy: float | None = 0.0
+    """SAC's entropy target (DSRL: 0); None = stable-baselines3's -(action dims)"""
+    ent_coef_init: float = 0.1
+    """initial entropy coefficient; tuned automatically towards target_entropy"""
+
+
+STEER_SECTIONS = (RuntimeSettings, TaskSettings, SteerSettings, ShapingSettings, RunSettings, LoggingSettings)
+
+
+@dataclass(frozen=True)
+class SteerConfig(LoggingSettings, RunSettings, ShapingSettings, SteerSettings, TaskSettings, RuntimeSettings):
+    """`grpo-vla steer`: noise-space RL (DSRL) on a frozen policy: `--set key=value` overrides any field."""
+
+    policy: str = "HuggingFaceVLA/smolvla_libero"
+    """the SFT policy to steer, frozen (hub id, local directory, or `tiny`): never a random one by default"""
+    exp: str = "steer"
+    """recorded for reports: steer runs are told apart from GRPO presets by it"""
+
+    def __post_init__(self) -> None:
+        self.check_runtime()
+        self.check_shaping()
+        self.check_run()
+        if self.actor_inputs not in STEER_ACTOR_INPUTS:
+            raise UserError(f"actor_inputs must be one of {', '.join(STEER_ACTOR_INPUTS)}, got {self.actor_inputs!r}")
+        if self.steer_reward not in STEER_REWARDS:
+            raise UserError(f"steer_reward must be one of {', '.join(STEER_REWARDS)}, got {self.steer_reward!r}")
+        if not self.noise_bound > 0:
+            raise UserError(f"noise_bound must be > 0, got {self.noise_bound}")
+        if not 0 <= self.gamma <= 1 or not 0 < self.tau <= 1:
+            raise UserError("gamma must be in [0, 1] and tau in (0, 1]")
+        if self.steer_positions < 0 or self.warmup_env_steps < 0:
+            raise UserError("steer_positions and warmup_env_steps must be >= 0")
+        for name in ("utd", "batch_size", "buffer_size", "save_every"):
+            if getattr(self, name) < 1:
+                raise UserError(f"{name} must be >= 1")
+        if not self.hidden_sizes or min(self.hidden_sizes) < 1:
+            raise UserError(f"hidden_sizes must be one or more positive layer widths, got {self.hidden_sizes}")
+        if not self.learning_rate > 0 or not self.ent_coef_init > 0:
+            raise UserError("learning_rate and ent_coef_init must be > 0")
 
 
 def field_docs(cls: type) -> dict[str, str]:
@@ -390,7 +496,8 @@ def settings_markdown() -> str:
              "against it. `grpo-vla train --set KEY=VALUE` (or a YAML `--config`) sets any `train` setting; "
              "rollout and eval take theirs as options. Presets (`grpo_cli/presets.py`) are diffs from the "
              "defaults below.", ""]
-    sections = [*TRAIN_SECTIONS[:1], RolloutConfig, EvalConfig, *TRAIN_SECTIONS[1:], TrainConfig]
+    sections = [*TRAIN_SECTIONS[:1], RolloutConfig, EvalConfig, *TRAIN_SECTIONS[1:], TrainConfig, SteerSettings,
+                SteerConfig]
     for cls in sections:
         own = field_docs(cls)
         defaults = {f.name: f.default for f in dataclasses.fields(cls)}

@@ -71,6 +71,8 @@ class Trajectory:
     stalled: bool = False  # ended early by the stall rule (training only; EnvWorker.stall_steps)
     progress: float = 0.0
     """goal progress at the end (LiberoEnv.progress with the slots' shaping); 1.0 on success"""
+    chunk_progress: list[float] = field(default_factory=list)  # C: goal progress after each chunk
+    final_state: np.ndarray | None = None  # (S,) the observation after the last action (not in `states`)
 
     @property
     def length(self) -> int:

@@ -133,10 +133,11 @@ def _convert(name: str, raw: Any, annotation: Any) -> Any:
     return annotation(raw)
 
 
-def resolve(exp: str | None, overrides: dict[str, Any]) -> TrainConfig:
-    """Preset (if any) + overrides -> validated TrainConfig. Unknown keys list the valid ones."""
-    hints = typing.get_type_hints(TrainConfig)
-    fields = {f.name for f in dataclasses.fields(TrainConfig)}
+def resolve(exp: str | None, overrides: dict[str, Any], config: type = TrainConfig) -> Any:
+    """Preset (if any) + overrides -> a validated `config` (TrainConfig; SteerConfig has no presets).
+    Unknown keys list the valid ones."""
+    hints = typing.get_type_hints(config)
+    fields = {f.name for f in dataclasses.fields(config)}
     values = preset(exp) if exp else {}
     for key, raw in overrides.items():
         if key not in fields:
@@ -145,7 +146,7 @@ def resolve(exp: str | None, overrides: dict[str, Any]) -> TrainConfig:
             values[key] = _convert(key, raw, hints[key])
         except (ValueError, TypeError, StopIteration):
             raise UserError(f"bad value {raw!r} for {key} (expected {hints[key]})") from None
-    return TrainConfig(**values)
+    return config(**values)
 
 
 def parse_sets(items: tuple[str, ...]) -> dict[str, str]:

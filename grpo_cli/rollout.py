@@ -47,6 +47,10 @@ class _Wave:
         batch = adapter.preprocess([obs[i] for i in lane], [wave[i].task.language for i in lane])
         prefix = adapter.encode_prefix(batch)
         noise = adapter.initial_noise([gens[i] for i in lane])
+        if adapter.noise_actor is not None:  # a steered policy: its actor sets the noise (policies/noise_actor.py)
+            noise = adapter.noise_actor.steer(noise, np.stack([obs[i][STATE_KEY] for i in lane]),
+                                              [self.trajs[i].length / self.limits[i] for i in lane],
+                                              [gens[i] for i in lane])
         chains = adapter.denoise(prefix, noise, [wave[i].denoise_steps for i in lane], sde_noise=self.sde_noise,
                                  generators=[gens[i] for i in lane])
         actions = adapter.unnormalize(torch.stack([c[-1] for c in chains]))  # (B, H, Da)
@@ -73,6 +77,8 @@ class _Wave:
             traj.actions += list(self.chunks[i][: len(rewards)])
             traj.rewards += rewards
             traj.success, traj.progress, traj.stalled = success, progress, stalled
+            traj.chunk_progress.append(progress)
+            traj.final_state = after[-1]
             if success or stalled or traj.length >= self.limits[i]:
                 if on_episode:
                     on_episode(traj)

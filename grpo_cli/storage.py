@@ -227,12 +227,16 @@ def read_demo(g: h5py.Group, task: Any) -> Trajectory:
 
 # --- checkpoints --------------------------------------------------------------------------------------
 
-def write_checkpoint(path: str | Path, *, step: int, params: dict[str, Any], optimizer_state: dict[str, Any],
+def write_checkpoint(path: str | Path, *, step: int, params: dict[str, Any], optimizer_state: dict[str, Any] | None,
                      param_names: list[str], config_json: str, policy: dict[str, Any],
                      reference: dict[str, Any] | None, replay: dict[str, list[Trajectory]],
-                     extra: dict[str, Any], value_buffer: Sequence[tuple[np.ndarray, np.ndarray]] = ()) -> Path:
+                     extra: dict[str, Any], value_buffer: Sequence[tuple[np.ndarray, np.ndarray]] = (),
+                     optimizers: dict[str, dict[str, Any]] | None = None,
+                     arrays: dict[str, np.ndarray] | None = None) -> Path:
     """Parameters by name, AdamW state, step, config, identities, the replay pool and the chunk value's
-    buffer (`advantage_baseline = value`: per step, chunk-start states and their episodes' rewards); atomic."""
+    buffer (`advantage_baseline = value`: per step, chunk-start states and their episodes' rewards); atomic.
+    `optimizers` (more named optimizers) and `arrays` (named arrays) hold what other trainers keep: a steer
+    run's SAC optimizers and replay buffer."""
     import torch
 
     path = Path(path)
@@ -244,13 +248,13 @@ def write_checkpoint(path: str | Path, *, step: int, params: dict[str, Any], opt
         pg = f.create_group("params")
         for name, tensor in params.items():
             pg.create_dataset(name, data=tensor.detach().cpu().numpy())
-        og = f.create_group("optimizer")
-        og.attrs["param_groups"] = json.dumps(optimizer_state["param_groups"])
-        og.attrs["param_names"] = json.dumps(param_names)
-        for idx, state in optimizer_state["state"].items():
-            sg = og.create_group(f"state/{idx}")
-            for key, value in state.items():
-                sg.create_dataset(key, data=value.detach().cpu().numpy() if torch.is_tensor(value) else value)
+        if optimizer_state is not None:
+            _write_optimizer(f.create_group("optimizer"), optimizer_state)
+            f["optimizer"].attrs["param_names"] = json.dumps(param_names)
+        for name, state in (optimizers or {}).items():
+            _write_optimizer(f.create_group(f"optimizers/{name}"), state)
+        for name, array in (arrays or {}).items():
+            f.create_dataset(f"arrays/{name}", data=array)
         f.create_dataset("rng/torch", data=torch.get_rng_state().numpy())
         rg = f.create_group("replay")
         n = 0
@@ -265,14 +269,31 @@ def write_checkpoint(path: str | Path, *, step: int, params: dict[str, Any], opt
     return path
 
 
+def _write_optimizer(g: h5py.Group, state: dict[str, Any]) -> None:
+    """A torch optimizer's state_dict: param_groups as JSON, each parameter's state as datasets."""
+    import torch
+
+    g.attrs["param_groups"] = json.dumps(state["param_groups"])
+    for idx, values in state["state"].items():
+        sg = g.create_group(f"state/{idx}")
+        for key, value in values.items():
+            sg.create_dataset(key, data=value.detach().cpu().numpy() if torch.is_tensor(value) else value)
+
+
+def _read_optimizer(g: h5py.Group) -> dict[str, Any]:
+    import torch
+
+    state = {int(idx): {k: torch.as_tensor(v[()]) for k, v in sg.items()} for idx, sg in g.get("state", {}).items()}
+    return {"state": state, "param_groups": json.loads(g.attrs["param_groups"])}
+
+
 def read_checkpoint(path: str | Path, task_lookup: Any = None) -> dict[str, Any]:
     """Everything `write_checkpoint` stored; `task_lookup(task_id)` rebuilds replay trajectories."""
     import torch
 
     with open_kind(path, "checkpoint") as f:
         params = {name: torch.from_numpy(ds[()]) for name, ds in f["params"].items()}
-        og = f["optimizer"]
-        state = {int(idx): {k: torch.as_tensor(v[()]) for k, v in g.items()} for idx, g in og.get("state", {}).items()}
+        og = f.get("optimizer")
         replay: dict[str, list[Trajectory]] = {}
         if task_lookup is not None:
             for name in sorted(f["replay"], key=lambda s: int(s.split("_")[1])):
@@ -281,8 +302,11 @@ def read_checkpoint(path: str | Path, task_lookup: Any = None) -> dict[str, Any]
         vb = f.get("value_buffer", {})
         value_buffer = [(vb[k]["states"][()], vb[k]["rewards"][()]) for k in sorted(vb, key=lambda s: int(s[5:]))]
         return {"step": int(f.attrs["step"]), "params": params,
-                "optimizer": {"state": state, "param_groups": json.loads(og.attrs["param_groups"])},
-                "param_names": json.loads(og.attrs["param_names"]), "config": json.loads(f.attrs["config"]),
+                "optimizer": _read_optimizer(og) if og is not None else None,
+                "param_names": json.loads(og.attrs["param_names"]) if og is not None else list(params),
+                "optimizers": {name: _read_optimizer(g) for name, g in f.get("optimizers", {}).items()},
+                "arrays": {name: ds[()] for name, ds in f.get("arrays", {}).items()},
+                "config": json.loads(f.attrs["config"]),
                 "policy": json.loads(f.attrs["policy"]), "reference": json.loads(f.attrs["reference"]),
                 "extra": json.loads(f.attrs["extra"]), "rng_torch": torch.from_numpy(f["rng/torch"][()]),
                 "replay": replay, "value_buffer": value_buffer}

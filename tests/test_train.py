@@ -15,7 +15,8 @@ from grpo_cli.errors import UserError
 from grpo_cli.groups import Member, ReplayPool, SolvedInitStates, assemble_rewards, filtered_groups
 from grpo_cli.policies.smolvla import module_of
 from grpo_cli.presets import PRESETS, resolve
-from grpo_cli.train import Trainer, checkpoints, train
+from grpo_cli.runs import checkpoints
+from grpo_cli.train import Trainer, train
 
 SMOKE = {"policy": "tiny", "tasks": "0", "max_steps": "10", "n_action_steps": "5", "image_size": "64",
          "num_envs": "1", "save_every": "1"}

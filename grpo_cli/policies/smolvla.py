@@ -32,6 +32,7 @@ import torch
 from grpo_cli import grpo
 from grpo_cli.envs.libero import PRIVILEGED_STATE_DIM
 from grpo_cli.errors import UserError
+from grpo_cli.policies.noise_actor import ACTOR_FILE, NoiseActor
 from grpo_cli.policies.offline_vlm import SMOLVLM2_500M, TinyVLMSpec, write_tiny_vlm
 from grpo_cli.storage import open_kind
 
@@ -79,6 +80,7 @@ class SmolVLAAdapter:
         self.action_dim: int = self.config.output_features["action"].shape[0]
         self.image_keys = [k for k in IMAGE_KEYS if k in self.config.input_features]
         self.state_dim: int = self.config.input_features[STATE_KEY].shape[0]
+        self.noise_actor: NoiseActor | None = None  # set: a steered policy, its actor picks each chunk's noise
 
     @property
     def privileged_state(self) -> bool:
@@ -120,7 +122,17 @@ class SmolVLAAdapter:
             _rewrite_json(directory / "config.json", lambda c: c.update(vlm_model_name=VLM_SUBDIR))
             _rewrite_json(directory / "policy_preprocessor.json", _relative_tokenizer)
         (directory / "grpo_vla_identity.json").write_text(json.dumps(self.identity, indent=1))
+        if self.noise_actor is not None:  # a steered policy: its actor travels beside the frozen VLA
+            self.noise_actor.save(directory / ACTOR_FILE)
         return directory
+
+    def attach_actor(self, path: str | Path, source: str) -> SmolVLAAdapter:
+        """Make this (frozen) policy a steered one: its noise actor from a steer checkpoint or actor file."""
+        self.noise_actor = NoiseActor.load(path, self.state_dim, self.chunk_size, self.action_dim)
+        self.identity = {"source": source, "kind": "steered", "params_sha1": self.identity["params_sha1"],
+                         "actor": {**self.noise_actor.source, "actor_sha1": self.noise_actor.digest()},
+                         "lineage": self.identity}
+        return self
 
     # --- observation -> model batch -------------------------------------------------------------------
     def preprocess(self, observations: Sequence[dict[str, np.ndarray]], tasks: Sequence[str],
@@ -364,13 +376,21 @@ def _load_pretrained(source: str, device: str, local_vlm: Path | None) -> SmolVL
     saved = Path(source) / "grpo_vla_identity.json"
     if saved.is_file():
         identity["lineage"] = json.loads(saved.read_text())
-    return SmolVLAAdapter(policy, pre, post, identity)
+    adapter = SmolVLAAdapter(policy, pre, post, identity)
+    actor = Path(source) / ACTOR_FILE
+    return adapter.attach_actor(actor, source) if actor.is_file() else adapter
 
 
 def _load_checkpoint(path: Path, device: str) -> SmolVLAAdapter:
-    """A grpo-vla training checkpoint: its base policy with the checkpoint's parameters."""
+    """A grpo-vla training checkpoint: its base policy with the checkpoint's parameters; a `steer`
+    checkpoint: its frozen base policy, unchanged, steered by the checkpoint's noise actor."""
     with open_kind(path, "checkpoint") as f:
         base = json.loads(f.attrs["policy"])
+        if json.loads(f.attrs["extra"]).get("algorithm") == "steer":
+            adapter = SmolVLAAdapter.load(base["source"], device=device)
+            if adapter.identity["params_sha1"] != base["params_sha1"]:
+                raise UserError(f"{path} steers {base['source']}, whose parameters have changed since the run")
+            return adapter.attach_actor(path, str(path))
         params = {name: torch.from_numpy(ds[()]) for name, ds in f["params"].items()}
         step = int(f.attrs["step"])
     adapter = SmolVLAAdapter.load(base["source"], device=device)
