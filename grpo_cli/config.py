@@ -424,8 +424,8 @@ class SteerSettings:
     """Adam learning rate of actor, critics and entropy coefficient"""
     tau: float = 0.005
     """Polyak rate of the target critics"""
-    hidden_sizes: tuple[int, ...] = (256, 256)
-    """hidden layers of the actor and of each of the two critics"""
+    hidden_sizes: tuple[int, ...] = (128, 128)
+    """hidden layers of the actor and of each of the two critics (DSRL's LIBERO runs: 128 wide)"""
     buffer_size: int = 100000
     """replay buffer capacity in chunks (transitions); checkpointed whole"""
     target_entropy: float | None = 0.0

@@ -49,8 +49,16 @@ PROTOCOL: dict[str, Any] = {
     # The CPU configuration of every learning run so far (run.py), not a method setting:
     "image_size": 64, "max_steps": 280, "n_action_steps": 10, "num_envs": 2,
 }
-# The preregistered version of `recommended` this checkout measures (PREREGISTRATION.md): one results file each
-VERSION = 3
+# The preregistered methods this checkout measures (PREREGISTRATION.md), each its own results file: the arm
+# `recommended` (GRPO, `grpo-vla train`, version 3) and the arm `steer` (the noise actor, `grpo-vla steer`).
+# A method's protocol is PROTOCOL with its own env-step budget.
+METHODS: dict[str, dict[str, Any]] = {
+    "recommended": {"version": 3, "command": "train", "env_step_budget": 30000, "results": "heldout_v3.json",
+                    "out": "runs/heldout_v3"},
+    "steer": {"version": 1, "command": "steer", "env_step_budget": 100000, "results": "heldout_steer.json",
+              "out": "runs/heldout_steer"},
+}
+VERSION = METHODS["recommended"]["version"]
 # --quick: a few-minute version of the protocol for tests (not a result)
 QUICK: dict[str, Any] = {"train_init_states": [0, 1], "eval_init_states": [30], "eval_episodes": 2, "sft_steps": 20,
                          "env_step_budget": 120, "max_steps": 30, "num_envs": 1}
@@ -81,7 +89,10 @@ def eval_arm(path: Path) -> dict[str, Any]:
 
     data = read_eval(path)
     episodes = data["episodes"]
+    solved = {int(i) for i, ok in zip(episodes["init_state"], episodes["success"], strict=True) if ok}
     return {"successes": int(episodes["success"].sum()), "episodes": int(len(episodes["success"])),
+            # the ceiling of a noise actor: the share of init states where any of the eval's noise seeds succeeded
+            "init_states_any_success": round(len(solved) / len(set(episodes["init_state"].tolist())), 4),
             "outcomes": [int(x) for x in episodes["success"]],
             "episode_keys": [[int(i), int(s)] for i, s in zip(episodes["init_state"], episodes["noise_seed"],
                                                                strict=True)],
@@ -96,7 +107,9 @@ def run_summary(run_dir: Path) -> dict[str, Any]:
             "drift_pct": metrics[-1]["drift_pct"],
             "training_success_first_half": sum(m["success_rate"] for m in metrics[:half]) / half,
             "training_success_second_half": sum(m["success_rate"] for m in second) / len(second),
-            "clip_ratio_mean": sum(m.get("clip_ratio/region_mean", 0.0) for m in metrics) / len(metrics)}
+            "clip_ratio_mean": sum(m.get("clip_ratio/region_mean", 0.0) for m in metrics) / len(metrics),
+            "training_success_curve": [round(m["success_rate"], 4) for m in metrics],
+            **({"gradient_updates": metrics[-1]["gradient_updates"]} if "gradient_updates" in metrics[-1] else {})}
 
 
 def summarize(units: list[dict[str, Any]]) -> dict[str, Any]:
@@ -138,8 +151,13 @@ def main() -> None:
     parser.add_argument("--tasks", default="2,4,6,8")
     parser.add_argument("--rl-seeds", default="0,1")
     parser.add_argument("--e2-seeds", default="", help="e2 is the same in every version: version 1 measured it")
-    parser.add_argument("--out", default=f"runs/heldout_v{VERSION}")
-    parser.add_argument("--results", default=f"docs/results/heldout_v{VERSION}.json")
+    parser.add_argument("--method", choices=tuple(METHODS), default="recommended",
+                        help="the arm measured: GRPO's `recommended` or the noise actor `steer`")
+    parser.add_argument("--out", help="default: the method's (runs/heldout_v3, runs/heldout_steer)")
+    parser.add_argument("--results", help="default: the method's (docs/results/heldout_v3.json, heldout_steer.json)")
+    parser.add_argument("--sft-reference", default=None,
+                        help="a results file whose SFT evals this pipeline's must equal, task by task (the same "
+                             "SFT policies, rebuilt by the rule); default for steer: docs/results/heldout.json")
     parser.add_argument("--commit", action="store_true", help="git-commit the results file after each arm")
     parser.add_argument("--quick", action="store_true", help="a few-minute version for tests (not a result)")
     parser.add_argument("--merge", nargs="+", metavar="PART", help="join pipelines' results files into --results")
@@ -152,23 +170,27 @@ def main() -> None:
         write_json(Path(args.results), merged)
         print(f"merged {len(merged['units'])} units from {len(args.merge)} files into {args.results}")
         return
-    proto = dict(PROTOCOL)
+    method = METHODS[args.method]
+    proto = {**PROTOCOL, "env_step_budget": method["env_step_budget"]}
     if args.quick:
         proto.update(QUICK)
-    out, results_path = Path(args.out), Path(args.results)
+    out = Path(args.out or method["out"])
+    results_path = Path(args.results or f"docs/results/{method['results']}")
     out.mkdir(parents=True, exist_ok=True)
     train_states = ",".join(map(str, proto["train_init_states"]))
     eval_states = ",".join(map(str, proto["eval_init_states"]))
     results = json.loads(results_path.read_text()) if results_path.exists() else {}
-    results.setdefault("preset", "recommended")
+    if results.setdefault("preset", args.method) != args.method:
+        sys.exit(f"{results_path} measures {results['preset']}, not {args.method}: give each method its own file")
     results.setdefault("suite", proto["suite"])
     results.setdefault("env_step_budget", proto["env_step_budget"])
     results.setdefault("protocol", proto)
     results.setdefault("units", [])
-    found = results.setdefault("version", 1 if results["units"] else VERSION)  # files before versions were 1
-    if found != VERSION:
-        sys.exit(f"{results_path} holds version {found} of the preset, this checkout measures version {VERSION}: "
-                 "give each version its own results file")
+    # files of `recommended` before versions were version 1
+    found = results.setdefault("version", 1 if results["units"] else method["version"])
+    if found != method["version"]:
+        sys.exit(f"{results_path} holds version {found} of {args.method}, this checkout measures version "
+                 f"{method['version']}: give each version its own results file")
     if results["protocol"] != proto:
         sys.exit(f"{results_path} was measured under another protocol: start a new file (and a new "
                  "preregistration entry) rather than mixing them")
@@ -213,7 +235,7 @@ def main() -> None:
                     time.sleep(10)
 
     # Every task's `recommended` units first, then the e2 arms: the headline's units finish earliest.
-    passes = [(task, [(s, "recommended") for s in seeds]) for task in [int(t) for t in args.tasks.split(",")]]
+    passes = [(task, [(s, args.method) for s in seeds]) for task in [int(t) for t in args.tasks.split(",")]]
     passes += [(task, [(s, "e2") for s in e2_seeds]) for task, _ in passes]
     for task, arms in passes:
         todo = [(s, arm) for s, arm in arms if arm not in unit(task, s)]
@@ -234,6 +256,14 @@ def main() -> None:
         stage(f"task{task} eval_sft", ["eval", "--policy", str(policy), "--tasks", str(task), *common_eval,
                                        "--out", str(d / "eval_sft.h5")], d / "eval_sft.h5", log, times)
         sft = eval_arm(d / "eval_sft.h5")
+        reference = args.sft_reference or ("docs/results/heldout.json" if args.method == "steer" and not args.quick
+                                           else None)
+        if reference:
+            recorded = [u["sft"]["outcomes"] for u in json.loads(Path(reference).read_text())["units"]
+                        if u["task"] == task and "sft" in u]
+            if recorded and recorded[0] != sft["outcomes"]:
+                sys.exit(f"task {task}: the rebuilt SFT policy's eval differs from {reference}'s; it is not the "
+                         "same SFT policy")
         earlier = [u["sft"] for u in results["units"] if u["task"] == task and "sft" in u]
         if earlier and earlier[0]["outcomes"] != sft["outcomes"]:  # a rebuilt SFT policy must be the same one
             sys.exit(f"task {task}: this SFT policy's eval differs from the one recorded in {results_path}; "
@@ -243,14 +273,15 @@ def main() -> None:
         for seed, arm in todo:
             run_dir = d / f"run_{arm}_seed{seed}"
             start = time.perf_counter()
+            command = METHODS[arm]["command"] if arm in METHODS else "train"
             train_stage(f"task{task} {arm} seed {seed}", run_dir, [
-                "--exp", arm, "--policy", str(policy),
+                *(["--exp", arm] if command == "train" else []), "--policy", str(policy),
                 *(a for kv in [f"suite={proto['suite']}", f"tasks={task}", f"init_states={train_states}",
                                f"seed={seed}", f"env_step_budget={proto['env_step_budget']}", "steps=100000",
                                f"image_size={proto['image_size']}", f"max_steps={proto['max_steps']}",
                                f"n_action_steps={proto['n_action_steps']}", f"num_envs={proto['num_envs']}",
                                f"parallel_envs={'true' if proto['num_envs'] > 1 else 'false'}", "save_every=5"]
-                  for a in ("--set", kv))], log, times)
+                  for a in ("--set", kv))], log, times, command=command)
             train_s = time.perf_counter() - start
             last = sorted((run_dir / "checkpoints").glob("step_*.h5"))[-1]
             ev = d / f"eval_{arm}_seed{seed}.h5"
@@ -261,7 +292,7 @@ def main() -> None:
                      "wall_s": {"train": round(train_s), "eval": round(time.perf_counter() - start)}}
             record(task, seed, arm, value, sft)
     subprocess.run([*CLI, "report", str(results_path), "--out", str(out / "report"),
-                    "--title", "Held-out units: recommended and e2 vs SFT"], check=True)
+                    "--title", f"Held-out units: {args.method} vs SFT"], check=True)
 
 
 if __name__ == "__main__":

@@ -51,13 +51,15 @@ def stage(name: str, args: list[str], output: Path, log: Path, times: dict[str, 
         f.write(f"{time.strftime('%Y-%m-%d %H:%M:%S')}  {name}  {times[name]:.0f}s  {command}\n")
 
 
-def train_stage(name: str, run_dir: Path, train_args: list[str], log: Path, times: dict[str, float]) -> None:
+def train_stage(name: str, run_dir: Path, train_args: list[str], log: Path, times: dict[str, float],
+                command: str = "train") -> None:
     """Train into run_dir until it is done: resume a run that was interrupted, else start it with train_args
-    (skipped when RUN_DIR/done exists). `done` marks a finished run: a checkpoint alone may be mid-run."""
+    (skipped when RUN_DIR/done exists). `done` marks a finished run: a checkpoint alone may be mid-run.
+    command: `train` (GRPO) or `steer` (the noise actor); both resume the same way."""
     if (run_dir / "config.json").exists() and not (run_dir / "done").exists():
-        stage(f"resume {name}", ["train", "--resume", "--run-dir", str(run_dir)], run_dir / "done", log, times)
+        stage(f"resume {name}", [command, "--resume", "--run-dir", str(run_dir)], run_dir / "done", log, times)
         (run_dir / "done").touch()
-    stage(f"train {name}", ["train", *train_args, "--run-dir", str(run_dir)], run_dir / "done", log, times)
+    stage(f"{command} {name}", [command, *train_args, "--run-dir", str(run_dir)], run_dir / "done", log, times)
     (run_dir / "done").touch()
 
 

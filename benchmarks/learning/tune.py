@@ -25,7 +25,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from heldout import PROTOCOL, QUICK, code_commit, eval_arm, git, run_summary, write_json  # noqa: E402
+from heldout import METHODS, PROTOCOL, QUICK, code_commit, eval_arm, git, run_summary, write_json  # noqa: E402
 from run import stage, train_stage  # noqa: E402
 
 TASK = 0
@@ -37,6 +37,9 @@ def main() -> None:
     parser.add_argument("--name", required=True, help="the candidate's name in the results file")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="override of `recommended` (repeatable)")
+    parser.add_argument("--method", choices=tuple(METHODS), default="recommended",
+                        help="`recommended` (GRPO: the preset plus --set) or `steer` (the noise actor's settings)")
+    parser.add_argument("--env-step-budget", type=int, default=None, help="default: the method's held-out budget")
     parser.add_argument("--rl-seeds", default="0,1")
     parser.add_argument("--split", choices=("train", "inner"), default="inner",
                         help="score on RL's own init states (train) or on ones SFT and RL never saw (inner)")
@@ -48,7 +51,9 @@ def main() -> None:
     if any("=" not in kv for kv in args.set):
         sys.exit(f"--set takes KEY=VALUE, got {next(kv for kv in args.set if '=' not in kv)!r}")
     overrides = dict(kv.split("=", 1) for kv in args.set)
-    proto = {**PROTOCOL, **(QUICK if args.quick else {})}
+    method = METHODS[args.method]
+    proto = {**PROTOCOL, "env_step_budget": args.env_step_budget or method["env_step_budget"],
+             **(QUICK if args.quick else {})}
     tune_states = proto["train_init_states"]  # 0-29: the only init states tuning may see
     episodes = EPISODES_PER_INIT_STATE * len(tune_states)  # 60
     if args.split == "train":
@@ -59,6 +64,9 @@ def main() -> None:
         fit_states, eval_states = tune_states[:cut], tune_states[cut:]
         proto["tuning_split"] = {"fit_init_states": fit_states, "eval_init_states": eval_states}
         default_out, default_results = "runs/tune_inner", "docs/results/tuning_inner.json"
+    if args.method != "recommended":  # each method its own tuning file and runs
+        default_out, default_results = f"{default_out}_{args.method}", default_results.replace(".json",
+                                                                                              f"_{args.method}.json")
     out, results_path = Path(args.out or default_out) / f"task{TASK}", Path(args.results or default_results)
     out.mkdir(parents=True, exist_ok=True)
     fit, scored = ",".join(map(str, fit_states)), ",".join(map(str, eval_states))
@@ -95,8 +103,9 @@ def main() -> None:
                     "image_size": proto["image_size"], "max_steps": proto["max_steps"],
                     "n_action_steps": proto["n_action_steps"], "num_envs": proto["num_envs"],
                     "parallel_envs": str(proto["num_envs"] > 1).lower(), "save_every": 5, **overrides}
-        train_stage(f"{args.name} seed {seed}", run_dir, ["--exp", "recommended", "--policy", str(policy),
-                    *(a for k, v in settings.items() for a in ("--set", f"{k}={v}"))], log, times)
+        train_stage(f"{args.name} seed {seed}", run_dir, [
+            *(["--exp", "recommended"] if method["command"] == "train" else []), "--policy", str(policy),
+            *(a for k, v in settings.items() for a in ("--set", f"{k}={v}"))], log, times, command=method["command"])
         train_s = time.perf_counter() - start
         last = sorted((run_dir / "checkpoints").glob("step_*.h5"))[-1]
         ev = out / f"eval_{args.name}_seed{seed}.h5"
