@@ -113,6 +113,8 @@ def main() -> None:
         stage(f"eval {args.name} seed {seed}", ["eval", "--policy", str(last), *common_eval, "--out", str(ev)],
               ev, log, times)
         arm = eval_arm(ev)
+        if results_path.exists():  # re-read: another tuning process may have added its arm meanwhile
+            results["arms"] = json.loads(results_path.read_text())["arms"]
         gained = sum(r > s for r, s in zip(arm["outcomes"], sft["outcomes"], strict=True))
         lost = sum(r < s for r, s in zip(arm["outcomes"], sft["outcomes"], strict=True))
         results["arms"].append({
