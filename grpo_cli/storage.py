@@ -287,6 +287,13 @@ def _read_optimizer(g: h5py.Group) -> dict[str, Any]:
     return {"state": state, "param_groups": json.loads(g.attrs["param_groups"])}
 
 
+def _datasets(g: h5py.Group) -> dict[str, np.ndarray]:
+    """Every dataset under g, by its path relative to g ("replay/actions")."""
+    found: dict[str, np.ndarray] = {}
+    g.visititems(lambda name, obj: found.__setitem__(name, obj[()]) if isinstance(obj, h5py.Dataset) else None)
+    return found
+
+
 def read_checkpoint(path: str | Path, task_lookup: Any = None) -> dict[str, Any]:
     """Everything `write_checkpoint` stored; `task_lookup(task_id)` rebuilds replay trajectories."""
     import torch
@@ -305,7 +312,7 @@ def read_checkpoint(path: str | Path, task_lookup: Any = None) -> dict[str, Any]
                 "optimizer": _read_optimizer(og) if og is not None else None,
                 "param_names": json.loads(og.attrs["param_names"]) if og is not None else list(params),
                 "optimizers": {name: _read_optimizer(g) for name, g in f.get("optimizers", {}).items()},
-                "arrays": {name: ds[()] for name, ds in f.get("arrays", {}).items()},
+                "arrays": _datasets(f["arrays"]) if "arrays" in f else {},
                 "config": json.loads(f.attrs["config"]),
                 "policy": json.loads(f.attrs["policy"]), "reference": json.loads(f.attrs["reference"]),
                 "extra": json.loads(f.attrs["extra"]), "rng_torch": torch.from_numpy(f["rng/torch"][()]),
