@@ -107,6 +107,24 @@ def test_bad_inputs_exit_nonzero_with_one_line(tmp_path: Path, args, env, messag
     assert not (tmp_path / "x.h5").exists()
 
 
+@pytest.mark.parametrize("args, message", [
+    (["train", "--exp", "e2", "--policy", "tiny", "--set", "suite=libero_99"], "unknown LIBERO suite 'libero_99'"),
+    (["train", "--exp", "e2", "--policy", "tiny", "--set", "tasks=12"], "task 12 is out of range"),
+    (["steer", "--policy", "tiny", "--set", "tasks=12"], "task 12 is out of range"),
+    (["train", "--exp", "e2", "--policy", "tiny", "--set", "denoise_tiers=1x"], "bad denoise tiers '1x'"),
+    (["rollout", "--denoise-tiers", "1x"], "bad denoise tiers '1x'"),
+])
+def test_a_dry_run_refuses_what_the_run_would(tmp_path: Path, args, message) -> None:
+    """`--dry-run` is not a way around the checks: it refuses a bad suite, task or tier spec in one line."""
+    dry = ["--dry-run", "--run-dir", str(tmp_path / "r")]
+    extra = ["--out", str(tmp_path / "x.h5")] if args[0] == "rollout" else dry
+    proc = run(*args, *extra)
+    assert proc.returncode == 2, proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and message in lines[0], proc.stderr
+    assert not proc.stdout.strip() and not (tmp_path / "r").exists()
+
+
 def test_existing_output_is_kept_without_overwrite(rollout_file: Path) -> None:
     before = rollout_file.read_bytes()
     proc = run("rollout", "--out", str(rollout_file))

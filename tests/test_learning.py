@@ -269,7 +269,8 @@ def test_heldout_merge_joins_two_pipelines_and_refuses_mismatched_parts(tmp_path
     assert merged.returncode == 0, merged.stderr[-2000:]
     data = json.loads(out.read_text())
     assert [(u["task"], u["rl_seed"]) for u in data["units"]] == [(2, 0), (6, 0), (8, 1)]
-    assert data["merged_from"] == [a, b] and data["commit"] == "abc" and " ; " in data["command"]
+    assert data["merged_from"] == [a, b] and data["commit"] == "abc" and "--merge" in data["command"]
+    assert data["part_commands"] == {a: "python heldout.py --results a.json", b: "python heldout.py --results b.json"}
     summary = data["summary"]["recommended"]
     assert summary["n_units"] == 3
     assert summary["mean_delta_points"] == pytest.approx(100 * (2 - 1 + 2) / 6 / 3)  # Δ +2, -1, +2 of 6

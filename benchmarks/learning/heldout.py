@@ -142,7 +142,7 @@ def merge(parts: dict[str, dict[str, Any]]) -> dict[str, Any]:
                 raise ValueError(f"task {key[0]}: the SFT evals of the parts differ (a task's units share one SFT)")
             units.append(u)
     units.sort(key=lambda u: (u["task"], u["rl_seed"]))
-    return {**first, "units": units, "command": " ; ".join(p["command"] for p in parts.values()),
+    return {**first, "units": units, "part_commands": {name: p["command"] for name, p in parts.items()},
             "merged_from": list(parts), "summary": summarize(units)}
 
 
@@ -167,6 +167,7 @@ def main() -> None:
             merged = merge({name: json.loads(Path(name).read_text()) for name in args.merge})
         except (OSError, ValueError, KeyError) as err:
             sys.exit(f"cannot merge: {err}")
+        merged["command"] = "python " + " ".join([sys.argv[0], *sys.argv[1:]])  # the merge itself
         write_json(Path(args.results), merged)
         print(f"merged {len(merged['units'])} units from {len(args.merge)} files into {args.results}")
         return
