@@ -17,7 +17,6 @@ Run it on an otherwise idle machine.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import subprocess
 import sys
@@ -35,7 +34,9 @@ def train_metrics(run_dir: Path, settings: dict[str, str]) -> list[dict[str, flo
     sets = [arg for key, value in settings.items() for arg in ("--set", f"{key}={value}")]
     subprocess.run([sys.executable, "-m", "grpo_cli", "train", "--run-dir", str(run_dir), *sets], check=True,
                    capture_output=True)
-    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    from grpo_cli.storage import read_metrics
+
+    return read_metrics(run_dir / "metrics.jsonl")[0]
 
 
 def main() -> None:

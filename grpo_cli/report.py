@@ -27,6 +27,7 @@ import html
 import json
 import os
 import re
+import sys
 import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -38,7 +39,7 @@ from scipy import stats
 
 from grpo_cli.errors import UserError
 from grpo_cli.stats import across_units, paired_test, unit_comparison, wilson_interval
-from grpo_cli.storage import publish, read_eval
+from grpo_cli.storage import publish, read_eval, read_metrics
 
 ALPHA = 0.05
 CURVES = ["success_rate", "reward", "progress", "frac_reward_zero_std", "kl", "clip_ratio/region_mean",
@@ -143,9 +144,11 @@ def load_run(path: Path, label: str) -> Run:
         raise UserError(f"{path}: not a run directory (needs config.json and metrics.jsonl)")
     try:
         config = json.loads(config_file.read_text())
-        metrics = [json.loads(line) for line in metrics_file.read_text().splitlines() if line.strip()]
     except json.JSONDecodeError as e:
-        raise UserError(f"{path}: unreadable run files ({e})") from None
+        raise UserError(f"{path}: unreadable config.json ({e})") from None
+    metrics, note = read_metrics(metrics_file)  # a preempted run's cut-off last line is dropped, not fatal
+    if note:
+        print(f"{path}: {note}", file=sys.stderr)
     return Run(label or config.get("exp") or path.name, path, config, metrics)
 
 
@@ -174,15 +177,17 @@ def load_column(path: Path, label: str, runs: list[Run], baseline_like: bool = F
     if policy.get("kind") == "imported":
         column.label = label or policy.get("label") or path.stem
         column.drift = policy.get("drift")
-    elif policy.get("kind") == "checkpoint":
-        run_dir = Path(policy["source"]).resolve().parent.parent
+    elif policy.get("kind") in ("checkpoint", "steered"):  # a steered policy's run is its actor's
+        checkpoint = policy["source"] if policy["kind"] == "checkpoint" else policy["actor"]["source"]
+        run_dir = Path(checkpoint).resolve().parent.parent
         column.run = next((r for r in runs if r.path.resolve() == run_dir), None)
         run = column.run
         if run is None and (run_dir / "config.json").is_file() and (run_dir / "metrics.jsonl").is_file():
             run = load_run(run_dir, "")  # not an input: used for the label and the drift only
         if run:
             column.label = label or run.label
-            logged = next((m for m in run.metrics if m["step"] == policy.get("step")), None)
+            step = policy.get("step") if policy["kind"] == "checkpoint" else policy["actor"].get("step")
+            logged = next((m for m in run.metrics if m["step"] == step), None)
             if logged:
                 column.drift = {"total": logged["drift_pct"],
                                 **{k.split("/", 1)[1]: v for k, v in logged.items() if k.startswith("drift/")}}

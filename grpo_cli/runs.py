@@ -25,6 +25,7 @@ import submitit
 
 from grpo_cli.errors import UserError
 from grpo_cli.sinks import Sinks
+from grpo_cli.storage import read_metrics
 
 
 def checkpoints(run_dir: Path) -> list[Path]:
@@ -34,18 +35,6 @@ def checkpoints(run_dir: Path) -> list[Path]:
 def _milestone(path: Path, save_every: int) -> bool:
     """Whether a checkpoint is one of the kept ones (step a multiple of save_every)."""
     return int(path.stem.removeprefix("step_")) % save_every == 0
-
-
-def _complete_lines(path: Path) -> list[str]:
-    """The JSON lines of a metrics file, without a last line cut short by a kill mid-write."""
-    lines = []
-    for line in path.read_text().splitlines():
-        try:
-            json.loads(line)
-        except json.JSONDecodeError:
-            continue
-        lines.append(line)
-    return lines
 
 
 def over_budget(cfg: Any, env_steps: int) -> bool:
@@ -89,11 +78,13 @@ def run_loop(make_trainer: Callable[[], Any], cfg: Any, run_dir: str | Path, res
         # Drop metrics of steps after the checkpoint (a step in flight when the run died).
         env_steps = 0
         if metrics_file.exists():
-            kept = [line for line in _complete_lines(metrics_file)
-                    if json.loads(line)["step"] <= trainer.step_index]
-            env_steps = sum(json.loads(line)["env_steps"] for line in kept)
+            rows, note = read_metrics(metrics_file)
+            if note:
+                log(note)
+            kept = [row for row in rows if row["step"] <= trainer.step_index]
+            env_steps = sum(row["env_steps"] for row in kept)
             tmp = metrics_file.with_suffix(".jsonl.tmp")
-            tmp.write_text("".join(line + "\n" for line in kept))
+            tmp.write_text("".join(json.dumps(row) + "\n" for row in kept))
             tmp.replace(metrics_file)
         next_step_cost = 0  # env steps the next step is expected to take: the last step's count
         while trainer.step_index < cfg.steps and not over_budget(cfg, env_steps + next_step_cost):

@@ -171,6 +171,38 @@ def open_kind(path: str | Path, kind: str) -> h5py.File:
     return f
 
 
+# --- run files ----------------------------------------------------------------------------------------
+def read_metrics(path: str | Path) -> tuple[list[dict[str, Any]], str | None]:
+    """A run's metrics.jsonl: one JSON object per step. A last line cut short (a kill mid-append: no final
+    newline, not JSON) is dropped, with a note saying so; any other unreadable line is corruption and a
+    one-line UserError. Every reader (resume, report, the learning scripts) goes through here."""
+    path = Path(path)
+    try:
+        data = path.read_bytes()
+    except OSError as err:
+        raise UserError(f"{path}: unreadable ({err.strerror})") from None
+    lines = data.split(b"\n")
+    cut = lines.pop()  # b"" when the file ends with a newline, else a line whose append was cut short
+    rows, note = [], None
+    for number, line in enumerate(lines, 1):
+        try:
+            row = json.loads(line.decode())
+        except (UnicodeDecodeError, json.JSONDecodeError):
+            raise UserError(f"{path}: line {number} is corrupt (not JSON); refusing to guess") from None
+        if not isinstance(row, dict) or "step" not in row:
+            raise UserError(f"{path}: line {number} is not a step's metrics")
+        rows.append(row)
+    if cut:
+        try:
+            row = json.loads(cut.decode())
+            if not isinstance(row, dict) or "step" not in row:
+                raise ValueError
+            rows.append(row)  # complete, just without its newline
+        except ValueError:  # JSON and Unicode decoding errors are ValueErrors
+            note = f"{path.name}: dropped a last line cut short ({len(cut)} bytes; a kill mid-write)"
+    return rows, note
+
+
 # --- eval files ---------------------------------------------------------------------------------------
 EPISODE_FIELDS = {"task_id": np.int32, "init_state": np.int32, "success": np.uint8,
                   "episode_length": np.int32, "noise_seed": np.uint64}

@@ -100,7 +100,9 @@ def eval_arm(path: Path) -> dict[str, Any]:
 
 
 def run_summary(run_dir: Path) -> dict[str, Any]:
-    metrics = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    from grpo_cli.storage import read_metrics
+
+    metrics, _ = read_metrics(run_dir / "metrics.jsonl")
     half = max(len(metrics) // 2, 1)
     second = metrics[half:] or metrics
     return {"train_steps": len(metrics), "env_steps": int(sum(m["env_steps"] for m in metrics)),

@@ -184,7 +184,7 @@ def main() -> None:
 
     from grpo_cli.report import episode_outcomes
     from grpo_cli.stats import paired_test, wilson_interval
-    from grpo_cli.storage import read_eval
+    from grpo_cli.storage import read_eval, read_metrics
 
     def compare(s: int, n: int, base: tuple[int, int]) -> tuple[float, float]:
         """(points over the base, two-sided Fisher p)"""
@@ -216,7 +216,7 @@ def main() -> None:
             entry["paired_vs_sft_same_sampler"] = paired_test(
                 *(episode_outcomes(read_eval(out / f"eval_{r}.h5")) or {} for r in (row, same)))
             entry["trained_sampler"] = noise == samplers[name]
-            metrics = [json.loads(line) for line in (out / f"run_{name}" / "metrics.jsonl").read_text().splitlines()]
+            metrics = read_metrics(out / f"run_{name}" / "metrics.jsonl")[0]
             entry["train_steps"] = len(metrics)
             entry["env_steps"] = int(sum(m["env_steps"] for m in metrics))
         results[row] = entry
