@@ -68,6 +68,9 @@ class RuntimeSettings:
     """step the envs in spawned worker processes (one env and one torch thread each), in parallel"""
     overlap_policy: bool = False
     """two lanes of envs take turns: the policy computes one lane's chunks while the other's envs step"""
+    env_timeout_s: int = 900
+    """longest wait for an env worker process's reply (a reset, a chunk) before it counts as hung: it is
+    killed and the call fails as an env failure (training restarts the envs: env_failure_retries); 0 = forever"""
     device: str = "cpu"
     """torch device of the policy (cpu, cuda, cuda:1)"""
 
@@ -78,8 +81,8 @@ class RuntimeSettings:
             raise UserError("n_action_steps must be >= 1")
         if self.image_size < 16:
             raise UserError("image_size must be >= 16")
-        if self.num_envs < 0:
-            raise UserError("num_envs must be >= 0")
+        if self.num_envs < 0 or self.env_timeout_s < 0:
+            raise UserError("num_envs and env_timeout_s must be >= 0")
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), sort_keys=True)

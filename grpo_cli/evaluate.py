@@ -44,7 +44,7 @@ def run_eval(cfg: EvalConfig, adapter: SmolVLAAdapter, tasks: list[TaskSpec],
              on_episode: Callable[[Trajectory], None] | None = None) -> tuple[dict[str, np.ndarray], list[str]]:
     """Run the protocol; returns per-episode columns (see storage.EPISODE_FIELDS) and the GL renderers."""
     slots = make_env_slots(max(cfg.num_envs, 1), cfg.image_size, processes=cfg.parallel_envs,
-                           privileged_state=adapter.privileged_state)
+                           privileged_state=adapter.privileged_state, reply_timeout_s=cfg.env_timeout_s)
     try:
         trajs = run_episodes(adapter, slots, eval_episodes(cfg, tasks), max_steps=cfg.max_steps,
                              n_action_steps=cfg.n_action_steps, keep_images=False, sde_noise=cfg.sde_noise,

@@ -181,7 +181,8 @@ def rollout_part(cfg_json: str, episodes: list[Any], out: str, on_episode: Calla
     cfg = RolloutConfig(**{**json.loads(cfg_json), "tasks": (), "init_states": ()})
     adapter = SmolVLAAdapter.load(cfg.policy, device=cfg.device)
     slots = make_env_slots(min(cfg.num_envs or cfg.num_generations, len(episodes)), cfg.image_size,
-                           privileged_state=adapter.privileged_state, processes=cfg.parallel_envs)
+                           privileged_state=adapter.privileged_state, processes=cfg.parallel_envs,
+                           reply_timeout_s=cfg.env_timeout_s)
     try:
         trajs = run_episodes(adapter, slots, episodes, max_steps=cfg.max_steps, n_action_steps=cfg.n_action_steps,
                              keep_images=cfg.store_images, overlap=cfg.overlap_policy,

@@ -129,7 +129,7 @@ class SteerTrainer:
             self.adapter, lambda: make_env_slots(
                 cfg.num_envs or 1, cfg.image_size, processes=cfg.parallel_envs,
                 privileged_state=self.adapter.privileged_state, progress_shaping=cfg.progress_shaping,
-                reach_shaping=cfg.reach_shaping),
+                reach_shaping=cfg.reach_shaping, reply_timeout_s=cfg.env_timeout_s),
             cfg.env_failure_retries, log, max_steps=cfg.max_steps, n_action_steps=cfg.n_action_steps,
             keep_images=False, overlap=cfg.overlap_policy)
         self.step_index = 0

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import csv
 import datetime as dt
+import errno
 import json
 import os
 import subprocess
@@ -83,15 +84,29 @@ def publish(tmp: str | Path, path: str | Path) -> None:
 def atomic_h5(path: str | Path) -> Iterator[h5py.File]:
     """An HDF5 file open for writing under a temp name; renamed onto `path` only on success."""
     path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    except OSError as err:
+        raise _write_error(path, err) from None
     os.close(fd)
     try:
         with h5py.File(tmp, "w") as f:
             yield f
         publish(tmp, path)
+    except OSError as err:
+        raise _write_error(path, err) from None
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
+
+
+def _write_error(path: Path, err: OSError) -> OSError | UserError:
+    """A full disk (or quota) while writing `path` is one line for the user; other OS errors stay as they are."""
+    full = err.errno in (errno.ENOSPC, errno.EDQUOT) or "No space left" in str(err) or "errno = 28" in str(err)
+    if not full:
+        return err
+    return UserError(f"cannot write {path}: no space left on the device (the file it would replace, if any, "
+                     "is unchanged; free space, then resume)")
 
 
 def _common_attrs(f: h5py.File, kind: str, config_json: str, policy: dict[str, Any]) -> None:

@@ -72,7 +72,7 @@ class Trainer:
             self.adapter, lambda: make_env_slots(
                 cfg.num_envs or cfg.num_generations, cfg.image_size, processes=cfg.parallel_envs,
                 privileged_state=self.adapter.privileged_state, progress_shaping=cfg.progress_shaping,
-                reach_shaping=cfg.reach_shaping, stall_steps=cfg.stall_steps),
+                reach_shaping=cfg.reach_shaping, stall_steps=cfg.stall_steps, reply_timeout_s=cfg.env_timeout_s),
             cfg.env_failure_retries, log, max_steps=cfg.max_steps, n_action_steps=cfg.n_action_steps,
             keep_images=True, sde_noise=cfg.sde_noise if cfg.likelihood == "sde" else 0.0, overlap=cfg.overlap_policy)
 

@@ -64,3 +64,89 @@ def test_report_of_a_run_killed_mid_write_drops_the_cut_line(tmp_path) -> None:
     path.write_text("{broken\n" + json.dumps(rows[0]) + "\n")
     proc = subprocess.run([*CLI, "report", str(run), "--out", str(tmp_path / "rep2")], capture_output=True, text=True)
     assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1 and "line 1 is corrupt" in proc.stderr
+
+
+def test_a_hung_env_worker_becomes_an_env_failure_that_the_retries_handle(tiny, task0) -> None:
+    """A worker that stops answering (SIGSTOP: as a GL deadlock looks from outside) is killed after the reply
+    timeout and its call raises EnvFailure; the rollout backend restarts the envs and reruns the episodes,
+    with the same trajectories as a run that never hung."""
+    import os
+    import signal
+
+    from grpo_cli.envs.slots import make_env_slots
+    from grpo_cli.episodes import EpisodeSpec
+    from grpo_cli.errors import EnvFailure
+    from grpo_cli.rollout import LocalRollouts
+
+    slots = make_env_slots(1, 64, processes=True, reply_timeout_s=120)
+    try:
+        slots.reset(0, task0, 0)  # the first reply waits for the worker's imports and the env build
+        slots.reply_timeout_s = 3
+        pid = slots._procs[0].pid
+        os.kill(pid, signal.SIGSTOP)
+        with pytest.raises(EnvFailure, match="sent no reply in 3 s"):
+            slots.reset(0, task0, 1)
+        slots._procs[0].join(timeout=10)
+        assert not slots._procs[0].is_alive()  # killed, not left behind
+    finally:
+        slots.close()
+
+    made: list = []
+
+    def make_slots():  # the first slots' worker hangs right away; the restarted ones do not
+        made.append(make_env_slots(1, 64, processes=True, reply_timeout_s=45))
+        if len(made) == 1:
+            os.kill(made[0]._procs[0].pid, signal.SIGSTOP)
+        return made[-1]
+
+    logs: list[str] = []
+    episodes = [EpisodeSpec(task0, 0, 10, 5)]
+    hung = LocalRollouts(tiny, make_slots, retries=1, log=logs.append, max_steps=10, n_action_steps=5)
+    try:
+        got = hung.run(episodes)
+    finally:
+        hung.close()
+    assert len(made) == 2 and hung.env_failures == 1 and "sent no reply in 45 s" in logs[0]
+    clean = LocalRollouts(tiny, lambda: make_env_slots(1, 64), retries=0, max_steps=10, n_action_steps=5)
+    try:
+        want = clean.run(episodes)
+    finally:
+        clean.close()
+    assert [a.tolist() for a in got[0].actions] == [a.tolist() for a in want[0].actions]
+
+
+DISK_FULL = """
+import errno, sys
+import h5py
+create = h5py.Group.create_dataset
+def full(self, *args, **kwargs):  # the disk fills up while step 2's checkpoint is written
+    if "step_000002" in self.file.filename:
+        raise OSError(errno.ENOSPC, "No space left on device")
+    return create(self, *args, **kwargs)
+h5py.Group.create_dataset = full
+sys.argv = ["grpo-vla", *sys.argv[1:]]
+from grpo_cli.cli import main
+main()
+"""
+
+
+def test_a_full_disk_during_a_checkpoint_is_one_line_and_keeps_the_previous_one(tmp_path) -> None:
+    from grpo_cli.runs import checkpoints
+    from grpo_cli.storage import read_checkpoint
+
+    run = tmp_path / "run"
+    sets = ["--set", "policy=tiny", "--set", "suite=libero_object", "--set", "tasks=0", "--set", "max_steps=10",
+            "--set", "n_action_steps=5", "--set", "image_size=64", "--set", "num_envs=1", "--set", "save_every=100",
+            "--set", "warmup_env_steps=10", "--set", "utd=2", "--set", "batch_size=8", "--set", "hidden_sizes=8",
+            "--set", "steps=3"]
+    proc = subprocess.run([sys.executable, "-c", DISK_FULL, "steer", *sets, "--run-dir", str(run)],
+                          capture_output=True, text=True)
+    assert proc.returncode == 2, proc.stderr
+    lines = [x for x in proc.stderr.strip().splitlines() if not x.startswith("[")]  # progress lines start with [
+    assert len(lines) == 1 and "no space left on the device" in lines[0] and "step_000002.h5" in lines[0], lines
+    assert [p.name for p in checkpoints(run)] == ["step_000001.h5"]  # the previous checkpoint is kept...
+    assert read_checkpoint(checkpoints(run)[0])["step"] == 1  # ...and readable
+    assert not [p for p in (run / "checkpoints").iterdir() if p.name.startswith(".")]  # no temp file left
+    resumed = subprocess.run([*CLI, "steer", "--resume", "--run-dir", str(run)], capture_output=True, text=True)
+    assert resumed.returncode == 0, resumed.stderr  # space freed: the run goes on from step 1
+    assert [json.loads(x)["step"] for x in (run / "metrics.jsonl").read_text().splitlines()] == [1, 2, 3]

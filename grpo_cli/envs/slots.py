@@ -152,11 +152,13 @@ class ProcessEnvSlots:
     so env stepping of all slots overlaps. Trajectories equal LocalEnvSlots' for the same slot count.
     """
 
-    def __init__(self, size: int, image_size: int, images: bool = True, **options: Any):
+    def __init__(self, size: int, image_size: int, images: bool = True, reply_timeout_s: float = 0, **options: Any):
+        """reply_timeout_s > 0: a worker that sends no reply for that long (a GL deadlock, a stopped process)
+        is killed and its call raises EnvFailure, which the trainers' env retries handle."""
         import multiprocessing as mp
 
         ctx = mp.get_context("spawn")
-        self.size = size
+        self.size, self.reply_timeout_s = size, reply_timeout_s
         self._conns, self._procs = [], []
         for index in range(size):
             parent, child = ctx.Pipe()
@@ -180,6 +182,9 @@ class ProcessEnvSlots:
     def _recv(self, slots: Sequence[int]) -> list[Any]:
         results = []
         for slot in slots:
+            if self.reply_timeout_s and not self._conns[slot].poll(self.reply_timeout_s):
+                self._procs[slot].kill()  # hung: it would hold the job until the scheduler kills it
+                raise EnvFailure(f"env worker {slot} sent no reply in {self.reply_timeout_s:g} s (hung); killed it")
             try:
                 status, value = self._conns[slot].recv()
             except (EOFError, OSError):
@@ -236,13 +241,16 @@ EnvSlots = LocalEnvSlots | ProcessEnvSlots
 
 def make_env_slots(size: int, image_size: int, images: bool = True, processes: bool = False,
                    privileged_state: bool = False, progress_shaping: float = 0.0, reach_shaping: float = 0.0,
-                   stall_steps: int = 0) -> EnvSlots:
+                   stall_steps: int = 0, reply_timeout_s: float = 0) -> EnvSlots:
     """`processes=True`: one spawned worker per slot, stepped in parallel; else all in this process.
 
     privileged_state: append the goal objects' positions to the state (policies trained that way);
-    progress_shaping, reach_shaping: the shaping weights of each trajectory's goal progress."""
+    progress_shaping, reach_shaping: the shaping weights of each trajectory's goal progress;
+    reply_timeout_s: with processes, how long a worker may stay silent before it counts as hung (0: forever)."""
     configure_libero()  # missing assets, bad settings: one line here, not an env failure in every slot
     scene_mode(), arena_mb()
-    return (ProcessEnvSlots if processes else LocalEnvSlots)(
-        size, image_size, images, privileged_state=privileged_state, progress_shaping=progress_shaping,
-        reach_shaping=reach_shaping, stall_steps=stall_steps)
+    options = {"privileged_state": privileged_state, "progress_shaping": progress_shaping,
+               "reach_shaping": reach_shaping, "stall_steps": stall_steps}
+    if processes:
+        return ProcessEnvSlots(size, image_size, images, reply_timeout_s=reply_timeout_s, **options)
+    return LocalEnvSlots(size, image_size, images, **options)
