@@ -113,6 +113,8 @@ _cluster = [
     click.option("--setup", multiple=True, help="shell line run before each job (repeatable)"),
     click.option("--container", default=None, help="Apptainer image: SLURM jobs run inside it (exec --nv)"),
     click.option("--max-retries", type=int, default=None, help="resubmissions of a failed shard [2]"),
+    click.option("--max-requeues", type=int, default=None,
+                 help="time-limit requeues a job may take before it stops (submitit's default is 3) [200]"),
 ]
 
 

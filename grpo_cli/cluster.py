@@ -53,6 +53,9 @@ class SlurmSettings:
     """an Apptainer image: jobs run as `apptainer exec --nv IMAGE python ...`"""
     max_retries: int = 2
     """resubmissions of a failed rollout/eval shard before the command stops with an error"""
+    max_requeues: int = 200
+    """time-limit requeues a job may take (submitit's max_num_timeout, whose default of 3 would end a run
+    after ~16 h of 4-hour slices); 200 slices of 4 hours are over a month. Preemptions never count"""
 
     @classmethod
     def resolve(cls, section: dict[str, Any] | None, **options: Any) -> SlurmSettings:
@@ -64,8 +67,9 @@ class SlurmSettings:
         if "setup" in values:
             values["setup"] = tuple([values["setup"]] if isinstance(values["setup"], str) else values["setup"])
         settings = cls(**values)
-        if settings.time_min < 1 or settings.cpus_per_task < 1 or settings.mem_gb < 1 or settings.max_retries < 0:
-            raise UserError("slurm time_min, cpus_per_task and mem_gb must be >= 1, max_retries >= 0")
+        if (settings.time_min < 1 or settings.cpus_per_task < 1 or settings.mem_gb < 1 or settings.max_retries < 0
+                or settings.max_requeues < 0):
+            raise UserError("slurm time_min, cpus_per_task and mem_gb must be >= 1, max_retries and max_requeues >= 0")
         if settings.container and not Path(settings.container).is_file():
             raise UserError(f"container image {settings.container} not found")
         return settings
@@ -78,13 +82,13 @@ def make_executor(kind: str, folder: Path, settings: SlurmSettings, name: str) -
     if kind == "debug":
         return submitit.DebugExecutor(folder=folder)
     if kind == "local":
-        executor = submitit.LocalExecutor(folder=folder)
+        executor = submitit.LocalExecutor(folder=folder, max_num_timeout=settings.max_requeues)
         executor.update_parameters(timeout_min=settings.time_min)
         return executor
     if shutil.which("sbatch") is None:
         raise UserError("--executor slurm needs SLURM's sbatch on PATH (this machine has none)")
     python = (f"apptainer exec --nv {shlex.quote(settings.container)} python" if settings.container else None)
-    executor = submitit.SlurmExecutor(folder=folder, python=python)
+    executor = submitit.SlurmExecutor(folder=folder, python=python, max_num_timeout=settings.max_requeues)
     executor.update_parameters(
         job_name=name, time=settings.time_min, cpus_per_task=settings.cpus_per_task, mem=f"{settings.mem_gb}GB",
         signal_delay_s=settings.signal_delay_s, array_parallelism=settings.array_parallelism,

@@ -264,6 +264,8 @@ def test_slurm_sweep_with_shards_survives_preemption_and_requeue(slurm, unsharde
     wait_for_steps(1)  # preemption warning: submitit's handler asks the trainer to stop after its step
     subprocess.run(["scancel", "--signal=USR2", job], check=True)
     wait_for_steps(3)
+    done = len((run / "metrics.jsonl").read_text().splitlines())  # steps finished; the next one is in flight
+    assert squeue_state(job) == "RUNNING"
     subprocess.run(["scontrol", "requeue", job], check=True)  # a hard requeue: the step in flight is lost
     deadline = time.time() + 900
     while any(squeue_state(j) for j in jobs.values()) and time.time() < deadline:
@@ -271,6 +273,8 @@ def test_slurm_sweep_with_shards_survives_preemption_and_requeue(slurm, unsharde
         time.sleep(2)
     logs = "".join(p.read_text() for p in (sweep / "submitit").glob("*.out"))
     assert "stopping after step" in logs  # the signal path checkpointed at a step boundary
+    # the requeued job resumed from the last step finished before it: step done + 1 was in flight, lost, redone
+    assert f"resumed from step_{done:06d}.h5 (step {done})" in logs, logs[-3000:]
     for exp in ("e5", "e4"):
         assert json.loads((sweep / exp / "config.json").read_text())["exp"] == exp
         lines = [json.loads(x) for x in (sweep / exp / "metrics.jsonl").read_text().splitlines()]
@@ -285,3 +289,59 @@ def test_slurm_sweep_with_shards_survives_preemption_and_requeue(slurm, unsharde
     first = read_checkpoint(unsharded_e5[0])
     moved = sum(not torch.equal(a["params"][n], first["params"][n]) for n in a["params"])
     assert moved > 0  # the run learnt between steps, so equal parameters are not vacuous
+
+
+STEER = ["--set", "policy=tiny", "--set", "suite=libero_object", "--set", "tasks=0", "--set", "max_steps=10",
+         "--set", "n_action_steps=5", "--set", "image_size=64", "--set", "num_envs=1", "--set", "save_every=100",
+         "--set", "warmup_env_steps=10", "--set", "utd=2", "--set", "batch_size=8", "--set", "hidden_sizes=8",
+         "--set", "steps=6"]
+
+
+@pytest.mark.memory_heavy
+def test_slurm_steer_array_requeues_past_submitits_default_timeout_limit(slurm, tmp_path: Path) -> None:
+    """`steer --seeds 0,1 --executor slurm`: one array job. Seed 0's job gets the time-limit signal 4 times,
+    one more than submitit's default max_num_timeout allows (with a 5-minute limit submitit counts every
+    signal as a time-out). Each time it checkpoints after its step and requeues itself; the run still
+    finishes all 6 steps, bit-identical to an uninterrupted local run."""
+    sweep = tmp_path / "sweep"
+    proc = cli("steer", *STEER, "--seeds", "0,1", "--run-dir", str(sweep), "--executor", "slurm", "--cpus", "1",
+               "--mem-gb", "3", "--time-min", "5", "--signal-delay", "30")
+    assert proc.returncode == 0, proc.stderr
+    jobs = dict(line.split(" ", 1)[1].split(": ", 1)[::-1] for line in proc.stdout.splitlines()
+                if line.startswith("job "))
+    run, job = sweep / "seed0", jobs[str(sweep / "seed0")]
+    assert job.endswith("_0") and jobs[str(sweep / "seed1")].endswith("_1")  # one array job
+
+    def steps_done() -> int:
+        return len((run / "metrics.jsonl").read_text().splitlines()) if (run / "metrics.jsonl").exists() else 0
+
+    for signal_no in range(1, 5):
+        deadline = time.time() + 600
+        while steps_done() < signal_no or squeue_state(job) != "RUNNING":
+            assert time.time() < deadline, f"seed 0 never ran step {signal_no}"
+            release_requeued(job)
+            time.sleep(0.5)
+        subprocess.run(["scancel", "--signal=USR2", job], check=True)  # the time-limit warning
+        deadline = time.time() + 300
+        while squeue_state(job) == "RUNNING":  # it checkpoints after its step, then requeues
+            assert time.time() < deadline, "the job did not requeue after the signal"
+            time.sleep(0.5)
+    deadline = time.time() + 900
+    while any(squeue_state(j) for j in jobs.values()) and time.time() < deadline:
+        release_requeued(job)
+        time.sleep(1)
+    logs = "".join(p.read_text() for p in (sweep / "submitit").glob(f"{job}*.out"))
+    assert logs.count("this job is timed-out") >= 4 and "timed-out too many times" not in logs, logs[-3000:]
+    straight = tmp_path / "straight"
+    local = cli("steer", *STEER, "--set", "seed=0", "--run-dir", str(straight))
+    assert local.returncode == 0, local.stderr
+    for seed_run in (run, sweep / "seed1"):
+        assert [json.loads(x)["step"] for x in (seed_run / "metrics.jsonl").read_text().splitlines()] == list(
+            range(1, 7))
+    a = read_checkpoint(sorted((straight / "checkpoints").glob("*.h5"))[-1])
+    b = read_checkpoint(sorted((run / "checkpoints").glob("*.h5"))[-1])
+    assert a["step"] == b["step"] == 6
+    for name in a["params"]:
+        torch.testing.assert_close(a["params"][name], b["params"][name], rtol=0, atol=0)
+    for name in a["arrays"]:
+        assert (a["arrays"][name] == b["arrays"][name]).all()
