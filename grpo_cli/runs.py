@@ -67,14 +67,16 @@ def run_loop(make_trainer: Callable[[], Any], cfg: Any, run_dir: str | Path, res
         tmp.write_text(json.dumps(json.loads(cfg.to_json()), indent=1))
         tmp.replace(config_file)
     metrics_file = run_dir / "metrics.jsonl"
-    last = None
-    sinks = Sinks(run_dir, json.loads(cfg.to_json()), cfg.log_tensorboard, cfg.log_wandb, resume)
+    last, sinks = None, None
     try:
         found = checkpoints(run_dir)
         if resume and found:
             trainer.load(found[-1])
             last = found[-1]
             log(f"resumed from {found[-1].name} (step {trainer.step_index})")
+        # opened after the load: what an earlier process logged past the checkpoint is purged, then redone
+        sinks = Sinks(run_dir, json.loads(cfg.to_json()), cfg.log_tensorboard, cfg.log_wandb, resume,
+                      next_step=trainer.step_index + 1)
         # Drop metrics of steps after the checkpoint (a step in flight when the run died).
         env_steps = 0
         if metrics_file.exists():
@@ -110,7 +112,8 @@ def run_loop(make_trainer: Callable[[], Any], cfg: Any, run_dir: str | Path, res
                 break
     finally:
         trainer.close()
-        sinks.close()
+        if sinks is not None:
+            sinks.close()
     return last
 
 

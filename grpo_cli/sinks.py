@@ -1,7 +1,9 @@
 """Optional metric sinks beside metrics.jsonl (always written): TensorBoard and Weights & Biases.
 
-Both are off by default. W&B runs in offline mode unless WANDB_MODE says otherwise, so it works on
-compute nodes without network (`wandb sync` later).
+Both are off by default (install them with `pip install grpo-vla[logging]`). W&B runs in offline mode
+unless WANDB_MODE says otherwise, so it works on compute nodes without network; every (re)start of a run
+writes its own offline piece under RUN/wandb/ with the run's one id, and `wandb sync RUN/wandb/offline-run-*`
+uploads them into that one run (README, "Logging").
 """
 
 from __future__ import annotations
@@ -13,12 +15,15 @@ from typing import Any
 
 
 class Sinks:
-    def __init__(self, run_dir: Path, config: dict[str, Any], tensorboard: bool, wandb: bool, resume: bool):
+    def __init__(self, run_dir: Path, config: dict[str, Any], tensorboard: bool, wandb: bool, resume: bool,
+                 next_step: int = 1):
+        """next_step: the first step this process logs. On resume TensorBoard purges what an earlier process
+        logged from that step on (steps after the checkpoint, which are redone), so each step appears once."""
         self._tb = self._wandb = None
         if tensorboard:
             from torch.utils.tensorboard import SummaryWriter
 
-            self._tb = SummaryWriter(log_dir=str(run_dir / "tensorboard"))
+            self._tb = SummaryWriter(log_dir=str(run_dir / "tensorboard"), purge_step=next_step if resume else None)
         if wandb:
             import wandb as wb
 

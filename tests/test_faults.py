@@ -150,3 +150,26 @@ def test_a_full_disk_during_a_checkpoint_is_one_line_and_keeps_the_previous_one(
     resumed = subprocess.run([*CLI, "steer", "--resume", "--run-dir", str(run)], capture_output=True, text=True)
     assert resumed.returncode == 0, resumed.stderr  # space freed: the run goes on from step 1
     assert [json.loads(x)["step"] for x in (run / "metrics.jsonl").read_text().splitlines()] == [1, 2, 3]
+
+
+def test_tensorboard_has_each_step_once_after_a_resume(tmp_path) -> None:
+    """Step 3 was logged, then the process died before step 3's checkpoint: the resumed run purges it and
+    logs it again, so the event files hold steps 1, 2, 3 once each (read back with TensorBoard's reader)."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from grpo_cli.runs import checkpoints
+    from grpo_cli.steer import resolve_steer, steer
+
+    values = {"policy": "tiny", "suite": "libero_object", "tasks": "0", "max_steps": "10", "n_action_steps": "5",
+              "image_size": "64", "num_envs": "1", "warmup_env_steps": "10", "utd": "2", "batch_size": "8",
+              "hidden_sizes": "8", "steps": "3", "save_every": "2", "save_latest": "false", "log_tensorboard": "true"}
+    cfg = resolve_steer(values)
+    run = tmp_path / "run"
+    steer(cfg, run)
+    assert [p.name for p in checkpoints(run)] == ["step_000002.h5", "step_000003.h5"]
+    checkpoints(run)[-1].unlink()  # as if killed between logging step 3 and writing its checkpoint
+    steer(cfg, run, resume=True)
+    events = EventAccumulator(str(run / "tensorboard"))
+    events.Reload()
+    assert [e.step for e in events.Scalars("success_rate")] == [1, 2, 3]
+    assert [json.loads(x)["step"] for x in (run / "metrics.jsonl").read_text().splitlines()] == [1, 2, 3]
