@@ -74,6 +74,10 @@ def run_loop(make_trainer: Callable[[], Any], cfg: Any, run_dir: str | Path, res
             trainer.load(found[-1])
             last = found[-1]
             log(f"resumed from {found[-1].name} (step {trainer.step_index})")
+            # a kill between a checkpoint's rename and its predecessor's removal leaves that predecessor
+            for stale in found[:-1]:
+                if not _milestone(stale, cfg.save_every):
+                    stale.unlink(missing_ok=True)
         # opened after the load: what an earlier process logged past the checkpoint is purged, then redone
         sinks = Sinks(run_dir, json.loads(cfg.to_json()), cfg.log_tensorboard, cfg.log_wandb, resume,
                       next_step=trainer.step_index + 1)

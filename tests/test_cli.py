@@ -102,8 +102,8 @@ def test_bad_inputs_exit_nonzero_with_one_line(tmp_path: Path, args, env, messag
         args = [*args, "--out", str(tmp_path / "x.h5")]
     proc = run(*args, env=env)
     assert proc.returncode == 2, proc.stderr
-    assert message in proc.stderr
-    assert "Traceback" not in proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error:") and message in lines[0], proc.stderr
     assert not (tmp_path / "x.h5").exists()
 
 
@@ -130,6 +130,30 @@ def test_existing_output_is_kept_without_overwrite(rollout_file: Path) -> None:
     proc = run("rollout", "--out", str(rollout_file))
     assert proc.returncode == 2 and "exists: pass --overwrite" in proc.stderr
     assert rollout_file.read_bytes() == before
+
+
+@pytest.mark.parametrize("command", ["eval", "demos", "import-eval", "merge-evals", "export"])
+def test_no_command_replaces_an_existing_output(tmp_path: Path, command: str) -> None:
+    """The never-overwrite rule, as for rollout, train and sft: an existing --out stays byte for byte,
+    the command says so in one line and exits 2."""
+    existing = tmp_path / ("out_dir" if command == "export" else "out.h5")
+    if command == "export":
+        existing.mkdir()
+        (existing / "config.json").write_text("{}")
+        keep = existing / "config.json"
+    else:
+        existing.write_bytes(b"precious")
+        keep = existing
+    args = {"eval": ["eval", "--tasks", "0", "--episodes-per-task", "1", "--max-steps", "5"],
+            "demos": ["demos", "--init-states", "0"],
+            "import-eval": ["import-eval", "docs/seed_table1.csv", "--label", "E5"],
+            "merge-evals": ["merge-evals", str(tmp_path / "a.h5"), str(tmp_path / "b.h5")],
+            "export": ["export", str(tmp_path / "ckpt.h5")]}[command]
+    proc = run(*args, "--out", str(existing))
+    assert proc.returncode == 2, proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error:") and ("exists" in lines[0]), proc.stderr
+    assert keep.read_bytes() == (b"{}" if command == "export" else b"precious")
 
 
 def test_help_lists_only_real_commands() -> None:

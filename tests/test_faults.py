@@ -173,3 +173,21 @@ def test_tensorboard_has_each_step_once_after_a_resume(tmp_path) -> None:
     events.Reload()
     assert [e.step for e in events.Scalars("success_rate")] == [1, 2, 3]
     assert [json.loads(x)["step"] for x in (run / "metrics.jsonl").read_text().splitlines()] == [1, 2, 3]
+
+
+def test_a_resume_removes_the_in_between_checkpoint_a_kill_left_behind(tmp_path) -> None:
+    """kill -9 between step N's rename into place and step N-1's removal leaves both: the resume loads the
+    newest and removes the stale in-between one (kept milestones stay)."""
+    import shutil
+
+    from grpo_cli.runs import checkpoints
+    from grpo_cli.steer import resolve_steer, steer
+
+    values = {"policy": "tiny", "suite": "libero_object", "tasks": "0", "max_steps": "10", "n_action_steps": "5",
+              "image_size": "64", "num_envs": "1", "warmup_env_steps": "10", "utd": "2", "batch_size": "8",
+              "hidden_sizes": "8", "steps": "2", "save_every": "100"}
+    run = tmp_path / "run"
+    steer(resolve_steer(values), run)
+    shutil.copy(run / "checkpoints" / "step_000002.h5", run / "checkpoints" / "step_000001.h5")  # the race's trace
+    steer(resolve_steer({**values, "steps": "3"}), run, resume=True)
+    assert [p.name for p in checkpoints(run)] == ["step_000003.h5"]

@@ -236,7 +236,9 @@ def test_kill_9_loses_only_the_step_in_flight(tmp_path) -> None:
         proc.wait()
     finally:
         proc.kill()
-    assert [p.name for p in checkpoints(run)] == ["step_000002.h5"]  # step 1's was replaced
+    # step 1's is replaced once step 2's is in place: a kill between the rename and the removal (a race the
+    # kill can win) leaves both, and the resume removes the stale one
+    assert [p.name for p in checkpoints(run)] in (["step_000002.h5"], ["step_000001.h5", "step_000002.h5"])
     with (run / "metrics.jsonl").open("a") as f:
         f.write('{"step": 3, "env_st')  # as if killed while appending step 3's line
     train(resolve(None, settings), run, resume=True)
