@@ -518,13 +518,17 @@ def test_settings_are_declared_once_by_section_with_docstrings_and_documented() 
         settings_markdown,
     )
 
+    from grpo_cli.config import STEER_SECTIONS, SteerConfig
+
     declared: dict[str, list[str]] = {}
-    for cls in TRAIN_SECTIONS:
+    for cls in dict.fromkeys([*TRAIN_SECTIONS, *STEER_SECTIONS]):  # train and steer share sections, not copies
         for name, doc in field_docs(cls).items():
             declared.setdefault(name, []).append(cls.__name__)
             assert doc, f"{cls.__name__}.{name} has no docstring"
     assert {n for n, owners in declared.items() if len(owners) > 1} == set()  # one home per setting
-    assert declared.keys() == {f.name for f in dataclasses.fields(TrainConfig)}
+    assert {f.name for f in dataclasses.fields(TrainConfig)} | {f.name for f in dataclasses.fields(SteerConfig)} \
+        == declared.keys()
+    assert field_docs(SteerConfig).keys() == {"policy", "exp"}  # steer's own defaults: the policy, its label
     runtime = {f.name for f in dataclasses.fields(RuntimeSettings)}
     for cls in (RolloutConfig, EvalConfig):  # the runtime section is shared, not redeclared
         assert runtime <= {f.name for f in dataclasses.fields(cls)} and not runtime & field_docs(cls).keys()
