@@ -310,7 +310,8 @@ class ShardSettings:
     shard_envs: int = 1
     """envs per shard worker, stepped in lockstep with one batched policy call"""
     shard_timeout_s: int = 3600
-    """longest wait for one hand-off's trajectories before the step stops with an error"""
+    """longest wait for a shard worker's part of one hand-off: a worker silent for longer counts as hung, is
+    cancelled and resubmitted (env_failure_retries), as a worker that died is"""
     shard_idle_timeout_s: int = 600
     """a worker without work for this long exits (so a dead trainer strands no jobs)"""
     shard_failure: str = "stop"

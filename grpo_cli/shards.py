@@ -153,16 +153,20 @@ class ShardPool:
             _atomic(request, lambda tmp, b=body: Path(tmp).write_text(json.dumps(b)))
             requests.append(request)
         handed_out = time.perf_counter()
-        deadline = time.time() + self.cfg.shard_timeout_s
+        deadlines = [time.time() + self.cfg.shard_timeout_s] * len(requests)
         lost: set[int] = set()  # shards given up on (shard_failure = continue)
         while not all(_part(r).exists() for k, r in enumerate(requests) if k not in lost):
             for k, job in enumerate(self.jobs):
-                if k < len(requests) and k not in lost and not _part(requests[k]).exists() and job.done():
-                    if not self._replace(k, job):
+                if k >= len(requests) or k in lost or _part(requests[k]).exists():
+                    continue
+                hung = time.time() > deadlines[k]
+                if hung:  # silent past its deadline (a GL deadlock, a stopped node): a failed worker
+                    job.cancel(check=False)
+                if hung or job.done():
+                    reason = f"no result within {self.cfg.shard_timeout_s} s (hung); cancelled" if hung else None
+                    if not self._replace(k, job, reason):
                         lost.add(k)
-            if time.time() > deadline:
-                raise UserError(f"rollout shards gave no result within {self.cfg.shard_timeout_s} s; "
-                                f"logs in {self.folder / 'submitit'}")
+                    deadlines[k] = time.time() + self.cfg.shard_timeout_s
             time.sleep(0.05)
         gathered = time.perf_counter()
         trajs: list[Any] = []
@@ -184,15 +188,15 @@ class ShardPool:
         self.handoff_s += (handed_out - start) + (time.perf_counter() - gathered)
         return trajs
 
-    def _replace(self, k: int, job: Any) -> bool:
-        """Worker k's job ended while it owed a part: resubmit it (its request is still waiting). With
-        no retries left: stop with one line, or (shard_failure = continue) return False to give up."""
-
-        try:
-            job.result()
-            reason = "the worker exited"
-        except Exception as err:  # killed, cancelled, or an env crash
-            reason = failure_reason(err)
+    def _replace(self, k: int, job: Any, reason: str | None = None) -> bool:
+        """Worker k's job ended (or hung: `reason` says so) while it owed a part: resubmit it (its request is
+        still waiting). With no retries left: stop with one line, or (shard_failure = continue) return False."""
+        if reason is None:
+            try:
+                job.result()
+                reason = "the worker exited"
+            except Exception as err:  # killed, cancelled, or an env crash
+                reason = failure_reason(err)
         if self.retries_left <= 0:
             if self.cfg.shard_failure == "continue":
                 self.log(f"rollout shard {k} (job {job.job_id}) ended: {reason}; no retries left, the step "

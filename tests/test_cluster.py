@@ -174,6 +174,40 @@ def test_a_shard_worker_past_its_retries_is_left_out_or_stops_the_run(tmp_path: 
         trainer.close()
 
 
+@pytest.mark.memory_heavy
+def test_a_hung_shard_worker_is_cancelled_and_replaced(tmp_path: Path) -> None:
+    """The shard worker stops answering (SIGSTOP) after step 1: past shard_timeout_s its job is cancelled
+    and resubmitted (one of env_failure_retries), and step 2 completes with the replacement's episodes."""
+    import signal
+
+    from grpo_cli.presets import resolve
+    from grpo_cli.shards import ShardPool
+    from grpo_cli.train import Trainer
+
+    settings = dict(a.split("=", 1) for a in TRAIN[1::2])
+    cfg = resolve("e5", {**settings, "rollout_shards": "1", "shard_envs": "1", "env_failure_retries": "1",
+                         "shard_timeout_s": "60"})
+    logs: list[str] = []
+    trainer = Trainer(cfg, tmp_path, log=logs.append, rollouts=ShardPool(cfg, tmp_path, log=logs.append))
+    stopped = None
+    try:
+        assert trainer.step()["episodes_lost"] == 0
+        import psutil
+
+        stopped = int(trainer.rollouts.jobs[0].job_id)  # submitit's local job id: the pid of its controller,
+        for proc in [psutil.Process(stopped), *psutil.Process(stopped).children(recursive=True)]:  # the worker below
+            proc.send_signal(signal.SIGSTOP)
+        metrics = trainer.step()
+        assert metrics["step"] == 2 and metrics["episodes_lost"] == 0
+        assert any("no result within 60 s (hung); cancelled; resubmitted as job" in line for line in logs), logs
+        assert int(trainer.rollouts.jobs[0].job_id) != stopped
+    finally:
+        trainer.close()
+        if stopped is not None and psutil.pid_exists(stopped):
+            for proc in [psutil.Process(stopped), *psutil.Process(stopped).children(recursive=True)]:
+                proc.kill()
+
+
 def test_slurm_executor_without_slurm_is_one_line(tmp_path: Path) -> None:
     proc = cli(*ROLLOUT, "--out", str(tmp_path / "x.h5"), "--executor", "slurm",
                env={"PATH": "/nonexistent"})

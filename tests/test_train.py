@@ -510,15 +510,15 @@ def test_settings_are_declared_once_by_section_with_docstrings_and_documented() 
     from pathlib import Path
 
     from grpo_cli.config import (
+        STEER_SECTIONS,
         TRAIN_SECTIONS,
         EvalConfig,
         RolloutConfig,
         RuntimeSettings,
+        SteerConfig,
         field_docs,
         settings_markdown,
     )
-
-    from grpo_cli.config import STEER_SECTIONS, SteerConfig
 
     declared: dict[str, list[str]] = {}
     for cls in dict.fromkeys([*TRAIN_SECTIONS, *STEER_SECTIONS]):  # train and steer share sections, not copies
