@@ -38,7 +38,7 @@ from grpo_cli.envs.libero import task_spec
 from grpo_cli.envs.slots import make_env_slots
 from grpo_cli.episodes import EpisodeSpec, Trajectory, episode_seed, usable_init_states
 from grpo_cli.errors import UserError
-from grpo_cli.policies.noise_actor import ActorSpec, NoiseActor, actor_features, noise_action
+from grpo_cli.policies.noise_actor import ActorSpec, NoiseActor, actor_features, noise_action, steer_policy_class
 from grpo_cli.policies.smolvla import SmolVLAAdapter, params_digest
 from grpo_cli.presets import resolve
 from grpo_cli.rollout import LocalRollouts
@@ -117,7 +117,7 @@ class SteerTrainer:
                        for i in usable_init_states(cfg.init_states, task, "init_states")]
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(_seed(cfg.seed, 0))  # the networks' initial weights
-            self.sac = SAC("MlpPolicy", _spaces_only_env(self.spec), learning_rate=cfg.learning_rate,
+            self.sac = SAC(steer_policy_class(), _spaces_only_env(self.spec), learning_rate=cfg.learning_rate,
                            buffer_size=cfg.buffer_size, learning_starts=0, batch_size=cfg.batch_size, tau=cfg.tau,
                            gamma=cfg.gamma, ent_coef=f"auto_{cfg.ent_coef_init}",
                            target_entropy="auto" if cfg.target_entropy is None else cfg.target_entropy,

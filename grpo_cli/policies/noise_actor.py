@@ -92,12 +92,37 @@ class ActorSpec:
                 spaces.Box(-self.noise_bound, self.noise_bound, (self.act_dim,), np.float32))
 
 
-def sac_policy(spec: ActorSpec) -> Any:
-    """stable-baselines3's SAC networks (actor, two critics, target critics) for this spec; no optimizer use."""
+def steer_policy_class() -> type:
+    """stable-baselines3's SACPolicy with LayerNorm in the critics (Linear -> LayerNorm -> ReLU), as DSRL's
+    critics: at 20 updates per chunk on a few hundred transitions, critics without it diverged here
+    (docs/NOTEBOOK.md, session 24). The actor is SB3's, unchanged."""
+    from stable_baselines3.common.policies import ContinuousCritic
+    from stable_baselines3.common.torch_layers import create_mlp
     from stable_baselines3.sac.policies import SACPolicy
+    from torch import nn
 
+    class LayerNormCritic(ContinuousCritic):
+        def __init__(self, *args: Any, **kwargs: Any):
+            super().__init__(*args, **kwargs)
+            inputs = self.q_networks[0][0].in_features
+            for idx in range(self.n_critics):  # SB3's q-networks again, with LayerNorm after each hidden Linear
+                q_net = nn.Sequential(*create_mlp(inputs, 1, kwargs["net_arch"], kwargs.get("activation_fn", nn.ReLU),
+                                                  post_linear_modules=[nn.LayerNorm]))
+                self.add_module(f"qf{idx}", q_net)
+                self.q_networks[idx] = q_net
+
+    class SteerSACPolicy(SACPolicy):
+        def make_critic(self, features_extractor: Any = None) -> ContinuousCritic:
+            critic_kwargs = self._update_features_extractor(self.critic_kwargs, features_extractor)
+            return LayerNormCritic(**critic_kwargs).to(self.device)
+
+    return SteerSACPolicy
+
+
+def sac_policy(spec: ActorSpec) -> Any:
+    """The SAC networks (actor, two critics, target critics) for this spec, without training state."""
     obs_space, act_space = spec.spaces()
-    return SACPolicy(obs_space, act_space, lambda _: 0.0, net_arch=list(spec.hidden_sizes))
+    return steer_policy_class()(obs_space, act_space, lambda _: 0.0, net_arch=list(spec.hidden_sizes))
 
 
 class NoiseActor:
