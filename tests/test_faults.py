@@ -66,17 +66,15 @@ def test_report_of_a_run_killed_mid_write_drops_the_cut_line(tmp_path) -> None:
     assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1 and "line 1 is corrupt" in proc.stderr
 
 
-def test_a_hung_env_worker_becomes_an_env_failure_that_the_retries_handle(tiny, task0) -> None:
+def test_a_hung_or_killed_env_worker_becomes_an_env_failure_that_the_retries_handle(tiny, task0) -> None:
     """A worker that stops answering (SIGSTOP: as a GL deadlock looks from outside) is killed after the reply
-    timeout and its call raises EnvFailure; the rollout backend restarts the envs and reruns the episodes,
-    with the same trajectories as a run that never hung."""
+    timeout and its call raises EnvFailure, as a worker killed with -9 does at once; the rollout backend
+    restarts the envs and reruns the episodes, with the same trajectories as a run that never failed."""
     import os
     import signal
 
     from grpo_cli.envs.slots import make_env_slots
-    from grpo_cli.episodes import EpisodeSpec
     from grpo_cli.errors import EnvFailure
-    from grpo_cli.rollout import LocalRollouts
 
     slots = make_env_slots(1, 64, processes=True, reply_timeout_s=120)
     try:
@@ -91,12 +89,25 @@ def test_a_hung_env_worker_becomes_an_env_failure_that_the_retries_handle(tiny, 
     finally:
         slots.close()
 
+    for fault, reason in ((signal.SIGSTOP, "sent no reply in 45 s"), (signal.SIGKILL, "died (exit code -9)")):
+        rollout_survives(tiny, task0, fault, reason)
+
+
+def rollout_survives(tiny, task0, fault: int, reason: str) -> None:
+    """The first env worker gets `fault` right away (hangs or dies); the restarted envs give the trajectories
+    of a run that never failed."""
+    import os
+
+    from grpo_cli.envs.slots import make_env_slots
+    from grpo_cli.episodes import EpisodeSpec
+    from grpo_cli.rollout import LocalRollouts
+
     made: list = []
 
-    def make_slots():  # the first slots' worker hangs right away; the restarted ones do not
+    def make_slots():
         made.append(make_env_slots(1, 64, processes=True, reply_timeout_s=45))
         if len(made) == 1:
-            os.kill(made[0]._procs[0].pid, signal.SIGSTOP)
+            os.kill(made[0]._procs[0].pid, fault)
         return made[-1]
 
     logs: list[str] = []
@@ -106,7 +117,7 @@ def test_a_hung_env_worker_becomes_an_env_failure_that_the_retries_handle(tiny, 
         got = hung.run(episodes)
     finally:
         hung.close()
-    assert len(made) == 2 and hung.env_failures == 1 and "sent no reply in 45 s" in logs[0]
+    assert len(made) == 2 and hung.env_failures == 1 and reason in logs[0], logs
     clean = LocalRollouts(tiny, lambda: make_env_slots(1, 64), retries=0, max_steps=10, n_action_steps=5)
     try:
         want = clean.run(episodes)

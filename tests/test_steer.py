@@ -125,12 +125,16 @@ def test_a_steer_run_keeps_every_vla_parameter_and_changes_eval_only_through_its
         np.testing.assert_array_equal(x, y)
 
 
-def test_steer_resumes_after_kill_9_bit_exact(tmp_path) -> None:
-    """A steer run SIGKILLed after its second step, then resumed, ends equal to an uninterrupted run:
-    SAC's networks, optimizers, entropy coefficient and replay buffer, bit for bit."""
+@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM], ids=["kill_9", "sigterm"])
+def test_steer_resumes_after_kill_9_bit_exact(tmp_path, sig) -> None:
+    """A steer run SIGKILLed (or SIGTERMed: the same, the process ends at once) after its second step, then
+    resumed, ends equal to an uninterrupted run: SAC's networks, optimizers, entropy coefficient and replay
+    buffer, bit for bit; its env worker processes do not outlive it."""
+    import psutil
+
     settings = {**json.loads(resolve_steer({**TINY, "steps": "4"}).to_json())}
-    (tmp_path / "cfg.yaml").write_text(json.dumps(settings))
     run = tmp_path / "killed"
+    (tmp_path / "cfg.yaml").write_text(json.dumps({**settings, "parallel_envs": True}))  # an env worker process
     proc = subprocess.Popen([*CLI, "steer", "--config", str(tmp_path / "cfg.yaml"), "--run-dir", str(run)],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
@@ -138,15 +142,18 @@ def test_steer_resumes_after_kill_9_bit_exact(tmp_path) -> None:
         while not (run / "checkpoints" / "step_000002.h5").exists():
             assert proc.poll() is None and time.monotonic() < deadline, "steer died or hung before step 2"
             time.sleep(0.05)
-        proc.send_signal(signal.SIGKILL)
+        workers = psutil.Process(proc.pid).children(recursive=True)
+        proc.send_signal(sig)
         proc.wait()
     finally:
         proc.kill()
+    gone, alive = psutil.wait_procs(workers, timeout=30)
+    assert not alive, f"{len(alive)} worker process(es) outlived the trainer"
     assert checkpoints(run)[-1].name in ("step_000002.h5", "step_000003.h5")
     resumed = subprocess.run([*CLI, "steer", "--resume", "--run-dir", str(run)], capture_output=True, text=True)
     assert resumed.returncode == 0, resumed.stderr
     assert "resumed from step_00000" in resumed.stderr
-    steer(resolve_steer(settings), tmp_path / "straight")
+    steer(resolve_steer(settings), tmp_path / "straight")  # in-process envs: the same episodes as a worker's
     a, b = (read_checkpoint(checkpoints(tmp_path / d)[-1]) for d in ("straight", "killed"))
     assert a["step"] == b["step"] == 4 and a["extra"] == b["extra"]
     for name in a["params"]:
