@@ -240,6 +240,16 @@ def load_units(path: Path) -> dict[str, Any]:
     return data
 
 
+def ceiling(sft: dict[str, Any]) -> float | None:
+    """The share of init states where any of the SFT eval's noise seeds succeeded: what a noise actor could
+    reach without changing a weight. None without episode keys."""
+    keys = sft.get("episode_keys")
+    if not keys:
+        return None
+    states = {int(k[0]) for k in keys}
+    return sum(any(o for k, o in zip(keys, sft["outcomes"], strict=True) if k[0] == s) for s in states) / len(states)
+
+
 def units_summary(data: dict[str, Any]) -> dict[str, Any]:
     """Per arm (e.g. recommended, e2): each unit's comparison with its SFT eval, and the across-unit figures."""
     arms = sorted({a for u in data["units"] for a in u if isinstance(u[a], dict) and a != "sft"})
@@ -247,7 +257,7 @@ def units_summary(data: dict[str, Any]) -> dict[str, Any]:
     for arm in arms:
         rows = [{"task": u["task"], "rl_seed": u["rl_seed"], "sft": sum(u["sft"]["outcomes"]),
                  "policy": sum(u[arm]["outcomes"]), "episodes": len(u["sft"]["outcomes"]),
-                 **unit_comparison(u["sft"]["outcomes"], u[arm]["outcomes"])}
+                 "sft_ceiling": ceiling(u["sft"]), **unit_comparison(u["sft"]["outcomes"], u[arm]["outcomes"])}
                 for u in data["units"] if arm in u]
         summary[arm] = {"units": rows, **across_units([r["delta_points"] for r in rows]),
                         "improved_significantly": sum(r["mcnemar_p"] < ALPHA and r["gained"] > r["lost"] for r in rows),
@@ -261,20 +271,23 @@ def units_tables(summary: dict[str, Any]) -> list[Table]:
 
     tables = []
     for arm, s in summary.items():
-        rows = [[str(r["task"]), str(r["rl_seed"]), f"{r['sft']}/{r['episodes']}", f"{r['policy']}/{r['episodes']}",
+        rows = [[str(r["task"]), str(r["rl_seed"]), f"{r['sft']}/{r['episodes']}",
+                 "n/a" if r["sft_ceiling"] is None else pct(r["sft_ceiling"]), f"{r['policy']}/{r['episodes']}",
                  f"{r['delta_points']:+.1f}", f"{r['fisher_p']:.3g}", f"+{r['gained']} / -{r['lost']}",
                  f"{r['mcnemar_p']:.3g}"] for r in s["units"]]
         p = f"{s['t_p']:.3g}" if s["t_p"] is not None else "n/a"
-        rows.append([f"**mean over {s['n_units']} units**", "", "", "", f"**{s['mean_delta_points']:+.1f}**",
+        rows.append([f"**mean over {s['n_units']} units**", "", "", "", "", f"**{s['mean_delta_points']:+.1f}**",
                      "", "", ""])
         tables.append(Table(
             f"Held-out units: {arm} vs its SFT policy (the unit of replication is task x RL seed)",
-            ["task", "RL seed", "SFT", arm, "Δ points", "Fisher p", "same episodes: gained / lost", "McNemar p"],
+            ["task", "RL seed", "SFT", "SFT ceiling %", arm, "Δ points", "Fisher p", "same episodes: gained / lost",
+             "McNemar p"],
             rows, [f"Across units: mean Δ {s['mean_delta_points']:+.1f} points, 95% t interval "
                    f"{interval(s['t_interval'])} (t-test p {p}), 95% bootstrap interval "
                    f"{interval(s['bootstrap_interval'])}; "
                    f"units significantly improved: {s['improved_significantly']}, worsened: "
-                   f"{s['worsened_significantly']} (McNemar p < 0.05). Episode-level tests are per unit only."]))
+                   f"{s['worsened_significantly']} (McNemar p < 0.05). Episode-level tests are per unit only. "
+                   "SFT ceiling: the share of init states where any of the SFT eval's noise seeds succeeded."]))
     return tables
 
 

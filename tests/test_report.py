@@ -385,6 +385,15 @@ def test_report_of_a_heldout_file_states_the_across_units_result(tmp_path: Path)
     assert e2["mean_delta_points"] == 0.0 and e2["t_interval"] is None and e2["worsened_significantly"] == 0
     text = (tmp_path / "report" / "report.md").read_text()
     assert "mean over 4 units" in text and "95% t interval" in text and "bootstrap" in text
+    assert rec["units"][0]["sft_ceiling"] is None  # no episode keys: no ceiling
+    # the ceiling: init states where any of the SFT eval's noise seeds succeeded (here 2 of 3)
+    keys = [[30, 1], [30, 2], [31, 1], [31, 2], [32, 1], [32, 2]]
+    ceiling_unit = {"task": 2, "rl_seed": 0, "sft": {"outcomes": [0, 1, 0, 0, 1, 1], "episode_keys": keys},
+                    "steer": {"outcomes": [1, 1, 0, 0, 1, 1], "episode_keys": keys}}
+    path.write_text(json.dumps({"preset": "steer", "units": [ceiling_unit]}))
+    steered = build_report([str(path)], tmp_path / "report3")["units"]["steer"]["units"][0]
+    assert steered["sft_ceiling"] == pytest.approx(2 / 3)
+    assert "| 2 | 0 | 3/6 | 66.7 | 4/6 |" in (tmp_path / "report3" / "report.md").read_text()
     path.write_text(json.dumps({"units": [{"task": 2, "rl_seed": 0, "sft": {"outcomes": [1, 0]},
                                            "recommended": {"outcomes": [1]}}]}))
     with pytest.raises(UserError, match="ran different episodes"):
