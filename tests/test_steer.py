@@ -117,6 +117,14 @@ def test_a_steer_run_keeps_every_vla_parameter_and_changes_eval_only_through_its
     ckpt = read_checkpoint(last)
     assert [k for k in ckpt["params"] if k.startswith("actor.")] and ckpt["extra"]["algorithm"] == "steer"
     assert ckpt["arrays"]["replay/actions"].shape == (sum(m["chunks"] for m in metrics), 1, 5 * 7)
+    drift = subprocess.run([*CLI, "drift", str(last), "--json"], capture_output=True, text=True)
+    assert drift.returncode == 0 and json.loads(drift.stdout)["total"]["drift_pct"] == 0.0, drift.stderr
+    export = subprocess.run([*CLI, "export", str(last), "--out", str(tmp_path / "exported")], capture_output=True,
+                            text=True)
+    assert export.returncode == 0 and (tmp_path / "exported" / "noise_actor.h5").is_file(), export.stderr
+    bundled = SmolVLAAdapter.load(str(tmp_path / "exported"))  # the frozen policy and its actor, both
+    assert bundled.noise_actor.digest() == steered.noise_actor.digest()
+    assert params_digest(bundled.policy) == params_digest(tiny.policy)
     a, b = one_episode(steered, task0), one_episode(tiny, task0)
     assert not np.array_equal(a.noise[0], b.noise[0])  # the actor changes the episode...
     steered.noise_actor = None
