@@ -408,8 +408,9 @@ class SteerSettings:
     noise_bound: float = 1.0
     """the actor's noise lies in [-noise_bound, noise_bound] (tanh-squashed); DSRL used 1 to 1.5"""
     steer_positions: int = 0
-    """chunk positions whose noise the actor sets (0 = all of them); later positions repeat the last steered
-    row (DSRL's pi0 code). Only the real action dims are steered; lerobot's padding keeps the episode's draw"""
+    """chunk positions whose noise the actor sets; 0 = the positions the env executes (n_action_steps). Later
+    positions repeat the last steered row (DSRL's pi0 code). Only the real action dims are steered; lerobot's
+    padding keeps the episode's draw. All 50 positions (350 dims) diverged in tuning (docs/NOTEBOOK.md)"""
     actor_inputs: str = "state"
     """what the actor and critic see: the policy's `state` (robot + goal positions with a privileged-state
     policy), or `state+time` (plus the fraction of the episode's steps used)"""

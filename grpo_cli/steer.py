@@ -111,7 +111,7 @@ class SteerTrainer:
         self.adapter.policy.requires_grad_(False)
         self.vla_digest = params_digest(self.adapter.policy)
         self.spec = ActorSpec.of(dataclasses.asdict(cfg), self.adapter.state_dim, self.adapter.chunk_size,
-                                 self.adapter.action_dim)
+                                 self.adapter.action_dim, self.adapter.config.n_action_steps)
         self.tasks = [task_spec(cfg.suite, t) for t in cfg.tasks]
         self.starts = [(task, i) for task in self.tasks
                        for i in usable_init_states(cfg.init_states, task, "init_states")]

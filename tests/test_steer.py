@@ -74,6 +74,10 @@ def test_the_steered_action_is_the_noise_the_frozen_policy_denoises(task0) -> No
 
 
 def test_steered_noise_and_rewards_follow_their_rules() -> None:
+    settings = {"steer_positions": 0, "noise_bound": 1.0, "actor_inputs": "state", "hidden_sizes": (8,)}
+    assert ActorSpec.of({**settings, "n_action_steps": None}, 8, 50, 7, policy_action_steps=50).positions == 50
+    assert ActorSpec.of({**settings, "n_action_steps": 10}, 8, 50, 7, policy_action_steps=50).positions == 10
+    assert ActorSpec.of({**settings, "steer_positions": 4}, 8, 50, 7, policy_action_steps=50).act_dim == 28
     base = torch.zeros(2, 6, 4)
     out = steered_noise(base, torch.arange(12.0).view(2, 6), positions=2, action_dim=3)
     assert out[0, :, :3].tolist() == [[0, 1, 2], [3, 4, 5], [3, 4, 5], [3, 4, 5], [3, 4, 5], [3, 4, 5]]

@@ -67,9 +67,11 @@ class ActorSpec:
     hidden_sizes: tuple[int, ...]
 
     @classmethod
-    def of(cls, settings: dict[str, Any], state_dim: int, chunk_size: int, action_dim: int) -> ActorSpec:
-        """From a steer config (dict) and the frozen policy's shapes."""
-        positions = int(settings["steer_positions"]) or chunk_size
+    def of(cls, settings: dict[str, Any], state_dim: int, chunk_size: int, action_dim: int,
+           policy_action_steps: int) -> ActorSpec:
+        """From a steer config (dict) and the frozen policy's shapes; steer_positions 0 = the positions the
+        env executes (the config's n_action_steps, else the policy's)."""
+        positions = int(settings["steer_positions"]) or int(settings.get("n_action_steps") or policy_action_steps)
         if positions > chunk_size:
             from grpo_cli.errors import UserError
 
@@ -159,7 +161,8 @@ class NoiseActor:
         return Path(path)
 
     @classmethod
-    def load(cls, path: str | Path, state_dim: int, chunk_size: int, action_dim: int) -> NoiseActor:
+    def load(cls, path: str | Path, state_dim: int, chunk_size: int, action_dim: int,
+             policy_action_steps: int) -> NoiseActor:
         """From a steer checkpoint or a saved actor file (both hold the steer config and `params/actor.*`)."""
         from grpo_cli.errors import UserError
 
@@ -172,7 +175,7 @@ class NoiseActor:
                       if name.startswith("actor.")}
             source = (json.loads(f.attrs["source"]) if f.attrs["kind"] == "noise_actor"
                       else {"source": str(path), "step": int(f.attrs["step"])})
-        spec = ActorSpec.of(settings, state_dim, chunk_size, action_dim)
+        spec = ActorSpec.of(settings, state_dim, chunk_size, action_dim, policy_action_steps)
         policy = sac_policy(spec)
         try:
             policy.actor.load_state_dict(params, strict=True)

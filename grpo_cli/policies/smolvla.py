@@ -128,7 +128,8 @@ class SmolVLAAdapter:
 
     def attach_actor(self, path: str | Path, source: str) -> SmolVLAAdapter:
         """Make this (frozen) policy a steered one: its noise actor from a steer checkpoint or actor file."""
-        self.noise_actor = NoiseActor.load(path, self.state_dim, self.chunk_size, self.action_dim)
+        self.noise_actor = NoiseActor.load(path, self.state_dim, self.chunk_size, self.action_dim,
+                                           self.config.n_action_steps)
         self.identity = {"source": source, "kind": "steered", "params_sha1": self.identity["params_sha1"],
                          "actor": {**self.noise_actor.source, "actor_sha1": self.noise_actor.digest()},
                          "lineage": self.identity}
