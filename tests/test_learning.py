@@ -223,28 +223,37 @@ def learning_script(name: str, *args: str) -> subprocess.CompletedProcess:
                           capture_output=True, text=True, cwd=root)
 
 
-def test_heldout_pipeline_records_each_unit_and_skips_finished_ones(tmp_path) -> None:
+@pytest.mark.parametrize("method", ["recommended", "steer"])
+def test_heldout_pipeline_records_each_unit_and_skips_finished_ones(tmp_path, method: str) -> None:
     """benchmarks/learning/heldout.py --quick: demos and RL on training init states, evals on held-out ones,
-    one unit written to the results file as it finishes; a second run finds it and runs nothing."""
+    one unit written to the results file as it finishes; a second run finds it and runs nothing. The method
+    is the arm: GRPO's `recommended` (train) or `steer` (the noise actor, evaluated as a steered policy)."""
     results = tmp_path / "heldout.json"
-    args = ["--quick", "--tasks", "0", "--rl-seeds", "0", "--e2-seeds", "", "--out", str(tmp_path / "out"),
-            "--results", str(results)]
+    args = ["--quick", "--method", method, "--tasks", "0", "--rl-seeds", "0", "--e2-seeds", "", "--out",
+            str(tmp_path / "out"), "--results", str(results)]
     first = learning_script("heldout.py", *args)
     assert first.returncode == 0, first.stderr[-3000:]
     data = json.loads(results.read_text())
     (unit,) = data["units"]
     assert unit["train_init_states"] == [0, 1] and unit["eval_init_states"] == [30]
     assert [k[0] for k in unit["sft"]["episode_keys"]] == [30, 30]  # held-out init state only
-    assert unit["recommended"]["episode_keys"] == unit["sft"]["episode_keys"]  # the same episodes, paired
-    assert unit["recommended"]["env_steps"] > 0 and "summary" in data and data["commit"]
-    config = json.loads((tmp_path / "out" / "task0" / "run_recommended_seed0" / "config.json").read_text())
-    assert config["init_states"] == [0, 1] and config["exp"] == "recommended"
+    assert unit[method]["episode_keys"] == unit["sft"]["episode_keys"]  # the same episodes, paired
+    assert unit[method]["env_steps"] > 0 and "summary" in data and data["commit"] and data["preset"] == method
+    assert 0 <= unit["sft"]["init_states_any_success"] <= 1
+    config = json.loads((tmp_path / "out" / "task0" / f"run_{method}_seed0" / "config.json").read_text())
+    assert config["init_states"] == [0, 1] and config["exp"] == method
+    if method == "steer":
+        from grpo_cli.storage import read_eval
+
+        policy = read_eval(tmp_path / "out" / "task0" / "eval_steer_seed0.h5")["policy"]
+        assert policy["kind"] == "steered" and "gradient_updates" in unit["steer"]
     second = learning_script("heldout.py", *args)
     assert second.returncode == 0 and "[task 0] every arm recorded" in second.stdout, second.stderr[-2000:]
     older = tmp_path / "v1.json"  # a file of an earlier preset version (written before files had versions)
     older.write_text(json.dumps({"units": [{"task": 0, "rl_seed": 0}]}))
     mixed = learning_script("heldout.py", *args[:-1], str(older))
-    assert mixed.returncode != 0 and "version 1" in mixed.stderr and "Traceback" not in mixed.stderr
+    assert mixed.returncode != 0 and "Traceback" not in mixed.stderr
+    assert ("version 1" if method == "recommended" else "measures recommended, not steer") in mixed.stderr
 
 
 def test_heldout_merge_joins_two_pipelines_and_refuses_mismatched_parts(tmp_path) -> None:

@@ -183,7 +183,8 @@ def main() -> None:
     train_states = ",".join(map(str, proto["train_init_states"]))
     eval_states = ",".join(map(str, proto["eval_init_states"]))
     results = json.loads(results_path.read_text()) if results_path.exists() else {}
-    if results.setdefault("preset", args.method) != args.method:
+    # a file with units but no "preset" predates presets in the file: version 1 of `recommended`
+    if results.setdefault("preset", "recommended" if results.get("units") else args.method) != args.method:
         sys.exit(f"{results_path} measures {results['preset']}, not {args.method}: give each method its own file")
     results.setdefault("suite", proto["suite"])
     results.setdefault("env_step_budget", proto["env_step_budget"])
