@@ -306,11 +306,11 @@ def _resolve_runs(algorithm: str, exp: str | None, config_file: str | None, sets
     and the top run directory. Each config is validated here, before anything runs or is written."""
     from pathlib import Path
 
+    from grpo_cli.config import SteerConfig
     from grpo_cli.presets import PRESETS, load_yaml, parse_sets, resolve
-    from grpo_cli.steer import resolve_steer
 
     def make(name: str | None, values: dict[str, Any]) -> Any:
-        return resolve_steer(values) if algorithm == "steer" else resolve(name, values)
+        return resolve(None, values, SteerConfig) if algorithm == "steer" else resolve(name, values)
 
     names = [e.strip() for e in (exp or "").split(",") if e.strip()]
     if run_dir is None:
