@@ -180,21 +180,31 @@ def test_steer_resumes_after_kill_9_bit_exact(tmp_path, sig) -> None:
     assert [m["step"] for m in lines] == [1, 2, 3, 4] and lines[-1]["gradient_updates"] > 0
 
 
-@pytest.mark.parametrize("setting, message", [
-    ("actor_inputs=pixels", "actor_inputs must be one of"),
-    ("noise_bound=0", "noise_bound must be > 0"),
-    ("steer_positions=60", "exceeds the policy's chunk size 50"),
-    ("utd=0", "utd must be >= 1"),
-    ("steer_reward=dense", "steer_reward must be one of"),
-    ("lr_head=1e-4", "unknown setting 'lr_head'"),
-])
-def test_a_bad_steer_setting_is_one_line(tmp_path, setting: str, message: str) -> None:
-    proc = subprocess.run([*CLI, "steer", *(a for k, v in TINY.items() for a in ("--set", f"{k}={v}")),
-                           "--set", setting, "--run-dir", str(tmp_path / "r")], capture_output=True, text=True)
-    assert proc.returncode == 2, proc.stderr
-    lines = proc.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error:") and message in lines[0], proc.stderr
-    assert not (tmp_path / "r" / "config.json").exists()
+BAD_SETTINGS = [("actor_inputs", "pixels", "actor_inputs must be one of"),
+                ("noise_bound", "0", "noise_bound must be > 0"),
+                ("utd", "0", "utd must be >= 1"),
+                ("steer_reward", "dense", "steer_reward must be one of"),
+                ("lr_head", "1e-4", "unknown setting 'lr_head'"),
+                ("hidden_sizes", "", "hidden_sizes must be one or more positive layer widths")]
+
+
+def test_a_bad_steer_setting_is_one_line(tmp_path) -> None:
+    """Each bad setting is refused with its own message before anything runs; through the CLI that is one
+    line on stderr, exit 2, and no run directory."""
+    from grpo_cli.errors import UserError
+    from grpo_cli.steer import SteerTrainer
+
+    for key, value, message in BAD_SETTINGS:
+        with pytest.raises(UserError, match=message):
+            resolve_steer({**TINY, key: value})
+    with pytest.raises(UserError, match="exceeds the policy's chunk size 50"):  # known once the policy loads
+        SteerTrainer(resolve_steer({**TINY, "steer_positions": "60"}), tmp_path / "never")
+    for setting in ("actor_inputs=pixels", "steer_positions=60"):
+        proc = subprocess.run([*CLI, "steer", *(a for k, v in TINY.items() for a in ("--set", f"{k}={v}")),
+                               "--set", setting, "--run-dir", str(tmp_path / "r")], capture_output=True, text=True)
+        lines = proc.stderr.strip().splitlines()
+        assert proc.returncode == 2 and len(lines) == 1 and lines[0].startswith("error:"), proc.stderr
+        assert not (tmp_path / "r" / "config.json").exists()
 
 
 def test_steer_array_over_tasks_and_seeds_is_planned_as_one_run_each(tmp_path) -> None:
