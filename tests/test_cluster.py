@@ -298,8 +298,11 @@ def test_slurm_sweep_with_shards_survives_preemption_and_requeue(slurm, unsharde
     wait_for_steps(1)  # preemption warning: submitit's handler asks the trainer to stop after its step
     subprocess.run(["scancel", "--signal=USR2", job], check=True)
     wait_for_steps(3)
-    done = len((run / "metrics.jsonl").read_text().splitlines())  # steps finished; the next one is in flight
-    assert squeue_state(job) == "RUNNING"
+    deadline = time.time() + 600
+    while not list((run / "shards").glob("request_*.json")):  # the next step's rollout is handed out: in flight
+        assert time.time() < deadline, "no step after step 3 started"
+        time.sleep(0.05)
+    done = len((run / "metrics.jsonl").read_text().splitlines())  # steps finished before the one in flight
     subprocess.run(["scontrol", "requeue", job], check=True)  # a hard requeue: the step in flight is lost
     deadline = time.time() + 900
     while any(squeue_state(j) for j in jobs.values()) and time.time() < deadline:
@@ -328,7 +331,7 @@ def test_slurm_sweep_with_shards_survives_preemption_and_requeue(slurm, unsharde
 STEER = ["--set", "policy=tiny", "--set", "suite=libero_object", "--set", "tasks=0", "--set", "max_steps=10",
          "--set", "n_action_steps=5", "--set", "image_size=64", "--set", "num_envs=1", "--set", "save_every=100",
          "--set", "warmup_env_steps=10", "--set", "utd=2", "--set", "batch_size=8", "--set", "hidden_sizes=8",
-         "--set", "steps=6"]
+         "--set", "steps=10"]
 
 
 @pytest.mark.memory_heavy
@@ -336,7 +339,7 @@ def test_slurm_steer_array_requeues_past_submitits_default_timeout_limit(slurm, 
     """`steer --seeds 0,1 --executor slurm`: one array job. Seed 0's job gets the time-limit signal 4 times,
     one more than submitit's default max_num_timeout allows (with a 5-minute limit submitit counts every
     signal as a time-out). Each time it checkpoints after its step and requeues itself; the run still
-    finishes all 6 steps, bit-identical to an uninterrupted local run."""
+    finishes all 10 steps, bit-identical to an uninterrupted local run."""
     sweep = tmp_path / "sweep"
     proc = cli("steer", *STEER, "--seeds", "0,1", "--run-dir", str(sweep), "--executor", "slurm", "--cpus", "1",
                "--mem-gb", "3", "--time-min", "5", "--signal-delay", "30")
@@ -349,10 +352,12 @@ def test_slurm_steer_array_requeues_past_submitits_default_timeout_limit(slurm, 
     def steps_done() -> int:
         return len((run / "metrics.jsonl").read_text().splitlines()) if (run / "metrics.jsonl").exists() else 0
 
-    for signal_no in range(1, 5):
+    stopped_at = 0
+    for _ in range(4):
+        # signal only a trainer that has finished a step since its (re)start: its signal handler is installed
         deadline = time.time() + 600
-        while steps_done() < signal_no or squeue_state(job) != "RUNNING":
-            assert time.time() < deadline, f"seed 0 never ran step {signal_no}"
+        while steps_done() <= stopped_at or squeue_state(job) != "RUNNING":
+            assert time.time() < deadline, f"seed 0 never ran a step after step {stopped_at}"
             release_requeued(job)
             time.sleep(0.5)
         subprocess.run(["scancel", "--signal=USR2", job], check=True)  # the time-limit warning
@@ -360,6 +365,7 @@ def test_slurm_steer_array_requeues_past_submitits_default_timeout_limit(slurm, 
         while squeue_state(job) == "RUNNING":  # it checkpoints after its step, then requeues
             assert time.time() < deadline, "the job did not requeue after the signal"
             time.sleep(0.5)
+        stopped_at = steps_done()
     deadline = time.time() + 900
     while any(squeue_state(j) for j in jobs.values()) and time.time() < deadline:
         release_requeued(job)
@@ -371,10 +377,10 @@ def test_slurm_steer_array_requeues_past_submitits_default_timeout_limit(slurm, 
     assert local.returncode == 0, local.stderr
     for seed_run in (run, sweep / "seed1"):
         assert [json.loads(x)["step"] for x in (seed_run / "metrics.jsonl").read_text().splitlines()] == list(
-            range(1, 7))
+            range(1, 11))
     a = read_checkpoint(sorted((straight / "checkpoints").glob("*.h5"))[-1])
     b = read_checkpoint(sorted((run / "checkpoints").glob("*.h5"))[-1])
-    assert a["step"] == b["step"] == 6
+    assert a["step"] == b["step"] == 10
     for name in a["params"]:
         torch.testing.assert_close(a["params"][name], b["params"][name], rtol=0, atol=0)
     for name in a["arrays"]:
