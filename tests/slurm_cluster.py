@@ -4,6 +4,8 @@
 is not running, writes a slurm.conf into `folder` and starts `slurmctld` and `slurmd` from it. The
 returned environment (SLURM_CONF) points every `sbatch`/`squeue`/submitit call at that cluster.
 The node claims 8 CPUs (`config_overrides`) so a trainer and its shard workers run at once on 2 cores.
+KillWait is 1 s: a hard requeue (`scontrol requeue`) kills a step in flight before it can finish (submitit
+ignores the SIGTERM that comes first), so the hard-requeue test sees that step lost and redone.
 """
 
 from __future__ import annotations
@@ -68,7 +70,7 @@ SelectTypeParameters=CR_Core
 ReturnToService=2
 MpiDefault=none
 JobRequeue=1
-KillWait=5
+KillWait=1
 MinJobAge=600
 SlurmdParameters=config_overrides
 NodeName={host} CPUs=8 RealMemory={mem_mb} State=UNKNOWN
