@@ -233,11 +233,20 @@ def squeue_state(job: str) -> str:
     return out.strip()
 
 
+_held_since: dict[str, float] = {}
+
+
 def release_requeued(job: str) -> None:
-    """SLURM holds a requeued job until a later BeginTime; start it now to keep the test short."""
+    """SLURM holds a requeued job until a later BeginTime; start it now to keep the test short. Not at once:
+    a job released within a second of its requeue can be started before its old credential is cleaned up,
+    and SLURM then kills it ("Job credential revoked"), which no real cluster's scheduler would do."""
     reason = subprocess.run(["squeue", "-h", "-j", job, "-o", "%r"], capture_output=True, text=True).stdout
-    if "BeginTime" in reason:
+    if "BeginTime" not in reason:
+        _held_since.pop(job, None)
+        return
+    if time.time() - _held_since.setdefault(job, time.time()) >= 3:
         subprocess.run(["scontrol", "update", f"JobId={job}", "StartTime=now"], capture_output=True)
+        _held_since.pop(job, None)
 
 
 @pytest.mark.memory_heavy
