@@ -311,8 +311,22 @@ def test_slurm_sweep_with_shards_survives_preemption_and_requeue(slurm, unsharde
     while not list((run / "shards").glob("request_*.json")):  # the next step's rollout is handed out: in flight
         assert time.time() < deadline, "no step after step 3 started"
         time.sleep(0.05)
+    # Hold the step in flight: its shard workers stop, so it cannot finish within SLURM's kill grace.
+    import signal
+
+    import psutil
+
+    workers = [p for p in psutil.process_iter(["cmdline"])
+               if any(str(run / "shards") in part for part in (p.info["cmdline"] or []))]
+    assert workers, "the run's shard workers were not found"
+    for proc in workers:
+        proc.send_signal(signal.SIGSTOP)
     done = len((run / "metrics.jsonl").read_text().splitlines())  # steps finished before the one in flight
     subprocess.run(["scontrol", "requeue", job], check=True)  # a hard requeue: the step in flight is lost
+    time.sleep(10)  # the trainer is killed meanwhile; then the old workers go on and find their pool stopped
+    for proc in workers:
+        if proc.is_running():
+            proc.send_signal(signal.SIGCONT)
     deadline = time.time() + 900
     while any(squeue_state(j) for j in jobs.values()) and time.time() < deadline:
         release_requeued(job)
