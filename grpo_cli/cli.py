@@ -269,7 +269,7 @@ def eval_cmd(policy: str, suite: str, max_steps: int | None, n_action_steps: int
             f"task {t.spec.task.task_id} init {t.spec.init_state} {'success' if t.success else 'fail'}"))
     data = read_eval(out)
     print_eval_table(summarize(data["episodes"], data["tasks"]), title=f"{cfg.suite} - {source}")
-    click.echo(f"wrote {out}")
+    click.echo(f"scene {data['scene']}, rendered by {', '.join(data['renderers']) or 'nothing'}; wrote {out}")
 
 
 _run_options = [
@@ -485,7 +485,7 @@ def demos(suite: str, tasks: str, init_states: str, repeats: int, noise_std: flo
     """Scripted expert demonstrations ("pick up the X and place it in the basket" tasks), LIBERO layout."""
     import json
 
-    from grpo_cli.envs.libero import num_tasks, task_spec
+    from grpo_cli.envs.libero import num_tasks, scene_mode, task_spec
     from grpo_cli.expert import collect_demos
     from grpo_cli.storage import check_output_path, write_demos
 
@@ -513,7 +513,8 @@ def demos(suite: str, tasks: str, init_states: str, repeats: int, noise_std: flo
                                seed=seed, repeats=repeats, workers=workers, on_demo=advance)
     config = {"suite": suite, "tasks": task_ids, "init_states": inits, "repeats": repeats, "noise_std": noise_std,
               "image_size": image_size, "privileged_state": privileged_state, "seed": seed}
-    write_demos(path, result, specs, json.dumps(config), {"image_size": image_size, "suite": suite})
+    write_demos(path, result, specs, json.dumps(config), {"image_size": image_size, "suite": suite,
+                                                           "scene": scene_mode()})
     ok = sum(d.success for d in result)
     click.echo("expert success by task: " + ", ".join(  # where the expert (and so SFT) has holes
         f"{t}: {sum(d.success for d in result if d.task_id == t)}/{sum(d.task_id == t for d in result)}"

@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 
 from grpo_cli.config import EvalConfig
-from grpo_cli.envs.libero import TaskSpec, num_tasks, task_spec
+from grpo_cli.envs.libero import TaskSpec, num_tasks, scene_mode, task_spec
 from grpo_cli.envs.slots import make_env_slots
 from grpo_cli.episodes import EpisodeSpec, Trajectory, episode_seed, usable_init_states
 from grpo_cli.errors import UserError
@@ -106,5 +106,5 @@ def eval_part(cfg_json: str, task_ids: list[int], out: str, on_episode: Callable
     adapter = SmolVLAAdapter.load(cfg.policy, device=cfg.device)
     episodes, renderers = run_eval(cfg, adapter, tasks, on_episode=on_episode)
     table = [{"task_id": t.task_id, "name": t.name, "language": t.language} for t in tasks]
-    write_eval(out, episodes, table, cfg.suite, cfg_json, adapter.identity, renderers)
+    write_eval(out, episodes, table, cfg.suite, cfg_json, adapter.identity, renderers, scene=scene_mode())
     return str(adapter.identity["source"])

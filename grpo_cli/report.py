@@ -74,6 +74,8 @@ class Column:
     outcomes: dict[tuple[int, int, int], bool] | None = None  # (task, init state, noise seed) -> success
     drift: dict[str, float] | None = None  # module -> drift %, with "total"; None when unknown
     run: Run | None = None
+    scene: str = ""  # the scene mode its cameras rendered (lean / libero / lowpoly); "" when not recorded
+    renderers: list[str] = field(default_factory=list)  # the GL renderers that drew its frames
 
     @property
     def pooled(self) -> tuple[int, int]:
@@ -172,7 +174,8 @@ def load_column(path: Path, label: str, runs: list[Run], baseline_like: bool = F
         counts[task_id] = (int(episodes["success"][mask].sum()), int(mask.sum()))
     if not counts or any(n == 0 for _, n in counts.values()):
         raise UserError(f"{path}: an eval file without episodes for every task it lists")
-    column = Column(label or path.stem, path, str(data["suite"]), names, counts, kind=policy.get("kind", ""))
+    column = Column(label or path.stem, path, str(data["suite"]), names, counts, kind=policy.get("kind", ""),
+                    scene=data["scene"], renderers=data["renderers"])
     column.outcomes = episode_outcomes(data)
     if policy.get("kind") == "imported":
         column.label = label or policy.get("label") or path.stem
@@ -349,9 +352,12 @@ def table1(columns: list[Column], baseline: Column, sig: dict) -> Table:
         mean_row.append(text + (" *" if c.label in sig and sig[c.label]["mean"]["p_holm"] < ALPHA else ""))
     rows.append(mean_row)
     episodes = sorted({n for c in columns for _, n in c.counts.values()})
+    rendered = "; ".join(f"`{c.label}` {c.scene or 'not recorded'} scene, "
+                         f"{', '.join(c.renderers) or 'renderer not recorded'}" for c in columns)
     return Table("Table 1: success % per task [95% Wilson interval]", ["task", *[c.label for c in columns]], rows,
                  [f"Episodes per task: {', '.join(map(str, episodes))}. Bold: best per row. "
-                  f"*: differs from the baseline `{baseline.label}` (Fisher exact, Holm-adjusted p < {ALPHA})."])
+                  f"*: differs from the baseline `{baseline.label}` (Fisher exact, Holm-adjusted p < {ALPHA}).",
+                  f"Images: {rendered}."])
 
 
 def significance_table(columns: list[Column], baseline: Column, sig: dict) -> Table:

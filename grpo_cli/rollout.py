@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from grpo_cli.config import RolloutConfig
-from grpo_cli.envs.libero import CAMERAS, STATE_KEY, TaskSpec
+from grpo_cli.envs.libero import CAMERAS, STATE_KEY, TaskSpec, scene_mode
 from grpo_cli.envs.slots import EnvSlots, make_env_slots
 from grpo_cli.episodes import EpisodeSpec, Trajectory, episode_seed
 from grpo_cli.errors import EnvFailure, UserError
@@ -190,7 +190,8 @@ def rollout_part(cfg_json: str, episodes: list[Any], out: str, on_episode: Calla
         renderers = slots.renderers()
     finally:
         slots.close()
-    env_args = {"suite": cfg.suite, "image_size": cfg.image_size, "control_freq": 20, "max_steps": cfg.max_steps,
+    env_args = {"suite": cfg.suite, "scene": scene_mode(), "image_size": cfg.image_size, "control_freq": 20,
+                "max_steps": cfg.max_steps,
                 "n_action_steps": cfg.n_action_steps or adapter.config.n_action_steps, "renderers": renderers}
     write_rollout(out, trajs, cfg_json, adapter.identity, env_args)
     return {"trajectories": len(trajs), "successes": sum(bool(t.success) for t in trajs),

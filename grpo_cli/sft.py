@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 
-from grpo_cli.envs.libero import PRIVILEGED_STATE_DIM, STATE_DIM
+from grpo_cli.envs.libero import PRIVILEGED_STATE_DIM, STATE_DIM, scene_look
 from grpo_cli.errors import UserError
 from grpo_cli.policies.smolvla import IMAGE_KEYS, STATE_KEY, SmolVLAAdapter, build_tiny, parameter_groups
 from grpo_cli.storage import read_demos
@@ -90,6 +90,10 @@ class DemoSet:
         sizes = {d["images"][IMAGE_KEYS[0]].shape[1:] for d in kept}
         if len(sizes) > 1:
             raise UserError(f"demos have different image sizes {sorted(sizes)}; record them at one size")
+        looks = {scene_look(d["scene"]) for d in kept}
+        if len(looks) > 1:
+            raise UserError("the demos were rendered in different scenes (lowpoly and LIBERO's): record them all "
+                            "with one GRPO_VLA_SCENE")
         lengths = [len(d["actions"]) for d in kept]
         ends = np.cumsum(lengths)
         starts = ends - lengths

@@ -24,7 +24,7 @@ import h5py
 import numpy as np
 
 from grpo_cli import __version__
-from grpo_cli.envs.libero import num_tasks, task_spec
+from grpo_cli.envs.libero import num_tasks, scene_look, task_spec
 from grpo_cli.episodes import EpisodeSpec, Trajectory
 from grpo_cli.errors import UserError
 
@@ -224,14 +224,17 @@ EPISODE_FIELDS = {"task_id": np.int32, "init_state": np.int32, "success": np.uin
 
 
 def write_eval(path: str | Path, episodes: dict[str, np.ndarray], tasks: Sequence[dict[str, Any]],
-               suite: str, config_json: str, policy: dict[str, Any], renderers: Sequence[str] = ()) -> Path:
+               suite: str, config_json: str, policy: dict[str, Any], renderers: Sequence[str] = (),
+               scene: str = "") -> Path:
     """Per-episode results as columns of `/episodes`, the task table as `/tasks`; `renderers`: the GL
-    renderers the cameras used (none for imported results)."""
+    renderers the cameras used (none for imported results); `scene`: the scene mode that rendered them
+    (`lean`, `libero`, `lowpoly`; "" for imported results)."""
     path = Path(path)
     with atomic_h5(path) as f:
         _common_attrs(f, "eval", config_json, policy)
         f.attrs["suite"] = suite
         f.attrs["renderers"] = json.dumps(sorted(renderers))
+        f.attrs["scene"] = scene
         ep = f.create_group("episodes")
         for name, dtype in EPISODE_FIELDS.items():
             ep.create_dataset(name, data=np.asarray(episodes[name], dtype=dtype))
@@ -254,7 +257,7 @@ def read_eval(path: str | Path) -> dict[str, Any]:
                                        strict=True)]
         return {"episodes": episodes, "tasks": tasks, "suite": f.attrs["suite"],
                 "config": json.loads(f.attrs["config"]), "policy": json.loads(f.attrs["policy"]),
-                "renderers": json.loads(f.attrs.get("renderers", "[]"))}
+                "renderers": json.loads(f.attrs.get("renderers", "[]")), "scene": str(f.attrs.get("scene", ""))}
 
 
 def read_demo(g: h5py.Group, task: Any) -> Trajectory:
@@ -419,6 +422,8 @@ def read_demos(path: str | Path, privileged_state: bool) -> list[dict[str, Any]]
         if "data" not in f or not any(k.startswith("demo_") for k in f["data"]):
             raise UserError(f"{path} holds no demonstrations (expected data/demo_i groups)")
         info = json.loads(f["data"].attrs.get("problem_info", "{}"))
+        # LIBERO's own demos and ours before scenes were recorded have LIBERO's images (`lean` renders the same)
+        scene = json.loads(f["data"].attrs.get("env_args", "{}")).get("scene", "libero")
         demos = []
         for name in sorted(f["data"], key=lambda k: int(k.split("_")[-1])):
             g = f["data"][name]
@@ -438,7 +443,7 @@ def read_demos(path: str | Path, privileged_state: bool) -> list[dict[str, Any]]
                           "state": np.concatenate(parts, axis=1).astype(np.float32),
                           "actions": g["actions"][()].astype(np.float32), "language": str(language),
                           "task_id": int(g.attrs.get("task_id", -1)),
-                          "success": bool(g.attrs.get("success", True))})
+                          "success": bool(g.attrs.get("success", True)), "scene": scene})
         return demos
 
 
@@ -455,6 +460,9 @@ def merge_rollouts(parts: Sequence[Path], out: Path, config_json: str) -> None:
                     f.attrs.update(dict(src.attrs))
                     f.attrs["config"] = config_json
                     merged_args = env_args
+                if scene_look(env_args.get("scene", "")) != scene_look(merged_args.get("scene", "")):
+                    raise UserError(f"{part} was rendered in the {env_args.get('scene')} scene, "
+                                    f"{parts[0]} in the {merged_args.get('scene')} one: set one GRPO_VLA_SCENE")
                 # shards may run on nodes with other renderers
                 merged_args["renderers"] = sorted(set(merged_args.get("renderers", []))
                                                   | set(env_args.get("renderers", [])))
@@ -473,7 +481,11 @@ def merge_evals(parts: Sequence[Path], out: Path, config_json: str) -> None:
     episodes = {k: np.concatenate([d["episodes"][k] for d in datas]) for k in EPISODE_FIELDS}
     tasks = [t for d in datas for t in d["tasks"]]
     renderers = sorted({r for d in datas for r in d.get("renderers", [])})
-    write_eval(out, episodes, tasks, str(datas[0]["suite"]), config_json, datas[0]["policy"], renderers)
+    scenes = sorted({d["scene"] for d in datas})
+    if len({scene_look(s) for s in scenes}) > 1:
+        raise UserError(f"the eval files saw different images (scenes {', '.join(scenes)}): not one eval")
+    write_eval(out, episodes, tasks, str(datas[0]["suite"]), config_json, datas[0]["policy"], renderers,
+               "+".join(scenes))
 
 
 # --- importing published numbers --------------------------------------------------------------------------

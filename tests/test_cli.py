@@ -91,7 +91,7 @@ def test_eval_prints_table_and_stores_episodes(tmp_path: Path) -> None:
     (["eval", "--policy", "HuggingFaceVLA/smolvla_libero"], {}, "pass a local lerobot policy directory"),
     (["eval"], {"GRPO_VLA_LIBERO_ASSETS": "/nonexistent"}, "LIBERO assets not found in /nonexistent"),
     (["eval"], {"MUJOCO_GL": "nogl"}, "MuJoCo cannot load its GL backend MUJOCO_GL=nogl"),
-    (["eval"], {"GRPO_VLA_SCENE": "fancy"}, "bad GRPO_VLA_SCENE='fancy': choose lean (the default) or libero"),
+    (["eval"], {"GRPO_VLA_SCENE": "fancy"}, "bad GRPO_VLA_SCENE='fancy': choose lean (the default), libero or lowpoly"),
     (["eval", "--parallel-envs"], {"GRPO_VLA_MUJOCO_ARENA_MB": "-3"}, "bad GRPO_VLA_MUJOCO_ARENA_MB='-3'"),
     (["eval", "--out", "/proc/denied/x.h5"], {}, "cannot"),
     (["eval", "--episodes-per-task", "0"], {}, "episodes_per_task must be >= 1"),

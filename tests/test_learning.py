@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -182,6 +183,20 @@ def test_sft_lowers_the_flow_matching_loss_and_recommended_runs(demo_file, tmp_p
     assert metrics["groups_rolled_out"] >= 1 and 0.0 <= metrics["progress"] <= 2.0
     assert "frac_groups_filtered" in metrics
 
+
+
+def test_sft_refuses_demos_of_different_scenes(demo_file, tmp_path) -> None:
+    from grpo_cli.sft import SFTConfig, sft
+
+    lowpoly = tmp_path / "lowpoly.h5"
+    shutil.copy(demo_file, lowpoly)
+    with h5py.File(lowpoly, "r+") as f:  # the same demos, as `GRPO_VLA_SCENE=lowpoly grpo-vla demos` records them
+        f["data"].attrs["env_args"] = json.dumps({"scene": "lowpoly"})
+    assert read_demos(lowpoly, privileged_state=True)[0]["scene"] == "lowpoly"
+    assert read_demos(demo_file, privileged_state=True)[0]["scene"] == "libero"  # unrecorded: LIBERO's images
+    with pytest.raises(UserError, match="rendered in different scenes"):
+        sft(SFTConfig(demos=(str(demo_file), str(lowpoly)), privileged_state=True, steps=1), tmp_path / "sft")
+    assert not (tmp_path / "sft").exists()
 
 
 def test_stall_rule_ends_only_episodes_whose_goal_object_never_moved() -> None:

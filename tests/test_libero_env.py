@@ -220,15 +220,15 @@ def test_scene_compile_is_mujocos_own_and_lean_only_drops_render_copies() -> Non
           <geom type="plane" size="1 1 .1" material="m2"/></worldbody></mujoco>"""
 
     xml = scene("false")
-    assert digest(compile_scene(xml, lean=False)) == digest(mujoco.MjModel.from_xml_string(xml))
-    lean, plain = compile_scene(xml, lean=True), compile_scene(xml, lean=False)
+    assert digest(compile_scene(xml, "libero")) == digest(mujoco.MjModel.from_xml_string(xml))
+    lean, plain = compile_scene(xml, "lean"), compile_scene(xml, "libero")
     assert (lean.ntex, plain.ntex) == (1, 2) and lean.vis.quality.shadowsize == 0 < plain.vis.quality.shadowsize
     for name in ("body_mass", "geom_size", "geom_friction", "opt.timestep"):
         obj_l, obj_p = lean, plain
         for part in name.split("."):
             obj_l, obj_p = getattr(obj_l, part), getattr(obj_p, part)
         np.testing.assert_array_equal(obj_l, obj_p)
-    assert compile_scene(scene("true"), lean=True).vis.quality.shadowsize > 0  # a shadow is drawn: kept
+    assert compile_scene(scene("true"), "lean").vis.quality.shadowsize > 0  # a shadow is drawn: kept
 
 
 def test_one_env_worker_peaks_under_1_2_gib() -> None:

@@ -23,14 +23,16 @@ REPO = Path(__file__).resolve().parents[1]
 TASKS = [{"task_id": t, "name": f"KITCHEN_SCENE{t}_task_{t}", "language": f"task {t}"} for t in range(3)]
 
 
-def eval_file(path: Path, counts: dict[int, tuple[int, int]], policy: dict | None = None) -> Path:
+def eval_file(path: Path, counts: dict[int, tuple[int, int]], policy: dict | None = None, scene: str = "lean",
+              renderers: tuple[str, ...] = ("llvmpipe",)) -> Path:
     """An eval file with the given (successes, episodes) per task."""
     ids = [t for t, (_, n) in counts.items() for _ in range(n)]
     success = [int(i < s) for _, (s, n) in counts.items() for i in range(n)]
     episodes = {"task_id": np.array(ids), "init_state": np.zeros(len(ids)), "success": np.array(success),
                 "episode_length": np.full(len(ids), 100), "noise_seed": np.arange(len(ids), dtype=np.uint64)}
     tasks = [t for t in TASKS if t["task_id"] in counts]
-    return write_eval(path, episodes, tasks, "libero_10", "{}", policy or {"source": "tiny:0", "kind": "tiny"})
+    return write_eval(path, episodes, tasks, "libero_10", "{}", policy or {"source": "tiny:0", "kind": "tiny"},
+                      renderers, scene)
 
 
 def run_dir(path: Path, exp: str, metrics: list[dict]) -> Path:
@@ -398,3 +400,26 @@ def test_report_of_a_heldout_file_states_the_across_units_result(tmp_path: Path)
                                            "recommended": {"outcomes": [1]}}]}))
     with pytest.raises(UserError, match="ran different episodes"):
         build_report([str(path)], tmp_path / "report2")
+
+
+def test_report_shows_each_columns_scene_beside_its_renderer(tmp_path: Path) -> None:
+    a = eval_file(tmp_path / "a.h5", {0: (3, 20)}, scene="lowpoly", renderers=("llvmpipe",))
+    b = eval_file(tmp_path / "b.h5", {0: (5, 20)}, scene="libero", renderers=("NVIDIA H100",))
+    build_report([f"low={a}", f"full={b}"], tmp_path / "r")
+    page = (tmp_path / "r" / "report.md").read_text()
+    assert "Images: `low` lowpoly scene, llvmpipe; `full` libero scene, NVIDIA H100." in page
+
+
+def test_merge_evals_refuses_parts_that_saw_different_images(tmp_path: Path) -> None:
+    a = eval_file(tmp_path / "a.h5", {0: (3, 20)}, scene="lowpoly")
+    b = eval_file(tmp_path / "b.h5", {2: (7, 20)}, scene="lean")
+    c = eval_file(tmp_path / "c.h5", {1: (7, 20)}, scene="libero")
+    proc = subprocess.run([*CLI, "merge-evals", str(a), str(b), "--out", str(tmp_path / "m.h5")],
+                          capture_output=True, text=True)
+    assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1
+    assert "saw different images (scenes lean, lowpoly)" in proc.stderr and not (tmp_path / "m.h5").exists()
+    # lean renders LIBERO's images to the bit: those parts make one eval
+    proc = subprocess.run([*CLI, "merge-evals", str(b), str(c), "--out", str(tmp_path / "n.h5")],
+                          capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    assert read_eval(tmp_path / "n.h5")["scene"] == "lean+libero"

@@ -285,17 +285,26 @@ def _arena(problem_name: str, memory_mb: int | None):
 
 
 SCENE_ENV_VAR = "GRPO_VLA_SCENE"
-"""`lean` (default) or `libero`. Both compile LIBERO's scene to the same physics; `lean` uploads less to the
-renderer: textures that are exact copies of another (same file, same type: LIBERO-10 task 0 loads its
-2000 px table texture as two cube maps) are uploaded once, and the 4096 px shadow map is not allocated
-when no light casts shadows. Frames and states are bit-identical (tests/test_reproducibility.py and
-benchmarks/scene_sameness.py); `libero` renders LIBERO's model as compiled, texture for texture."""
+"""`lean` (default), `libero` or `lowpoly`. All three compile LIBERO's scene to the same physics. `lean` uploads
+less to the renderer: textures that are exact copies of another (same file, same type: LIBERO-10 task 0 loads
+its 2000 px table texture as two cube maps) are uploaded once, and the 4096 px shadow map is not allocated
+when no light casts shadows. Frames and states are bit-identical to `libero`'s (tests/test_reproducibility.py
+and benchmarks/scene_sameness.py), which renders LIBERO's model as compiled, texture for texture. `lowpoly`
+is `lean` with decimated visual meshes (envs/lowpoly.py): the same states, other images, cheaper frames on a
+CPU; files record the scene, and `sft` refuses to mix scenes."""
+SCENES = ("lean", "libero", "lowpoly")
+
+
+def scene_look(scene: str) -> str:
+    """What the cameras see in a scene mode: `lowpoly` images, or LIBERO's (`lean` renders LIBERO's to the bit;
+    "", a file from before scenes were recorded or an imported result, had LIBERO's)."""
+    return "lowpoly" if scene == "lowpoly" else "libero"
 
 
 def scene_mode() -> str:
     value = os.environ.get(SCENE_ENV_VAR, "").strip().lower() or "lean"
-    if value not in ("lean", "libero"):
-        raise UserError(f"bad {SCENE_ENV_VAR}={value!r}: choose lean (the default) or libero")
+    if value not in SCENES:
+        raise UserError(f"bad {SCENE_ENV_VAR}={value!r}: choose lean (the default), libero or lowpoly")
     return value
 
 
@@ -332,14 +341,20 @@ def release_freed_memory() -> None:
         pass
 
 
-def compile_scene(xml: str, lean: bool) -> Any:
+def compile_scene(xml: str, scene: str) -> Any:
     """MuJoCo model of a scene XML, compiled through an `MjSpec` that is freed right after: MuJoCo's
     `MjModel.from_xml_string` keeps the decoded meshes and textures (~400 MiB for LIBERO-10 task 0)
-    for the life of the process. The model is byte-identical to `from_xml_string`'s (tested)."""
+    for the life of the process. The model is byte-identical to `from_xml_string`'s (tested).
+    scene: `libero`, `lean` or `lowpoly` (SCENE_ENV_VAR)."""
     import mujoco
 
+    lean = scene != "libero"
     spec = mujoco.MjSpec.from_string(merge_duplicate_textures(xml) if lean else xml)
     model = spec.compile()
+    if scene == "lowpoly":
+        from grpo_cli.envs.lowpoly import compile_lowpoly
+
+        model = compile_lowpoly(spec, model)
     del spec
     release_freed_memory()  # else the freed spec stays resident and the renderer's buffers come on top
     if lean and not model.light_castshadow.any():
@@ -348,12 +363,12 @@ def compile_scene(xml: str, lean: bool) -> Any:
 
 
 @contextlib.contextmanager
-def _scene_compiler(lean: bool):
+def _scene_compiler(scene: str):
     """While LIBERO builds an env, robosuite's `MjSim.from_xml_string` compiles with `compile_scene`."""
     from robosuite.utils.binding_utils import MjSim
 
     original = MjSim.__dict__["from_xml_string"]
-    MjSim.from_xml_string = classmethod(lambda cls, xml: cls(compile_scene(xml, lean)))
+    MjSim.from_xml_string = classmethod(lambda cls, xml: cls(compile_scene(xml, scene)))
     try:
         yield
     finally:
@@ -511,7 +526,7 @@ class LiberoEnv:
             device = egl_device(worker, os.environ.get("CUDA_VISIBLE_DEVICES"), _egl_device_count())
         self.scene = scene_mode()
         with _arena(get_problem_info(spec.bddl_file)["problem_name"], self.arena_mb), \
-                _scene_compiler(self.scene == "lean"):
+                _scene_compiler(self.scene):
             self._env = OffScreenRenderEnv(bddl_file_name=spec.bddl_file, camera_heights=image_size,
                                            camera_widths=image_size, hard_reset=hard_reset,
                                            use_camera_obs=images, render_gpu_device_id=-1 if device is None else device)
@@ -612,7 +627,7 @@ class LiberoEnv:
         if self.hard_reset:
             self._free_render_context()  # the hard reset rebuilds the sim and drops this context
         self._env.seed(scene_seed(self.spec.suite, self.spec.task_id, init_state))
-        with _scene_compiler(self.scene == "lean"):  # a hard reset recompiles the scene
+        with _scene_compiler(self.scene):  # a hard reset recompiles the scene
             self._env.reset()
         self._env.set_init_state(self._init_states[init_state])
         # A soft reset keeps state that a hard reset (which rebuilds the model) starts from zero: the
