@@ -20,9 +20,9 @@ import os
 import platform
 import subprocess
 import sys
-import tempfile
 import time
-from pathlib import Path
+
+from bench_common import task_ids, write_result  # this folder
 
 os.environ.setdefault("MUJOCO_GL", "egl")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -69,10 +69,6 @@ def child(suite: str, task: int, size: int) -> dict:
     return out
 
 
-def _tasks(text: str) -> list[int]:
-    lo, _, hi = text.partition("-")
-    return list(range(int(lo), int(hi or lo) + 1)) if "," not in text else [int(t) for t in text.split(",")]
-
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -89,7 +85,7 @@ def main() -> None:
     commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip()
     started, rows = time.time(), []
     for suite in args.suites.split(","):
-        for task in _tasks(args.tasks):
+        for task in task_ids(args.tasks):
             row: dict = {"suite": suite, "task": task}
             for size in [int(s) for s in args.sizes.split(",")]:
                 proc = subprocess.run([sys.executable, __file__, "--child", suite, str(task), str(size)],
@@ -111,12 +107,7 @@ def main() -> None:
                     "actions": "uniform(-1, 1), seeded by the task id"},
         "minutes": round((time.time() - started) / 60, 1), "tasks": rows,
     }
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=out.parent, suffix=".tmp")
-    with os.fdopen(fd, "w") as f:
-        json.dump(result, f, indent=1)
-    os.replace(tmp, out)
+    out = write_result(args.out, result)
     print(f"wrote {out}")
 
 

@@ -27,9 +27,9 @@ import os
 import platform
 import subprocess
 import sys
-import tempfile
 import time
-from pathlib import Path
+
+from bench_common import task_ids, write_result  # this folder
 
 MODES = ("libero", "lean", "lowpoly")
 
@@ -120,10 +120,6 @@ def child(suite: str, task: int, image_size: int) -> dict:
     return out
 
 
-def _tasks(text: str) -> list[int]:
-    lo, _, hi = text.partition("-")
-    return list(range(int(lo), int(hi or lo) + 1)) if "," not in text else [int(t) for t in text.split(",")]
-
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -145,7 +141,7 @@ def main() -> None:
     started = time.time()
     rows = []
     for suite in args.suites.split(","):
-        for task in _tasks(args.tasks):
+        for task in task_ids(args.tasks):
             runs = {}
             for mode in modes:
                 proc = subprocess.run([sys.executable, __file__, "--image-size", str(args.image_size),
@@ -192,12 +188,7 @@ def main() -> None:
         "max_worker_peak_rss_mib": {m: max(r["worker_peak_rss_mib"][m] for r in rows) for m in modes},
         "tasks": rows,
     }
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=out.parent, suffix=".tmp")
-    with os.fdopen(fd, "w") as f:
-        json.dump(result, f, indent=1)
-    os.replace(tmp, out)
+    out = write_result(args.out, result)
     print(f"all as expected: {result['all_identical']}; worker peak RSS max {result['max_worker_peak_rss_mib']} MiB; "
           f"wrote {out}")
     sys.exit(0 if result["all_identical"] else 1)

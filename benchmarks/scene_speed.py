@@ -22,9 +22,9 @@ import platform
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
-from pathlib import Path
+
+from bench_common import write_result  # this folder
 
 os.environ.setdefault("MUJOCO_GL", "egl")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -127,12 +127,7 @@ def main() -> None:
         "machine": f"{platform.node()} ({os.cpu_count()} CPUs), {platform.platform()}",
         "steps_per_rate": STEPS, "tasks": rows,
     }
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=out.parent, suffix=".tmp")
-    with os.fdopen(fd, "w") as f:
-        json.dump(result, f, indent=1)
-    os.replace(tmp, out)
+    out = write_result(args.out, result)
     print(f"wrote {out}")
 
 

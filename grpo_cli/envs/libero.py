@@ -32,6 +32,7 @@ from typing import Any
 import numpy as np
 import yaml
 
+from grpo_cli.envs.cache import first_writable_folder
 from grpo_cli.errors import UserError
 
 ASSETS_ENV_VAR = "GRPO_VLA_LIBERO_ASSETS"
@@ -83,14 +84,7 @@ def numba_cache_dir(package_dir: Path, candidates: list[Path]) -> Path | None:
     when that folder is writable, else the first candidate folder that can be made writable."""
     if os.access(package_dir, os.W_OK):
         return None
-    for folder in candidates:
-        try:
-            folder.mkdir(parents=True, exist_ok=True, mode=0o700)
-        except OSError:
-            continue
-        if os.access(folder, os.W_OK):
-            return folder
-    return None
+    return first_writable_folder(candidates)
 
 
 def _writable_numba_cache() -> None:

@@ -22,6 +22,8 @@ from typing import Any
 
 import numpy as np
 
+from grpo_cli.envs.cache import first_writable_folder
+
 FACE_BUDGET = 300
 """triangles of a decimated visual-only mesh up to 20 cm across (a robot link, an object); a larger one
 (a table, a kitchen wall) gets this many per 20 cm, up to 8 times as many (`mesh_budget`)"""
@@ -33,13 +35,9 @@ def cache_folder() -> Path:
     candidates = [Path(os.environ["GRPO_VLA_CACHE"]) / "lowpoly"] if os.environ.get("GRPO_VLA_CACHE") else []
     candidates += [Path.home() / ".cache" / "grpo-vla" / "lowpoly",
                    Path(tempfile.gettempdir()) / f"grpo-vla-{os.getuid()}" / "lowpoly"]
-    for folder in candidates:
-        try:
-            folder.mkdir(parents=True, exist_ok=True, mode=0o700)
-        except OSError:
-            continue
-        if os.access(folder, os.W_OK):
-            return folder
+    folder = first_writable_folder(candidates)
+    if folder is not None:
+        return folder
     raise OSError("no writable cache folder for the low-poly scene: set GRPO_VLA_CACHE")
 
 
