@@ -421,6 +421,7 @@ def _launch(algorithm: str, runs: list[tuple[Any, Any]], section: dict | None, r
         if algorithm == "steer":
             return (f"step {m['step']} env steps {m['env_steps_total']} success {m['success_rate']:.2f} "
                     f"{'actor' if m['steering'] else 'warm-up'} updates {m['gradient_updates']} "
+                    f"actor change {m.get('actor_change', 0.0):.3f} "
                     f"rollout {m['time/rollout']:.1f}s update {m['time/update']:.1f}s")
         return (f"step {m['step']}/{cfg.steps} reward {m['reward']:.3f} success {m['success_rate']:.2f} "
                 f"zero_std {m['frac_reward_zero_std']:.2f} kl {m.get('kl', 0.0):.2e} "

@@ -426,7 +426,13 @@ class SteerSettings:
     batch_size: int = 256
     """transitions per SAC gradient step"""
     learning_rate: float = 3e-4
-    """Adam learning rate of actor, critics and entropy coefficient"""
+    """Adam learning rate of the critics and the entropy coefficient (and of the actor, unless set below)"""
+    actor_learning_rate: float | None = None
+    """Adam learning rate of the actor; None = learning_rate (DSRL: 1e-4 actor, 3e-4 critics)"""
+    actor_averaging: float = 0.0
+    """0: the actor that acts (and is evaluated and exported) is the one SAC trains. b > 0: after each step's
+    updates the acting actor's weights move b of the way to the trained one's (an average over about 1/b
+    steps): the trained actor jumped between checkpoints in version 1 (docs/NOTEBOOK.md, session 26)"""
     tau: float = 0.005
     """Polyak rate of the target critics"""
     hidden_sizes: tuple[int, ...] = (128, 128)
@@ -472,6 +478,10 @@ class SteerConfig(LoggingSettings, RunSettings, ShapingSettings, SteerSettings, 
             raise UserError(f"hidden_sizes must be one or more positive layer widths, got {self.hidden_sizes}")
         if not self.learning_rate > 0 or not self.ent_coef_init > 0:
             raise UserError("learning_rate and ent_coef_init must be > 0")
+        if self.actor_learning_rate is not None and not self.actor_learning_rate > 0:
+            raise UserError(f"actor_learning_rate must be > 0 (or none), got {self.actor_learning_rate}")
+        if not 0 <= self.actor_averaging <= 1:
+            raise UserError(f"actor_averaging must be in [0, 1], got {self.actor_averaging}")
 
 
 def field_docs(cls: type) -> dict[str, str]:

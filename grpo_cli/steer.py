@@ -22,6 +22,7 @@ Dimension legend: policies/noise_actor.py (B, H, Dm, Da, P, F); C chunks of an e
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import json
 import threading
@@ -38,7 +39,14 @@ from grpo_cli.envs.libero import task_spec
 from grpo_cli.envs.slots import make_env_slots
 from grpo_cli.episodes import EpisodeSpec, Trajectory, episode_seed, usable_init_states
 from grpo_cli.errors import UserError
-from grpo_cli.policies.noise_actor import ActorSpec, NoiseActor, actor_features, noise_action, steer_policy_class
+from grpo_cli.policies.noise_actor import (
+    ACTING_PREFIX,
+    ActorSpec,
+    NoiseActor,
+    actor_features,
+    noise_action,
+    steer_policy_class,
+)
 from grpo_cli.policies.smolvla import SmolVLAAdapter, params_digest
 from grpo_cli.presets import resolve
 from grpo_cli.rollout import LocalRollouts
@@ -76,6 +84,30 @@ def chunk_transitions(traj: Trajectory, spec: ActorSpec, limit: int, kind: str) 
             "rewards": chunk_rewards(traj, kind), "dones": dones}
 
 
+def steer_sac_class() -> type:
+    """stable-baselines3's SAC, with the actor's Adam rate apart from the critics' (DSRL's 1e-4 and 3e-4):
+    SB3 sets one rate on every optimizer at the start of each `train` call, so the actor's is set after it."""
+    from stable_baselines3 import SAC
+
+    class SteerSAC(SAC):
+        actor_learning_rate: float | None = None
+
+        def _update_learning_rate(self, optimizers: Any) -> None:
+            super()._update_learning_rate(optimizers)
+            if self.actor_learning_rate is not None:
+                for group in self.actor.optimizer.param_groups:
+                    group["lr"] = self.actor_learning_rate
+
+    return SteerSAC
+
+
+def squashed_means(actor: Any, observations: np.ndarray) -> torch.Tensor:
+    """(N, P*Da) tanh of the actor's Gaussian means: what it would steer towards, for `actor_change`."""
+    with torch.no_grad():
+        mean, _, _ = actor.get_action_dist_params(torch.from_numpy(observations))
+    return torch.tanh(mean)
+
+
 def _spaces_only_env(spec: ActorSpec) -> Any:
     """A gymnasium env that only declares SAC's spaces: stable-baselines3 builds its networks and buffer
     from an env, and our episodes are stepped by the rollout engine instead (never by SB3)."""
@@ -101,7 +133,6 @@ class SteerTrainer:
     """The frozen policy, SAC and the env slots; `step()` is one wave of episodes and its SAC updates."""
 
     def __init__(self, cfg: SteerConfig, run_dir: Path, log: Callable[[str], None] = print):
-        from stable_baselines3 import SAC
         from stable_baselines3.common.logger import Logger
 
         self.cfg, self.run_dir, self.log = cfg, Path(run_dir), log
@@ -117,14 +148,18 @@ class SteerTrainer:
                        for i in usable_init_states(cfg.init_states, task, "init_states")]
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(_seed(cfg.seed, 0))  # the networks' initial weights
-            self.sac = SAC(steer_policy_class(), _spaces_only_env(self.spec), learning_rate=cfg.learning_rate,
-                           buffer_size=cfg.buffer_size, learning_starts=0, batch_size=cfg.batch_size, tau=cfg.tau,
-                           gamma=cfg.gamma, ent_coef=f"auto_{cfg.ent_coef_init}",
-                           target_entropy="auto" if cfg.target_entropy is None else cfg.target_entropy,
-                           policy_kwargs={"net_arch": list(cfg.hidden_sizes)},
-                           replay_buffer_kwargs={"handle_timeout_termination": False}, device="cpu")
+            self.sac = steer_sac_class()(
+                steer_policy_class(), _spaces_only_env(self.spec), learning_rate=cfg.learning_rate,
+                buffer_size=cfg.buffer_size, learning_starts=0, batch_size=cfg.batch_size, tau=cfg.tau,
+                gamma=cfg.gamma, ent_coef=f"auto_{cfg.ent_coef_init}",
+                target_entropy="auto" if cfg.target_entropy is None else cfg.target_entropy,
+                policy_kwargs={"net_arch": list(cfg.hidden_sizes)},
+                replay_buffer_kwargs={"handle_timeout_termination": False}, device="cpu")
+        self.sac.actor_learning_rate = cfg.actor_learning_rate
         self.sac.set_logger(Logger(folder=None, output_formats=[]))
-        self.actor = NoiseActor(self.spec, self.sac.actor, cfg.to_json(), {"source": str(run_dir)})
+        # The actor that acts (and is saved for eval): SAC's own, or with actor_averaging its running average.
+        self.acting = copy.deepcopy(self.sac.actor) if cfg.actor_averaging > 0 else self.sac.actor
+        self.actor = NoiseActor(self.spec, self.acting, cfg.to_json(), {"source": str(run_dir)})
         self.rollouts = LocalRollouts(
             self.adapter, lambda: make_env_slots(
                 cfg.num_envs or 1, cfg.image_size, processes=cfg.parallel_envs,
@@ -164,10 +199,13 @@ class SteerTrainer:
         self.env_steps += env_steps
         t_rollout = time.perf_counter() - t0
 
-        # 3. Update: utd gradient steps per chunk, from the end of warm-up on.
+        # 3. Update: utd gradient steps per chunk, from the end of warm-up on; then the acting actor follows
+        #    (itself, or its average); actor_change: how far its squashed means moved on this step's inputs.
         t1 = time.perf_counter()
         updates = cfg.utd * chunks if self.env_steps >= cfg.warmup_env_steps else 0
         sac_stats: dict[str, float] = {}
+        inputs = np.concatenate([b["observations"] for b in batches])
+        before = squashed_means(self.acting, inputs)
         if updates:
             np.random.seed(_seed(cfg.seed, 1, s))  # SB3 samples its replay batches from numpy's global RNG
             torch.manual_seed(_seed(cfg.seed, 2, s))  # and the actor's draws inside the update from torch's
@@ -175,6 +213,11 @@ class SteerTrainer:
             sac_stats = {f"sac/{k.removeprefix('train/')}": float(v)
                          for k, v in self.sac.logger.name_to_value.items() if k != "train/n_updates"}
             self.sac.logger.name_to_value.clear()
+            if self.acting is not self.sac.actor:
+                with torch.no_grad():
+                    for average, trained in zip(self.acting.parameters(), self.sac.actor.parameters(), strict=True):
+                        average.lerp_(trained, cfg.actor_averaging)
+        actor_change = float((squashed_means(self.acting, inputs) - before).abs().mean())
         t_update = time.perf_counter() - t1
 
         # 4. Metrics; the VLA must not have moved (drift exactly 0, checked by its digest).
@@ -187,7 +230,8 @@ class SteerTrainer:
                 "progress": float(np.mean([t.progress for t in trajs])), "reward": float(rewards.mean()),
                 "episode_length": float(np.mean([t.length for t in trajs])),
                 "replay_size": int(self.sac.replay_buffer.size()), "gradient_updates": int(self.sac._n_updates),
-                "updates": updates, "drift_pct": 0.0, "env_failures": self.rollouts.env_failures,
+                "updates": updates, "actor_change": actor_change, "drift_pct": 0.0,
+                "env_failures": self.rollouts.env_failures,
                 **sac_stats, "time/rollout": t_rollout, "time/update": t_update,
                 "SPS": env_steps / max(t_rollout + t_update, 1e-9)}
 
@@ -199,7 +243,7 @@ class SteerTrainer:
         size = rb.size()
         write_checkpoint(
             path, step=self.step_index,
-            params={**sac.policy.state_dict(), "log_ent_coef": sac.log_ent_coef.detach()},
+            params={**sac.policy.state_dict(), "log_ent_coef": sac.log_ent_coef.detach(), **self._acting_params()},
             optimizer_state=None, param_names=[], config_json=self.cfg.to_json(), policy=self.adapter.identity,
             reference=None, replay={},
             extra={"algorithm": "steer", "env_steps": self.env_steps, "gradient_updates": int(sac._n_updates),
@@ -209,10 +253,21 @@ class SteerTrainer:
             arrays={f"replay/{name}": getattr(rb, name)[:size] for name in REPLAY_FIELDS})
         return path
 
+    def _acting_params(self) -> dict[str, torch.Tensor]:
+        """The averaged acting actor's weights, as `acting_actor.*` (NoiseActor.load prefers them to `actor.*`)."""
+        if self.acting is self.sac.actor:
+            return {}
+        return {f"{ACTING_PREFIX}{name}": t for name, t in self.acting.state_dict().items()}
+
     def load(self, path: Path) -> None:
         ckpt = read_checkpoint(path)
         sac, rb = self.sac, self.sac.replay_buffer
         params = dict(ckpt["params"])
+        acting = {k.removeprefix(ACTING_PREFIX): params.pop(k) for k in list(params) if k.startswith(ACTING_PREFIX)}
+        if bool(acting) != (self.acting is not sac.actor):
+            raise UserError(f"{path} was written with another actor_averaging setting than this run's")
+        if acting:
+            self.acting.load_state_dict(acting, strict=True)
         with torch.no_grad():
             sac.log_ent_coef.copy_(params.pop("log_ent_coef"))
         sac.policy.load_state_dict(params, strict=True)

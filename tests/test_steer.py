@@ -16,6 +16,7 @@ import torch
 from grpo_cli.envs.libero import STATE_KEY
 from grpo_cli.envs.slots import make_env_slots
 from grpo_cli.episodes import EpisodeSpec, episode_seed
+from grpo_cli.errors import UserError
 from grpo_cli.policies.noise_actor import ActorSpec, NoiseActor, noise_action, sac_policy, steered_noise
 from grpo_cli.policies.smolvla import SmolVLAAdapter, params_digest
 from grpo_cli.rollout import run_episodes
@@ -181,6 +182,8 @@ def test_steer_resumes_after_kill_9_bit_exact(tmp_path, sig) -> None:
 
 
 BAD_SETTINGS = [("actor_inputs", "pixels", "actor_inputs must be one of"),
+                ("actor_averaging", "1.5", "actor_averaging must be in"),
+                ("actor_learning_rate", "0", "actor_learning_rate must be > 0"),
                 ("noise_bound", "0", "noise_bound must be > 0"),
                 ("utd", "0", "utd must be >= 1"),
                 ("steer_reward", "dense", "steer_reward must be one of"),
@@ -191,7 +194,6 @@ BAD_SETTINGS = [("actor_inputs", "pixels", "actor_inputs must be one of"),
 def test_a_bad_steer_setting_is_one_line(tmp_path) -> None:
     """Each bad setting is refused with its own message before anything runs; through the CLI that is one
     line on stderr, exit 2, and no run directory."""
-    from grpo_cli.errors import UserError
     from grpo_cli.steer import SteerTrainer
 
     for key, value, message in BAD_SETTINGS:
@@ -216,3 +218,57 @@ def test_steer_array_over_tasks_and_seeds_is_planned_as_one_run_each(tmp_path) -
     plan = json.loads(proc.stdout)
     assert {Path(d).name: (c["tasks"], c["seed"]) for d, c in plan.items()} == {
         "task0_seed0": ([0], 0), "task0_seed1": ([0], 1), "task2_seed0": ([2], 0), "task2_seed1": ([2], 1)}
+
+
+def test_actor_rate_and_averaging_act_as_set_and_resume_bit_exact(tmp_path) -> None:
+    """actor_learning_rate is the actor's Adam rate (the critics keep learning_rate); with actor_averaging b
+    the acting actor moves b of the way to SAC's after each step's updates, is what a checkpoint's policy
+    steers with, and a resume from a checkpoint continues it bit for bit."""
+    from grpo_cli.steer import SteerTrainer
+
+    cfg = resolve_steer({**TINY, "actor_learning_rate": "1e-5", "actor_averaging": "0.25"})
+    straight = SteerTrainer(cfg, tmp_path / "a")
+    try:
+        metrics = []
+        for _ in range(4):
+            before = {k: v.clone() for k, v in straight.acting.state_dict().items()}
+            metrics.append(straight.step())
+            trained = straight.sac.actor.state_dict()
+            for name, value in straight.acting.state_dict().items():
+                torch.testing.assert_close(value, before[name].lerp(trained[name], 0.25), rtol=0, atol=0)
+        assert metrics[0]["steering"] == 0.0 and metrics[-1]["steering"] == 1.0  # warm-up, then the actor acts
+        assert all(m["updates"] > 0 and m["actor_change"] > 0 for m in metrics)
+        assert [g["lr"] for g in straight.sac.actor.optimizer.param_groups] == [1e-5]
+        assert [g["lr"] for g in straight.sac.critic.optimizer.param_groups] == [cfg.learning_rate]
+        last = straight.save()
+    finally:
+        straight.close()
+    shapes = (straight.adapter.state_dim, straight.adapter.chunk_size, straight.adapter.action_dim, 5)
+    steered = NoiseActor.load(last, *shapes)  # the acting (averaged) actor, not SAC's own
+    assert steered.digest() != NoiseActor(steered.spec, straight.sac.actor, "{}", {}).digest()
+    assert steered.digest() == NoiseActor(steered.spec, straight.acting, "{}", {}).digest()
+
+    first = SteerTrainer(cfg, tmp_path / "b")
+    try:
+        for _ in range(2):
+            first.step()
+        middle = first.save()
+    finally:
+        first.close()
+    resumed = SteerTrainer(cfg, tmp_path / "b")
+    try:
+        resumed.load(middle)
+        for _ in range(2):
+            resumed.step()
+        for name, value in straight.acting.state_dict().items():
+            torch.testing.assert_close(resumed.acting.state_dict()[name], value, rtol=0, atol=0)
+        for name, value in straight.sac.policy.state_dict().items():
+            torch.testing.assert_close(resumed.sac.policy.state_dict()[name], value, rtol=0, atol=0)
+    finally:
+        resumed.close()
+    plain = SteerTrainer(resolve_steer(TINY), tmp_path / "c")
+    try:
+        with pytest.raises(UserError, match="another actor_averaging setting"):
+            plain.load(middle)
+    finally:
+        plain.close()

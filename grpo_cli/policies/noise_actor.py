@@ -28,6 +28,7 @@ import torch
 from grpo_cli.storage import atomic_h5, open_h5
 
 ACTOR_FILE = "noise_actor.h5"  # beside an exported policy: `SmolVLAAdapter.load(dir)` attaches it
+ACTING_PREFIX = "acting_actor."  # a checkpoint's averaged acting actor (actor_averaging > 0), else `actor.`
 
 
 def steered_noise(base: torch.Tensor, steered: torch.Tensor, positions: int, action_dim: int) -> torch.Tensor:
@@ -171,8 +172,9 @@ class NoiseActor:
                 raise UserError(f"{path} holds no noise actor")
             config_json = f.attrs["config"]
             settings = json.loads(config_json)
-            params = {name.removeprefix("actor."): torch.from_numpy(ds[()]) for name, ds in f["params"].items()
-                      if name.startswith("actor.")}
+            prefix = ACTING_PREFIX if any(n.startswith(ACTING_PREFIX) for n in f["params"]) else "actor."
+            params = {name.removeprefix(prefix): torch.from_numpy(ds[()]) for name, ds in f["params"].items()
+                      if name.startswith(prefix)}
             source = (json.loads(f.attrs["source"]) if f.attrs["kind"] == "noise_actor"
                       else {"source": str(path), "step": int(f.attrs["step"])})
         spec = ActorSpec.of(settings, state_dim, chunk_size, action_dim, policy_action_steps)
