@@ -1,10 +1,13 @@
-"""A scripted pick-and-place expert for LIBERO's "pick up the X and place it in the Y" tasks.
+"""A scripted expert for LIBERO tasks whose BDDL goal is a set of placements: "put X in Y", "put X on Y".
 
-It reads privileged state (object bounding boxes, the goal region) and emits OSC_POSE delta actions,
-as ../shared/design/expert-notes.md describes: approach above the object, descend (stop on contact),
-close, lift over the rim, move over the region, lower, open, retreat. Orientation is held at its
-start value, because a zero rotation delta lets injected noise tilt the hand. Works for the ten
-LIBERO-Object tasks (goal `(in OBJECT basket_1_contain_region)`); other families raise a clear error.
+It reads privileged state (object bounding boxes, goal regions and objects) and emits OSC_POSE delta
+actions, as ../shared/design/expert-notes.md describes. The goal's predicates become sub-goals in an order
+that can be carried out (`plan_subgoals`), each a pick-and-place (`PickPlace`): approach above the object,
+descend (stop on contact), close, lift clear of the target, move over it, lower, open, retreat.
+Orientation is held at its start value, because a zero rotation delta lets injected noise tilt the hand.
+Heights are taken from the scene (the object's bottom at the grasp, the target's top), so the tables of
+LIBERO-Object (z 0) and of LIBERO-10's rooms (z 0.43, 0.90) are the same problem. A task whose goal has a
+predicate the expert cannot carry out yet raises a one-line error naming the task.
 
 Demos are written in the LIBERO/robomimic HDF5 layout (see storage.write_demos), so `grpo-vla sft`
 reads ours and the official LIBERO demos alike.
@@ -12,6 +15,7 @@ reads ours and the official LIBERO demos alike.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -23,10 +27,16 @@ from grpo_cli.errors import UserError
 
 GAIN = 20.0  # a_xyz = clip(GAIN * error): saturates at 5 cm, about 1.3 cm per step
 ROT_GAIN = 2.0
-RIM_Z = 0.141  # basket rim height
-CLEARANCE = 0.04
-RELEASE_Z = 0.125  # the hand box hits the rim below about 0.114
+RIM_ABOVE_REGION = 0.004  # the basket's rim stands 4 mm above the top of its contain region (z 0.141 vs 0.137)
+CLEARANCE = 0.04  # carried object's bottom above the target's top
+RELEASE_BELOW_RIM = 0.016  # release the hand here, below a container's rim: the hand box hits it about 2.7 cm down
+ON_RELEASE_GAP = 0.015  # placing on a surface: the object's bottom this far above it when the hand opens
+LIFT_ABOVE_TABLE = 0.25  # the lowest carry height of the hand above the table the object stood on
+GRASP_TOLERANCE = 0.005  # descend until the hand is this close to the grasp height (1 cm let flat boxes slip)
 CLOSE_STEPS, OPEN_STEPS, RETREAT_STEPS = 10, 15, 10
+HAND_HALF_XY = np.array([0.032, 0.047])  # the hand's collision box around the grip site (fingers close along y)
+HAND_BELOW = 0.03  # ...which reaches this far below the grip site
+PLACEMENTS = ("in", "on")  # the predicates `PickPlace` carries out; articulations (turnon, close, open) not yet
 
 
 def object_bbox(env: LiberoEnv, name: str) -> tuple[np.ndarray, np.ndarray]:
@@ -50,24 +60,77 @@ def object_bbox(env: LiberoEnv, name: str) -> tuple[np.ndarray, np.ndarray]:
     return pts.min(0), pts.max(0)
 
 
+def grasp_offset(lo: np.ndarray, hi: np.ndarray, grasp_z: float, others: Sequence[tuple[np.ndarray, np.ndarray]],
+                 margin: float = 0.01) -> float:
+    """Shift (m) of the grasp along the object's x (its long side in LIBERO's layouts) that keeps the hand's
+    box clear of neighbours standing above the hand's lowest point: the smallest shift with no overlap, else
+    the one with the least overlap. Up to 1.5 cm short of the object's ends; only for objects longer along x
+    than across (a grasp off a can's axis closes on a narrower chord, and the can slips)."""
+    size = hi[:2] - lo[:2]
+    reach = max(0.0, float(size[0]) / 2 - 0.015) if size[0] > 1.4 * size[1] else 0.0
+    centre = (lo[:2] + hi[:2]) / 2
+    half = HAND_HALF_XY + margin
+    best, best_overlap = 0.0, np.inf
+    for dx in sorted(np.linspace(-reach, reach, 9), key=abs):
+        hand_lo, hand_hi = centre + [dx, 0] - half, centre + [dx, 0] + half
+        overlap = sum(float(np.prod(np.clip(np.minimum(hand_hi, o_hi[:2]) - np.maximum(hand_lo, o_lo[:2]), 0, None)))
+                      for o_lo, o_hi in others if o_hi[2] > grasp_z - HAND_BELOW)
+        if overlap < best_overlap - 1e-9:
+            best, best_overlap = float(dx), overlap
+        if overlap == 0:
+            break
+    return best
+
+
+def plan_subgoals(goal: Sequence[tuple[str, ...]], satisfied: Sequence[bool]) -> list[tuple[str, ...]]:
+    """The goal's predicates in an order that can be carried out, those already true left out: turning
+    something on first (the knob before the pot goes on the stove), then placements in the file's order,
+    then closing (the bowl goes into the drawer before it is closed, whatever order the BDDL lists)."""
+    rank = {"turnon": 0, "in": 1, "on": 1, "close": 2}
+    todo = [p for p, done in zip(goal, satisfied, strict=True) if not done]
+    return sorted(todo, key=lambda p: rank.get(p[0], 1))  # sorted() is stable: the file's order within a rank
+
+
 @dataclass
-class PickPlaceExpert:
-    """A phase machine over privileged state. `act(env)` returns the next 7-dim action."""
+class Target:
+    """Where a carried object goes: over `xy`, its bottom cleared above `top` while carried, and the hand
+    opened at `release_z` (the hand's height) — or, with `release_z` None, when the object's bottom is
+    `ON_RELEASE_GAP` above `top` (placing on a surface)."""
+
+    xy: np.ndarray
+    top: float
+    release_z: float | None
+
+
+def place_target(env: LiberoEnv, kind: str, name: str) -> Target:
+    """The target of `(in OBJ name)` or `(on OBJ name)`: a region site (its box from the model) or an object."""
+    raw = env.raw_env
+    model = raw.sim.model
+    if name in raw.objects_dict or name in getattr(raw, "fixtures_dict", {}):
+        lo, hi = object_bbox(env, name)
+        return Target((lo[:2] + hi[:2]) / 2, float(hi[2]), None)
+    site = model.site_name2id(name)
+    centre, half = raw.sim.data.site_xpos[site], model.site_size[site]
+    if kind == "in":  # a container: carried over its rim, released just below it
+        rim = float(centre[2] + half[2]) + RIM_ABOVE_REGION
+        return Target(np.array(centre[:2]), rim, rim - RELEASE_BELOW_RIM)
+    return Target(np.array(centre[:2]), float(centre[2]), None)  # a surface region: set down on it
+
+
+@dataclass
+class PickPlace:
+    """One pick-and-place as a phase machine over privileged state. `act()` returns the next 7-dim action."""
 
     env: LiberoEnv
-    noise_std: float = 0.0
-    rng: np.random.Generator = field(default_factory=np.random.default_rng)
+    object: str
+    kind: str
+    target_name: str
+    retries: int = 0
     phase: str = "approach"
     counter: int = 0
     history: list[float] = field(default_factory=list)
-    retries: int = 0
 
     def __post_init__(self) -> None:
-        goal = self.env.goal
-        if len(goal) != 1 or goal[0][0] != "in" or len(goal[0]) != 3:
-            raise UserError(f"the scripted expert handles 'pick X, place it in Y' tasks; task "
-                            f"{self.env.spec.name!r} has goal {goal}")
-        self.object, self.region = goal[0][1], goal[0][2]
         self.q0 = self._eef_rotation()
 
     def _eef_rotation(self) -> Rotation:
@@ -92,29 +155,36 @@ class PickPlaceExpert:
     def _next(self, phase: str) -> None:
         self.phase, self.counter, self.history = phase, 0, []
 
+    def _neighbours(self) -> list[tuple[np.ndarray, np.ndarray]]:
+        return [object_bbox(self.env, n) for n in self.env.raw_env.objects_dict if n != self.object]
+
     def act(self) -> np.ndarray:
-        """The clean expert action for the current state (noise is added by `noisy`)."""
         env, eef = self.env, self._eef()
         lo, hi = object_bbox(env, self.object)
         centre = (lo + hi) / 2
-        grasp_z = max(float(centre[2]), 0.01)
-        region = env.position(self.region)
+        grasp_z = max(float(centre[2]), float(lo[2]) + 0.01)
         self.counter += 1
-        if self.phase == "approach":
-            target = np.array([centre[0], centre[1], grasp_z + 0.10])
-            if np.linalg.norm((target - eef)[:2]) < 0.01 and abs(target[2] - eef[2]) < 0.02:
+        if self.phase == "approach":  # the grasp point is chosen while approaching (neighbours may still settle)
+            self.dx = grasp_offset(lo, hi, grasp_z, self._neighbours())
+            centre[0] += self.dx
+            above = grasp_z + 0.10
+            far = np.linalg.norm((centre - eef)[:2]) > 0.02  # travel level first: a diagonal drags what it passes
+            target = np.array([centre[0], centre[1], max(eef[2], above) if far else above])
+            if np.linalg.norm((target - eef)[:2]) < 0.01 and abs(above - eef[2]) < 0.02:
                 self._next("descend")
             return self._move(target, -1.0)
         if self.phase == "descend":
-            target = np.array([centre[0], centre[1], grasp_z])
-            if abs(eef[2] - grasp_z) < 0.01 or self._stalled(eef[2]) or self.counter > 40:
+            target = np.array([centre[0] + self.dx, centre[1], grasp_z])
+            if abs(eef[2] - grasp_z) < GRASP_TOLERANCE or self._stalled(eef[2]) or self.counter > 40:
                 self._next("close")
                 self.grasp_bottom = float(lo[2])
             return self._move(target, -1.0)
         if self.phase == "close":
             if self.counter >= CLOSE_STEPS:
                 self._next("lift")
-                self.lift_z = max(0.25, (eef[2] - self.grasp_bottom) + RIM_Z + CLEARANCE)
+                self.target = place_target(env, self.kind, self.target_name)
+                self.hold = eef[2] - self.grasp_bottom  # the hand's height above the object's bottom
+                self.lift_z = max(self.grasp_bottom + LIFT_ABOVE_TABLE, self.hold + self.target.top + CLEARANCE)
                 self.bottom_at_grasp = float(lo[2])
             return self._move(np.array([eef[0], eef[1], eef[2]]), 1.0)
         if self.phase == "lift":
@@ -131,13 +201,15 @@ class PickPlaceExpert:
                 self._next("approach")
             return self._move(eef + np.array([0, 0, 0.05]), -1.0)
         if self.phase == "carry":
-            target = np.array([region[0], region[1], self.lift_z])
+            target = np.array([*self.target.xy, self.lift_z])
             if np.linalg.norm((target - eef)[:2]) < 0.01:
                 self._next("lower")
             return self._move(target, 1.0)
         if self.phase == "lower":
-            target = np.array([region[0], region[1], RELEASE_Z])
-            if eef[2] < RELEASE_Z + 0.01 or self._stalled(eef[2]) or self.counter > 30:
+            release_z = (self.target.release_z if self.target.release_z is not None
+                         else self.target.top + ON_RELEASE_GAP + self.hold)
+            target = np.array([*self.target.xy, release_z])
+            if eef[2] < release_z + 0.01 or self._stalled(eef[2]) or self.counter > 30:
                 self._next("open")
             return self._move(target, 1.0)
         if self.phase == "open":
@@ -149,6 +221,44 @@ class PickPlaceExpert:
     @property
     def done(self) -> bool:
         return self.phase == "retreat" and self.counter >= RETREAT_STEPS
+
+
+@dataclass
+class GoalExpert:
+    """The task's sub-goals (`plan_subgoals`) carried out one after another. `act()` gives the clean action;
+    `noisy` adds the demo noise."""
+
+    env: LiberoEnv
+    noise_std: float = 0.0
+    rng: np.random.Generator = field(default_factory=np.random.default_rng)
+
+    def __post_init__(self) -> None:
+        self.subgoals = plan_subgoals(self.env.goal, self.env.goal_flags())
+        cannot = [p for p in self.subgoals if p[0] not in PLACEMENTS or len(p) != 3]
+        if cannot:
+            raise UserError(f"the scripted expert cannot carry out {' '.join(map(str, cannot[0]))!r} of task "
+                            f"{self.env.spec.task_id} ({self.env.spec.name}) yet: it places objects in or on "
+                            "targets only")
+        self.index = 0
+        self.skill = self._skill(0)
+
+    def _skill(self, index: int) -> PickPlace | None:
+        if index >= len(self.subgoals):
+            return None
+        kind, obj, target = self.subgoals[index]
+        return PickPlace(self.env, obj, kind, target)
+
+    def act(self) -> np.ndarray:
+        if self.skill is not None and self.skill.done:
+            self.index += 1
+            self.skill = self._skill(self.index)
+        if self.skill is None:
+            return np.zeros(7) + np.array([0, 0, 0, 0, 0, 0, -1.0])  # all done: hold still, hand open
+        return self.skill.act()
+
+    @property
+    def done(self) -> bool:
+        return self.skill is None or (self.index == len(self.subgoals) - 1 and self.skill.done)
 
     def noisy(self, action: np.ndarray) -> np.ndarray:
         """Gaussian noise on the pose dims (diversity for imitation), gripper untouched."""
@@ -176,10 +286,10 @@ class Demo:
 
 def run_expert(env: LiberoEnv, init_state: int, noise_std: float, seed: int, max_steps: int | None = None
                ) -> Demo:
-    """One expert episode from `init_state`; records through release (LIBERO's success fires while
-    the object is still held above the basket) and stops after the retreat or at the step limit."""
+    """One expert episode from `init_state`; records through the last release (LIBERO's success fires while
+    the object is still held above the basket) and stops after the last retreat or at the step limit."""
     obs = env.reset(init_state)
-    expert = PickPlaceExpert(env, noise_std, np.random.default_rng([seed, env.spec.task_id, init_state]))
+    expert = GoalExpert(env, noise_std, np.random.default_rng([seed, env.spec.task_id, init_state]))
     demo = Demo(env.spec.task_id, init_state)
     limit = max_steps or env.spec.max_steps
     while demo.length < limit and not expert.done:

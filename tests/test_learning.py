@@ -14,7 +14,7 @@ import pytest
 
 from grpo_cli.envs.libero import PRIVILEGED_STATE_DIM, LiberoEnv, task_spec
 from grpo_cli.errors import UserError
-from grpo_cli.expert import PickPlaceExpert, run_expert
+from grpo_cli.expert import GoalExpert, grasp_offset, plan_subgoals, run_expert
 from grpo_cli.storage import read_demos, write_demos
 
 
@@ -128,14 +128,47 @@ def test_demos_cli_covers_another_task_of_the_family(tmp_path) -> None:
     assert not (tmp_path / "bad.h5").exists()
 
 
-def test_expert_refuses_other_task_families() -> None:
-    env = LiberoEnv(task_spec("libero_10", 8), image_size=64, images=False)
+def test_expert_names_the_task_whose_goal_it_cannot_carry_out() -> None:
+    env = LiberoEnv(task_spec("libero_10", 2), image_size=64, images=False)  # turn the stove on, then the pot
     try:
         env.reset(0)
-        with pytest.raises(UserError, match="pick X, place it in Y"):
-            PickPlaceExpert(env)
+        with pytest.raises(UserError, match=r"cannot carry out 'turnon flat_stove_1' of task 2 \(KITCHEN_SCENE3"):
+            GoalExpert(env)
     finally:
         env.close()
+
+
+def test_subgoals_follow_an_order_that_can_be_carried_out() -> None:
+    """Turning on first, placements in the file's order, closing last; what already holds is left out."""
+    task3 = [("close", "white_cabinet_1_bottom_region"), ("in", "akita_black_bowl_1", "white_cabinet_1_bottom_region")]
+    assert plan_subgoals(task3, [False, False]) == task3[::-1]  # the bowl goes in before the drawer closes
+    task8 = [("on", "moka_pot_1", "flat_stove_1_cook_region"), ("on", "moka_pot_2", "flat_stove_1_cook_region"),
+             ("turnon", "flat_stove_1")]
+    assert plan_subgoals(task8, [False, False, True]) == task8[:2]  # the stove is on at reset
+    task2 = [("turnon", "flat_stove_1"), ("on", "moka_pot_1", "flat_stove_1_cook_region")]
+    assert plan_subgoals(task2[::-1], [False, False]) == task2
+    assert plan_subgoals(task8, [True, False, True]) == [task8[1]]
+
+
+def test_grasp_offset_moves_the_hand_off_a_tall_neighbour() -> None:
+    box_lo, box_hi = np.array([0.0, 0.0, 0.0]), np.array([0.08, 0.04, 0.02])  # 8 cm long along x
+    assert grasp_offset(box_lo, box_hi, 0.01, []) == 0.0
+    low = (np.array([0.09, -0.05, 0.0]), np.array([0.15, 0.09, 0.005]))  # below the hand: no matter
+    assert grasp_offset(box_lo, box_hi, 0.01, [low]) == 0.0
+    tall = (np.array([0.07, -0.05, 0.0]), np.array([0.15, 0.09, 0.15]))  # a carton just past the +x end
+    dx = grasp_offset(box_lo, box_hi, 0.01, [tall])
+    assert -0.025 <= dx < 0  # away from it, and no further than 1.5 cm short of the box's end
+
+
+def test_expert_puts_both_objects_of_a_libero10_task_in_the_basket() -> None:
+    """LIBERO-10 task 7 (alphabet soup and cream cheese into the basket): two sub-goals read from the BDDL
+    goal, one after the other, on a table 43 cm higher than LIBERO-Object's."""
+    env = LiberoEnv(task_spec("libero_10", 7), image_size=64, images=False, privileged_state=True)
+    try:
+        demos = [run_expert(env, i, noise_std=0.1, seed=0) for i in range(2)]
+    finally:
+        env.close()
+    assert all(d.success for d in demos) and all(d.length < 520 for d in demos)
 
 
 @pytest.fixture(scope="module")
