@@ -36,28 +36,51 @@ GRASP_TOLERANCE = 0.005  # descend until the hand is this close to the grasp hei
 CLOSE_STEPS, OPEN_STEPS, RETREAT_STEPS = 10, 15, 10
 HAND_HALF_XY = np.array([0.032, 0.047])  # the hand's collision box around the grip site (fingers close along y)
 HAND_BELOW = 0.03  # ...which reaches this far below the grip site
+RIM_GRASP_DEPTH = 0.025  # a mug is held this far below its rim
 PLACEMENTS = ("in", "on")  # the predicates `PickPlace` carries out; articulations (turnon, close, open) not yet
 
 
+def _subtree_geoms(env: LiberoEnv, name: str) -> np.ndarray:
+    """Ids of the geoms of a BDDL object's body subtree: its colliding ones where it has any (a mug's visual
+    mesh is a box 17 cm tall around an 11 cm mug), else all."""
+    model = env.sim.model._model
+    bodies = {env.raw_env.obj_body_id[name]}
+    for b in range(model.nbody):  # parents come before children in MuJoCo's body order
+        if model.body_parentid[b] in bodies and b != 0:
+            bodies.add(b)
+    geoms = np.flatnonzero(np.isin(model.geom_bodyid, list(bodies)))
+    colliding = geoms[(model.geom_contype[geoms] != 0) | (model.geom_conaffinity[geoms] != 0)]
+    return colliding if len(colliding) else geoms
+
+
 def object_bbox(env: LiberoEnv, name: str) -> tuple[np.ndarray, np.ndarray]:
-    """World axis-aligned bounding box (lo, hi) of all geoms of a BDDL object's body subtree.
+    """World axis-aligned bounding box (lo, hi) of a BDDL object's geoms (`_subtree_geoms`).
 
     Body origins are not centres (cream cheese: body z 0.0, centre 0.009), so grasp heights use this.
     """
     model, data = env.sim.model._model, env.sim.data._data
-    root = env.raw_env.obj_body_id[name]
-    bodies = {root}
-    for b in range(model.nbody):  # parents come before children in MuJoCo's body order
-        if model.body_parentid[b] in bodies and b != 0:
-            bodies.add(b)
     corners = []
     signs = np.array([[x, y, z] for x in (-1, 1) for y in (-1, 1) for z in (-1, 1)], dtype=np.float64)
-    for g in np.flatnonzero(np.isin(model.geom_bodyid, list(bodies))):
+    for g in _subtree_geoms(env, name):
         centre, half = model.geom_aabb[g, :3], model.geom_aabb[g, 3:]
         local = centre + signs * half  # (8, 3)
         corners.append(data.geom_xpos[g] + local @ data.geom_xmat[g].reshape(3, 3).T)
     pts = np.concatenate(corners)
     return pts.min(0), pts.max(0)
+
+
+def rim_grasp(env: LiberoEnv, name: str) -> tuple[np.ndarray, np.ndarray]:
+    """Where to grasp a mug (x, y, z), and its ring's centre (x, y): on its rim, the wall across the fingers
+    (they close along y) on the side away from the handle, one finger inside the mug. The ring's centre is
+    the median of the geoms' positions (the handle is a few of them); the handle is the geom farthest from it."""
+    xy = env.sim.data._data.geom_xpos[_subtree_geoms(env, name), :2]
+    centre = np.median(xy, axis=0)
+    radial = np.linalg.norm(xy - centre, axis=1)
+    handle = xy[np.argmax(radial)] - centre
+    ring = float(np.median(radial[radial > 0.5 * radial.max()]))  # the walls' distance from the centre
+    side = -1.0 if handle[1] > 0 else 1.0
+    _, hi = object_bbox(env, name)
+    return np.array([centre[0], centre[1] + side * ring, hi[2] - RIM_GRASP_DEPTH]), centre
 
 
 def grasp_offset(lo: np.ndarray, hi: np.ndarray, grasp_z: float, others: Sequence[tuple[np.ndarray, np.ndarray]],
@@ -163,9 +186,13 @@ class PickPlace:
         lo, hi = object_bbox(env, self.object)
         centre = (lo + hi) / 2
         grasp_z = max(float(centre[2]), float(lo[2]) + 0.01)
+        middle = centre[:2]  # the xy that goes over the target
+        if "mug" in self.object:  # hollow with a handle: held by the rim
+            centre, middle = rim_grasp(env, self.object)
+            grasp_z = float(centre[2])
         self.counter += 1
         if self.phase == "approach":  # the grasp point is chosen while approaching (neighbours may still settle)
-            self.dx = grasp_offset(lo, hi, grasp_z, self._neighbours())
+            self.dx = 0.0 if "mug" in self.object else grasp_offset(lo, hi, grasp_z, self._neighbours())
             centre[0] += self.dx
             above = grasp_z + 0.10
             far = np.linalg.norm((centre - eef)[:2]) > 0.02  # travel level first: a diagonal drags what it passes
@@ -184,6 +211,7 @@ class PickPlace:
                 self._next("lift")
                 self.target = place_target(env, self.kind, self.target_name)
                 self.hold = eef[2] - self.grasp_bottom  # the hand's height above the object's bottom
+                self.offset = eef[:2] - middle  # ...and its place over the object's middle
                 self.lift_z = max(self.grasp_bottom + LIFT_ABOVE_TABLE, self.hold + self.target.top + CLEARANCE)
                 self.bottom_at_grasp = float(lo[2])
             return self._move(np.array([eef[0], eef[1], eef[2]]), 1.0)
@@ -201,14 +229,14 @@ class PickPlace:
                 self._next("approach")
             return self._move(eef + np.array([0, 0, 0.05]), -1.0)
         if self.phase == "carry":
-            target = np.array([*self.target.xy, self.lift_z])
+            target = np.array([*(self.target.xy + self.offset), self.lift_z])
             if np.linalg.norm((target - eef)[:2]) < 0.01:
                 self._next("lower")
             return self._move(target, 1.0)
         if self.phase == "lower":
             release_z = (self.target.release_z if self.target.release_z is not None
                          else self.target.top + ON_RELEASE_GAP + self.hold)
-            target = np.array([*self.target.xy, release_z])
+            target = np.array([*(self.target.xy + self.offset), release_z])
             if eef[2] < release_z + 0.01 or self._stalled(eef[2]) or self.counter > 30:
                 self._next("open")
             return self._move(target, 1.0)
