@@ -427,12 +427,13 @@ class SteerSettings:
     """transitions per SAC gradient step"""
     learning_rate: float = 3e-4
     """Adam learning rate of the critics and the entropy coefficient (and of the actor, unless set below)"""
-    actor_learning_rate: float | None = None
+    actor_learning_rate: float | None = 1e-4
     """Adam learning rate of the actor; None = learning_rate (DSRL: 1e-4 actor, 3e-4 critics)"""
-    actor_averaging: float = 0.0
+    actor_averaging: float = 0.1
     """0: the actor that acts (and is evaluated and exported) is the one SAC trains. b > 0: after each step's
     updates the acting actor's weights move b of the way to the trained one's (an average over about 1/b
-    steps): the trained actor jumped between checkpoints in version 1 (docs/NOTEBOOK.md, session 26)"""
+    steps): the trained actor jumped between checkpoints in version 1, and 0.1 was tuned for version 2
+    (docs/NOTEBOOK.md, session 26)"""
     tau: float = 0.005
     """Polyak rate of the target critics"""
     hidden_sizes: tuple[int, ...] = (128, 128)

@@ -266,7 +266,7 @@ def test_actor_rate_and_averaging_act_as_set_and_resume_bit_exact(tmp_path) -> N
             torch.testing.assert_close(resumed.sac.policy.state_dict()[name], value, rtol=0, atol=0)
     finally:
         resumed.close()
-    plain = SteerTrainer(resolve_steer(TINY), tmp_path / "c")
+    plain = SteerTrainer(resolve_steer({**TINY, "actor_averaging": "0"}), tmp_path / "c")
     try:
         with pytest.raises(UserError, match="another actor_averaging setting"):
             plain.load(middle)

@@ -55,8 +55,8 @@ PROTOCOL: dict[str, Any] = {
 METHODS: dict[str, dict[str, Any]] = {
     "recommended": {"version": 3, "command": "train", "env_step_budget": 30000, "results": "heldout_v3.json",
                     "out": "runs/heldout_v3"},
-    "steer": {"version": 1, "command": "steer", "env_step_budget": 100000, "results": "heldout_steer.json",
-              "out": "runs/heldout_steer"},
+    "steer": {"version": 2, "command": "steer", "env_step_budget": 100000, "results": "heldout_steer_v2.json",
+              "out": "runs/heldout_steer_v2"},
 }
 VERSION = METHODS["recommended"]["version"]
 # --quick: a few-minute version of the protocol for tests (not a result)
@@ -156,7 +156,7 @@ def main() -> None:
     parser.add_argument("--method", choices=tuple(METHODS), default="recommended",
                         help="the arm measured: GRPO's `recommended` or the noise actor `steer`")
     parser.add_argument("--out", help="default: the method's (runs/heldout_v3, runs/heldout_steer)")
-    parser.add_argument("--results", help="default: the method's (docs/results/heldout_v3.json, heldout_steer.json)")
+    parser.add_argument("--results", help="default: the method's (docs/results/heldout_v3.json, heldout_steer_v2.json)")
     parser.add_argument("--sft-reference", default=None,
                         help="a results file whose SFT evals this pipeline's must equal, task by task (the same "
                              "SFT policies, rebuilt by the rule); default for steer: docs/results/heldout.json")
