@@ -38,7 +38,7 @@ HAND_HALF_XY = np.array([0.032, 0.047])  # the hand's collision box around the g
 HAND_BELOW = 0.03  # ...which reaches this far below the grip site
 FINGER_OPENING = 0.075  # what fits between the open fingers (0.078 at most)
 RIM_GRASP_DEPTH = 0.025  # a mug is held this far below its rim
-PLACEMENTS = ("in", "on")  # the predicates `PickPlace` carries out; articulations (turnon, close, open) not yet
+PLACEMENTS = ("in", "on")  # the predicates `PickPlace` carries out; `CloseSlide` closes drawers; no turnon yet
 
 
 def _subtree_geoms(env: LiberoEnv, name: str) -> np.ndarray:
@@ -152,7 +152,38 @@ class Target:
     slot_along_y: bool = False  # a narrow container long in y (a caddy's compartment): thin objects go in edgewise
 
 
-def place_target(env: LiberoEnv, kind: str, name: str) -> Target:
+def body_top(env: LiberoEnv, body: int) -> float:
+    """The highest point of a body's colliding geoms (inf if it has none)."""
+    model, data = env.sim.model._model, env.sim.data._data
+    tops = [data.geom_xpos[g][2] + (np.abs(data.geom_xmat[g].reshape(3, 3)) @ model.geom_aabb[g, 3:])[2]
+            + (data.geom_xmat[g].reshape(3, 3) @ model.geom_aabb[g, :3])[2]
+            for g in np.flatnonzero((model.geom_bodyid == body) & (model.geom_contype != 0))]
+    return float(max(tops)) if tops else float("inf")
+
+
+def clear_spot(env: LiberoEnv, centre: np.ndarray, half: np.ndarray, hand_z: float, skip: set[int]) -> np.ndarray:
+    """The point of a region's xy box nearest its centre where the hand's box, down to `hand_z`, meets no
+    colliding geom outside the bodies in `skip` (the region's own body, the held object, the robot): an open
+    drawer's region reaches under the drawer above it."""
+    model, data = env.sim.model._model, env.sim.data._data
+    boxes = []
+    for g in np.flatnonzero((model.geom_contype != 0) | (model.geom_conaffinity != 0)):
+        if model.geom_bodyid[g] in skip:
+            continue
+        rotation = data.geom_xmat[g].reshape(3, 3)
+        extent = np.abs(rotation) @ model.geom_aabb[g, 3:]
+        middle = data.geom_xpos[g] + rotation @ model.geom_aabb[g, :3]
+        if middle[2] + extent[2] > hand_z - HAND_BELOW:
+            boxes.append((middle - extent, middle + extent))
+    grid = [centre[:2] + half[:2] * np.array([u, v]) for u in np.linspace(-1, 1, 5) for v in np.linspace(-1, 1, 9)]
+    for point in sorted(grid, key=lambda q: float(np.linalg.norm(q - centre[:2]))):
+        lo, hi = point - HAND_HALF_XY - 0.01, point + HAND_HALF_XY + 0.01
+        if not any(np.all(lo < b_hi[:2]) and np.all(b_lo[:2] < hi) for b_lo, b_hi in boxes):
+            return point
+    return np.array(centre[:2])
+
+
+def place_target(env: LiberoEnv, kind: str, name: str, held: str) -> Target:
     """The target of `(in OBJ name)` or `(on OBJ name)`: a region site (its box from the model) or an object."""
     raw = env.raw_env
     model = raw.sim.model
@@ -161,21 +192,23 @@ def place_target(env: LiberoEnv, kind: str, name: str) -> Target:
         return Target((lo[:2] + hi[:2]) / 2, float(hi[2]), None)
     site = model.site_name2id(name)
     centre, half = raw.sim.data.site_xpos[site], model.site_size[site]
-    if kind == "in":  # a container: carried over its rim, released just below it
-        rim = float(centre[2] + half[2]) + RIM_ABOVE_REGION
-        return Target(np.array(centre[:2]), rim, rim - RELEASE_BELOW_RIM, slot_along_y=half[1] > 1.8 * half[0])
+    if kind == "in":  # a container: carried over its rim, released just below it, where the hand fits
+        mj = env.sim.model._model
+        # the rim: the region's top, or the container's own top where that is lower (a drawer's region
+        # reaches up under the drawer above it)
+        rim = min(float(centre[2] + half[2]) + RIM_ABOVE_REGION, body_top(env, int(mj.site_bodyid[site])))
+        skip = {int(mj.site_bodyid[site]), *(int(mj.geom_bodyid[g]) for g in _subtree_geoms(env, held))}
+        skip |= {b for b in range(mj.nbody) if (mj.body(b).name or "").startswith(("robot0", "gripper0", "mount0"))}
+        spot = clear_spot(env, centre, half, rim - RELEASE_BELOW_RIM, skip)
+        return Target(spot, rim, rim - RELEASE_BELOW_RIM, slot_along_y=half[1] > 1.8 * half[0])
     return Target(np.array(centre[:2]), float(centre[2]), None)  # a surface region: set down on it
 
 
-@dataclass
-class PickPlace:
-    """One pick-and-place as a phase machine over privileged state. `act()` returns the next 7-dim action."""
+@dataclass(kw_only=True)
+class Skill:
+    """What every skill shares: the hand's pose, a position-and-orientation servo, and a phase counter."""
 
     env: LiberoEnv
-    object: str
-    kind: str
-    target_name: str
-    retries: int = 0
     phase: str = "approach"
     counter: int = 0
     history: list[float] = field(default_factory=list)
@@ -206,6 +239,86 @@ class PickPlace:
     def _next(self, phase: str) -> None:
         self.phase, self.counter, self.history = phase, 0, []
 
+
+@dataclass(kw_only=True)
+class CloseSlide(Skill):
+    """Close a drawer (a slide joint; LIBERO's `close` holds once the joint's position passes its close
+    range): come down in front of its front face, fingers closed, and push along the joint's axis until
+    the predicate holds, then back off and rise."""
+
+    predicate: tuple[str, ...]
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        raw, model = self.env.raw_env, self.env.sim.model._model
+        name = self.predicate[1]
+        joints = raw.object_sites_dict[name].joints if name in raw.object_sites_dict else raw.get_object(name).joints
+        self.joint = model.joint(joints[0]).id
+        if model.jnt_type[self.joint] != 2:  # mjJNT_SLIDE
+            raise UserError(f"the scripted expert closes drawers (slide joints) only; {name!r} of task "
+                            f"{self.env.spec.task_id} ({self.env.spec.name}) is on a hinge")
+
+    def _face(self) -> tuple[np.ndarray, np.ndarray]:
+        """(the push direction, the middle of the drawer's face that the hand pushes)."""
+        model, data = self.env.sim.model._model, self.env.sim.data._data
+        axis = data.xaxis[self.joint] / np.linalg.norm(data.xaxis[self.joint])  # closing raises the position
+        body = model.jnt_bodyid[self.joint]
+        corners = []
+        for g in np.flatnonzero((model.geom_bodyid == body) & (model.geom_contype != 0)):
+            rotation = data.geom_xmat[g].reshape(3, 3)
+            extent = np.abs(rotation) @ model.geom_aabb[g, 3:]
+            middle = data.geom_xpos[g] + rotation @ model.geom_aabb[g, :3]
+            corners += [middle - extent, middle + extent]
+        lo, hi = np.min(corners, axis=0), np.max(corners, axis=0)
+        centre = (lo + hi) / 2
+        face = centre - axis * (np.abs(axis) @ (hi - lo)) / 2
+        return axis, face
+
+    def act(self) -> np.ndarray:
+        eef = self._eef()
+        axis, face = self._face()
+        start = face - axis * 0.06
+        self.counter += 1
+        if self.phase == "approach":  # level first, then down in front of the face
+            # the hand's thin side (2 x 3.2 cm, across the fingers) leads, so it can push flush with a
+            # drawer above without its palm (2 x 4.7 cm along the fingers) meeting that drawer's face
+            self.goal_rotation = Rotation.from_euler("z", np.pi / 2 if abs(axis[1]) > abs(axis[0]) else 0.0) * self.q0
+            above = np.array([start[0], start[1], max(eef[2], face[2] + 0.15)])
+            turned = (self.goal_rotation * self._eef_rotation().inv()).magnitude() < 0.1
+            if np.linalg.norm((above - eef)[:2]) < 0.01 and turned:
+                self._next("descend")
+            return self._move(above, 1.0)
+        if self.phase == "descend":
+            if abs(eef[2] - start[2]) < 0.01 or self.counter > 40:
+                self._next("push")
+            return self._move(start, 1.0)
+        if self.phase == "push":
+            if bool(self.env.raw_env._eval_predicate(list(self.predicate))) or self.counter > 60:
+                self._next("back")
+            return self._move(face + axis * 0.03, 1.0)
+        if self.phase == "back":
+            return self._move(eef - axis * 0.05 + np.array([0, 0, 0.03]), 1.0)
+        return self._move(eef, 1.0)
+
+    @property
+    def done(self) -> bool:
+        return self.phase == "back" and self.counter >= RETREAT_STEPS
+
+
+@dataclass(kw_only=True)
+class PickPlace(Skill):
+    """One pick-and-place as a phase machine over privileged state. `act()` returns the next 7-dim action."""
+
+    object: str
+    kind: str
+    target_name: str
+    retries: int = 0
+
+    @property
+    def _hollow(self) -> bool:
+        """Mugs and bowls are held by the rim (`rim_grasp`): a 10 cm bowl does not fit between the fingers."""
+        return any(word in self.object for word in ("mug", "bowl"))
+
     def _neighbours(self) -> list[tuple[np.ndarray, np.ndarray]]:
         return [object_bbox(self.env, n) for n in self.env.raw_env.objects_dict if n != self.object]
 
@@ -215,14 +328,14 @@ class PickPlace:
         centre = (lo + hi) / 2
         grasp_z = max(float(centre[2]), float(lo[2]) + 0.01)
         middle = centre[:2]  # the xy that goes over the target
-        if "mug" in self.object:  # hollow with a handle: held by the rim
+        if self._hollow:  # held by the rim
             centre, middle = rim_grasp(env, self.object)
             grasp_z = float(centre[2])
         self.counter += 1
         if self.phase == "approach":  # the grasp point is chosen while approaching (neighbours may still settle)
-            self.yaw = 0.0 if "mug" in self.object else finger_yaw(env, self.object, grasp_z)
+            self.yaw = 0.0 if self._hollow else finger_yaw(env, self.object, grasp_z)
             self.goal_rotation = Rotation.from_euler("z", self.yaw) * self.q0
-            self.dx = 0.0 if "mug" in self.object or self.yaw else grasp_offset(lo, hi, grasp_z, self._neighbours())
+            self.dx = 0.0 if self._hollow or self.yaw else grasp_offset(lo, hi, grasp_z, self._neighbours())
             centre[0] += self.dx
             above = grasp_z + 0.10
             far = np.linalg.norm((centre - eef)[:2]) > 0.02  # travel level first: a diagonal drags what it passes
@@ -240,7 +353,7 @@ class PickPlace:
         if self.phase == "close":
             if self.counter >= CLOSE_STEPS:
                 self._next("lift")
-                self.target = place_target(env, self.kind, self.target_name)
+                self.target = place_target(env, self.kind, self.target_name, self.object)
                 self.hold = eef[2] - self.grasp_bottom  # the hand's height above the object's bottom
                 self.offset = eef[:2] - middle  # ...and its place over the object's middle
                 self.lift_z = max(self.grasp_bottom + LIFT_ABOVE_TABLE, self.hold + self.target.top + CLEARANCE)
@@ -299,19 +412,25 @@ class GoalExpert:
 
     def __post_init__(self) -> None:
         self.subgoals = plan_subgoals(self.env.goal, self.env.goal_flags())
-        cannot = [p for p in self.subgoals if p[0] not in PLACEMENTS or len(p) != 3]
+        cannot = [p for p in self.subgoals if not ((p[0] in PLACEMENTS and len(p) == 3) or p[0] == "close")]
         if cannot:
             raise UserError(f"the scripted expert cannot carry out {' '.join(map(str, cannot[0]))!r} of task "
                             f"{self.env.spec.task_id} ({self.env.spec.name}) yet: it places objects in or on "
-                            "targets only")
+                            "targets and closes drawers")
+        for predicate in self.subgoals:  # a hinged door is refused now, not halfway through the episode
+            if predicate[0] == "close":
+                CloseSlide(env=self.env, predicate=predicate)
         self.index = 0
         self.skill = self._skill(0)
 
-    def _skill(self, index: int) -> PickPlace | None:
+    def _skill(self, index: int) -> Skill | None:
         if index >= len(self.subgoals):
             return None
-        kind, obj, target = self.subgoals[index]
-        return PickPlace(self.env, obj, kind, target)
+        predicate = self.subgoals[index]
+        if predicate[0] == "close":
+            return CloseSlide(env=self.env, predicate=predicate)
+        kind, obj, target = predicate
+        return PickPlace(env=self.env, object=obj, kind=kind, target_name=target)
 
     def act(self) -> np.ndarray:
         if self.skill is not None and self.skill.done:

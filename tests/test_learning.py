@@ -136,6 +136,13 @@ def test_expert_names_the_task_whose_goal_it_cannot_carry_out() -> None:
             GoalExpert(env)
     finally:
         env.close()
+    env = LiberoEnv(task_spec("libero_10", 9), image_size=64, images=False)  # the mug in, then the door shut
+    try:
+        env.reset(0)
+        with pytest.raises(UserError, match=r"closes drawers \(slide joints\) only; 'microwave_1' of task 9"):
+            GoalExpert(env)  # refused before the episode starts, not after the mug is in
+    finally:
+        env.close()
 
 
 def test_subgoals_follow_an_order_that_can_be_carried_out() -> None:
