@@ -6,8 +6,10 @@ that can be carried out (`plan_subgoals`), each a pick-and-place (`PickPlace`): 
 descend (stop on contact), close, lift clear of the target, move over it, lower, open, retreat.
 Orientation is held at its start value, because a zero rotation delta lets injected noise tilt the hand.
 Heights are taken from the scene (the object's bottom at the grasp, the target's top), so the tables of
-LIBERO-Object (z 0) and of LIBERO-10's rooms (z 0.43, 0.90) are the same problem. A task whose goal has a
-predicate the expert cannot carry out yet raises a one-line error naming the task.
+LIBERO-Object (z 0) and of LIBERO-10's rooms (z 0.43, 0.90) are the same problem. Articulated sub-goals have
+their own skills (`ARTICULATIONS`): a drawer pushed shut (`CloseSlide`), a knob gripped and turned on
+(`TurnKnob`). A task whose goal has a predicate the expert cannot carry out raises a one-line error naming
+the task, before its episode starts.
 
 Demos are written in the LIBERO/robomimic HDF5 layout (see storage.write_demos), so `grpo-vla sft`
 reads ours and the official LIBERO demos alike.
@@ -38,7 +40,9 @@ HAND_HALF_XY = np.array([0.032, 0.047])  # the hand's collision box around the g
 HAND_BELOW = 0.03  # ...which reaches this far below the grip site
 FINGER_OPENING = 0.075  # what fits between the open fingers (0.078 at most)
 RIM_GRASP_DEPTH = 0.025  # a mug is held this far below its rim
-PLACEMENTS = ("in", "on")  # the predicates `PickPlace` carries out; `CloseSlide` closes drawers; no turnon yet
+PLACEMENTS = ("in", "on")  # what `PickPlace` carries out; `ARTICULATIONS` (below) closes and turns on
+KNOB_LEAD = 0.3  # rad: the hand turns this far ahead of the knob's joint
+KNOB_MARGIN = 0.15  # rad: turned this far past the joint's "on" threshold, so noise cannot turn it back off
 
 
 def _subtree_geoms(env: LiberoEnv, name: str) -> np.ndarray:
@@ -54,20 +58,28 @@ def _subtree_geoms(env: LiberoEnv, name: str) -> np.ndarray:
     return colliding if len(colliding) else geoms
 
 
+def geom_boxes(env: LiberoEnv, geoms: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """World axis-aligned boxes (lo, hi), each (n, 3), of geoms, from their local boxes (MuJoCo's geom_aabb)."""
+    model, data = env.sim.model._model, env.sim.data._data
+    rotation = data.geom_xmat[geoms].reshape(-1, 3, 3)
+    middle = data.geom_xpos[geoms] + np.einsum("nij,nj->ni", rotation, model.geom_aabb[geoms, :3])
+    extent = np.einsum("nij,nj->ni", np.abs(rotation), model.geom_aabb[geoms, 3:])
+    return middle - extent, middle + extent
+
+
+def colliding_geoms(env: LiberoEnv, body: int) -> np.ndarray:
+    """Ids of a body's geoms with a contact type (its solid parts; visual meshes have none)."""
+    model = env.sim.model._model
+    return np.flatnonzero((model.geom_bodyid == body) & (model.geom_contype != 0))
+
+
 def object_bbox(env: LiberoEnv, name: str) -> tuple[np.ndarray, np.ndarray]:
     """World axis-aligned bounding box (lo, hi) of a BDDL object's geoms (`_subtree_geoms`).
 
     Body origins are not centres (cream cheese: body z 0.0, centre 0.009), so grasp heights use this.
     """
-    model, data = env.sim.model._model, env.sim.data._data
-    corners = []
-    signs = np.array([[x, y, z] for x in (-1, 1) for y in (-1, 1) for z in (-1, 1)], dtype=np.float64)
-    for g in _subtree_geoms(env, name):
-        centre, half = model.geom_aabb[g, :3], model.geom_aabb[g, 3:]
-        local = centre + signs * half  # (8, 3)
-        corners.append(data.geom_xpos[g] + local @ data.geom_xmat[g].reshape(3, 3).T)
-    pts = np.concatenate(corners)
-    return pts.min(0), pts.max(0)
+    lo, hi = geom_boxes(env, _subtree_geoms(env, name))
+    return lo.min(0), hi.max(0)
 
 
 def rim_grasp(env: LiberoEnv, name: str) -> tuple[np.ndarray, np.ndarray]:
@@ -106,7 +118,7 @@ def grasp_offset(lo: np.ndarray, hi: np.ndarray, grasp_z: float, others: Sequenc
     return best
 
 
-def finger_yaw(env: LiberoEnv, name: str, grasp_z: float) -> float:
+def finger_yaw(env: LiberoEnv, geoms: np.ndarray, grasp_z: float) -> float:
     """How far (rad) to turn the hand about z so the fingers (closing along y at the start) close across the
     object's thin side, where they will hold it: 0 for objects about as wide as long (cans) or already
     across; otherwise the angle of the thin side, if it fits between the open fingers (a book standing on
@@ -114,7 +126,7 @@ def finger_yaw(env: LiberoEnv, name: str, grasp_z: float) -> float:
     model, data = env.sim.model._model, env.sim.data._data
     signs = np.array([[x, y, z] for x in (-1, 1) for y in (-1, 1) for z in (-1, 1)], dtype=np.float64)
     corners = []
-    for g in _subtree_geoms(env, name):
+    for g in geoms:
         rotation = data.geom_xmat[g].reshape(3, 3)
         pts = data.geom_xpos[g] + (model.geom_aabb[g, :3] + signs * model.geom_aabb[g, 3:]) @ rotation.T
         if pts[:, 2].max() > grasp_z - 0.01 and pts[:, 2].min() < grasp_z + 0.05:  # the fingers' band
@@ -154,27 +166,19 @@ class Target:
 
 def body_top(env: LiberoEnv, body: int) -> float:
     """The highest point of a body's colliding geoms (inf if it has none)."""
-    model, data = env.sim.model._model, env.sim.data._data
-    tops = [data.geom_xpos[g][2] + (np.abs(data.geom_xmat[g].reshape(3, 3)) @ model.geom_aabb[g, 3:])[2]
-            + (data.geom_xmat[g].reshape(3, 3) @ model.geom_aabb[g, :3])[2]
-            for g in np.flatnonzero((model.geom_bodyid == body) & (model.geom_contype != 0))]
-    return float(max(tops)) if tops else float("inf")
+    geoms = colliding_geoms(env, body)
+    return float(geom_boxes(env, geoms)[1][:, 2].max()) if len(geoms) else float("inf")
 
 
 def clear_spot(env: LiberoEnv, centre: np.ndarray, half: np.ndarray, hand_z: float, skip: set[int]) -> np.ndarray:
     """The point of a region's xy box nearest its centre where the hand's box, down to `hand_z`, meets no
     colliding geom outside the bodies in `skip` (the region's own body, the held object, the robot): an open
     drawer's region reaches under the drawer above it."""
-    model, data = env.sim.model._model, env.sim.data._data
-    boxes = []
-    for g in np.flatnonzero((model.geom_contype != 0) | (model.geom_conaffinity != 0)):
-        if model.geom_bodyid[g] in skip:
-            continue
-        rotation = data.geom_xmat[g].reshape(3, 3)
-        extent = np.abs(rotation) @ model.geom_aabb[g, 3:]
-        middle = data.geom_xpos[g] + rotation @ model.geom_aabb[g, :3]
-        if middle[2] + extent[2] > hand_z - HAND_BELOW:
-            boxes.append((middle - extent, middle + extent))
+    model = env.sim.model._model
+    geoms = np.flatnonzero(((model.geom_contype != 0) | (model.geom_conaffinity != 0))
+                           & ~np.isin(model.geom_bodyid, list(skip)))
+    lo, hi = geom_boxes(env, geoms)
+    boxes = [(a, b) for a, b in zip(lo, hi, strict=True) if b[2] > hand_z - HAND_BELOW]
     grid = [centre[:2] + half[:2] * np.array([u, v]) for u in np.linspace(-1, 1, 5) for v in np.linspace(-1, 1, 9)]
     for point in sorted(grid, key=lambda q: float(np.linalg.norm(q - centre[:2]))):
         lo, hi = point - HAND_HALF_XY - 0.01, point + HAND_HALF_XY + 0.01
@@ -240,6 +244,18 @@ class Skill:
         self.phase, self.counter, self.history = phase, 0, []
 
 
+def articulation_joint(env: LiberoEnv, name: str) -> int:
+    """The joint id behind a BDDL articulated object or region (a drawer's region, a stove, a microwave)."""
+    raw = env.raw_env
+    joints = raw.object_sites_dict[name].joints if name in raw.object_sites_dict else raw.get_object(name).joints
+    return int(env.sim.model._model.joint(joints[0]).id)
+
+
+def cannot(env: LiberoEnv, predicate: tuple[str, ...], why: str) -> UserError:
+    return UserError(f"the scripted expert cannot carry out {' '.join(map(str, predicate))!r} of task "
+                     f"{env.spec.task_id} ({env.spec.name}): {why}")
+
+
 @dataclass(kw_only=True)
 class CloseSlide(Skill):
     """Close a drawer (a slide joint; LIBERO's `close` holds once the joint's position passes its close
@@ -250,26 +266,16 @@ class CloseSlide(Skill):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        raw, model = self.env.raw_env, self.env.sim.model._model
-        name = self.predicate[1]
-        joints = raw.object_sites_dict[name].joints if name in raw.object_sites_dict else raw.get_object(name).joints
-        self.joint = model.joint(joints[0]).id
-        if model.jnt_type[self.joint] != 2:  # mjJNT_SLIDE
-            raise UserError(f"the scripted expert closes drawers (slide joints) only; {name!r} of task "
-                            f"{self.env.spec.task_id} ({self.env.spec.name}) is on a hinge")
+        self.joint = articulation_joint(self.env, self.predicate[1])
+        if self.env.sim.model._model.jnt_type[self.joint] != 2:  # mjJNT_SLIDE
+            raise cannot(self.env, self.predicate, "it closes drawers (slide joints) only, and this is a hinged door")
 
     def _face(self) -> tuple[np.ndarray, np.ndarray]:
         """(the push direction, the middle of the drawer's face that the hand pushes)."""
         model, data = self.env.sim.model._model, self.env.sim.data._data
         axis = data.xaxis[self.joint] / np.linalg.norm(data.xaxis[self.joint])  # closing raises the position
-        body = model.jnt_bodyid[self.joint]
-        corners = []
-        for g in np.flatnonzero((model.geom_bodyid == body) & (model.geom_contype != 0)):
-            rotation = data.geom_xmat[g].reshape(3, 3)
-            extent = np.abs(rotation) @ model.geom_aabb[g, 3:]
-            middle = data.geom_xpos[g] + rotation @ model.geom_aabb[g, :3]
-            corners += [middle - extent, middle + extent]
-        lo, hi = np.min(corners, axis=0), np.max(corners, axis=0)
+        lo, hi = geom_boxes(self.env, colliding_geoms(self.env, model.jnt_bodyid[self.joint]))
+        lo, hi = lo.min(0), hi.max(0)
         centre = (lo + hi) / 2
         face = centre - axis * (np.abs(axis) @ (hi - lo)) / 2
         return axis, face
@@ -306,6 +312,69 @@ class CloseSlide(Skill):
 
 
 @dataclass(kw_only=True)
+class TurnKnob(Skill):
+    """Turn a knob on (a hinge about the vertical; LIBERO's `turnon` holds once the joint passes the low end
+    of its "on" range): grasp the knob's fin across its thin side, turn the hand about the joint's axis a
+    little ahead of the knob until it is past the threshold, then open and rise."""
+
+    predicate: tuple[str, ...]
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        model = self.env.sim.model._model
+        self.joint = articulation_joint(self.env, self.predicate[1])
+        axis = self.env.sim.data._data.xaxis[self.joint]
+        if model.jnt_type[self.joint] != 3 or abs(axis[2]) < 0.9 * np.linalg.norm(axis):  # mjJNT_HINGE, upright
+            raise cannot(self.env, self.predicate, "it turns knobs on upright hinges only")
+        self.geoms = colliding_geoms(self.env, model.jnt_bodyid[self.joint])
+        on = self.env.raw_env.get_object(self.predicate[1]).object_properties["articulation"]["default_turnon_ranges"]
+        self.on_at = float(min(on)) + KNOB_MARGIN
+
+    def _angle(self) -> float:
+        return float(self.env.sim.data._data.qpos[self.env.sim.model._model.jnt_qposadr[self.joint]])
+
+    def act(self) -> np.ndarray:
+        eef = self._eef()
+        data = self.env.sim.data._data
+        anchor = data.xanchor[self.joint]
+        grasp_z = float(geom_boxes(self.env, self.geoms)[1][:, 2].max()) - 0.015  # the fin, above the knob's base
+        grasp = np.array([anchor[0], anchor[1], grasp_z])
+        self.counter += 1
+        if self.phase == "approach":  # level first, then down over the joint's axis
+            self.goal_rotation = Rotation.from_euler("z", finger_yaw(self.env, self.geoms, grasp_z)) * self.q0
+            above = np.array([grasp[0], grasp[1], max(eef[2], grasp_z + 0.10)])
+            turned = (self.goal_rotation * self._eef_rotation().inv()).magnitude() < 0.1
+            if np.linalg.norm((above - eef)[:2]) < 0.01 and abs(above[2] - eef[2]) < 0.02 and turned:
+                self._next("descend")
+            return self._move(above, -1.0)
+        if self.phase == "descend":
+            if abs(eef[2] - grasp_z) < GRASP_TOLERANCE or self._stalled(eef[2]) or self.counter > 40:
+                self._next("close")
+            return self._move(grasp, -1.0)
+        if self.phase == "close":
+            if self.counter >= CLOSE_STEPS:
+                self._next("turn")
+                self.grasped_rotation, self.grasped_angle = self._eef_rotation(), self._angle()
+            return self._move(grasp, 1.0)
+        if self.phase == "turn":  # the hand leads the knob by KNOB_LEAD about the joint's axis
+            axis = data.xaxis[self.joint] / np.linalg.norm(data.xaxis[self.joint])
+            ahead = min(self._angle() + KNOB_LEAD, self.on_at + KNOB_LEAD) - self.grasped_angle
+            self.goal_rotation = Rotation.from_rotvec(axis * ahead) * self.grasped_rotation
+            if self._angle() >= self.on_at or self.counter > 60:
+                self._next("open")
+            return self._move(grasp, 1.0)
+        if self.phase == "open":
+            if self.counter >= OPEN_STEPS:
+                self._next("retreat")
+            return self._move(eef, -1.0)
+        return self._move(eef + np.array([0, 0, 0.05]), -1.0)  # retreat
+
+    @property
+    def done(self) -> bool:
+        return self.phase == "retreat" and self.counter >= RETREAT_STEPS
+
+
+@dataclass(kw_only=True)
 class PickPlace(Skill):
     """One pick-and-place as a phase machine over privileged state. `act()` returns the next 7-dim action."""
 
@@ -333,7 +402,7 @@ class PickPlace(Skill):
             grasp_z = float(centre[2])
         self.counter += 1
         if self.phase == "approach":  # the grasp point is chosen while approaching (neighbours may still settle)
-            self.yaw = 0.0 if self._hollow else finger_yaw(env, self.object, grasp_z)
+            self.yaw = 0.0 if self._hollow else finger_yaw(env, _subtree_geoms(env, self.object), grasp_z)
             self.goal_rotation = Rotation.from_euler("z", self.yaw) * self.q0
             self.dx = 0.0 if self._hollow or self.yaw else grasp_offset(lo, hi, grasp_z, self._neighbours())
             centre[0] += self.dx
@@ -401,6 +470,9 @@ class PickPlace(Skill):
         return self.phase == "retreat" and self.counter >= RETREAT_STEPS
 
 
+ARTICULATIONS: dict[str, type[Skill]] = {"close": CloseSlide, "turnon": TurnKnob}
+
+
 @dataclass
 class GoalExpert:
     """The task's sub-goals (`plan_subgoals`) carried out one after another. `act()` gives the clean action;
@@ -412,14 +484,12 @@ class GoalExpert:
 
     def __post_init__(self) -> None:
         self.subgoals = plan_subgoals(self.env.goal, self.env.goal_flags())
-        cannot = [p for p in self.subgoals if not ((p[0] in PLACEMENTS and len(p) == 3) or p[0] == "close")]
-        if cannot:
-            raise UserError(f"the scripted expert cannot carry out {' '.join(map(str, cannot[0]))!r} of task "
-                            f"{self.env.spec.task_id} ({self.env.spec.name}) yet: it places objects in or on "
-                            "targets and closes drawers")
+        unknown = [p for p in self.subgoals if not ((p[0] in PLACEMENTS and len(p) == 3) or p[0] in ARTICULATIONS)]
+        if unknown:
+            raise cannot(self.env, unknown[0], "it places objects in or on targets, closes drawers and turns knobs")
         for predicate in self.subgoals:  # a hinged door is refused now, not halfway through the episode
-            if predicate[0] == "close":
-                CloseSlide(env=self.env, predicate=predicate)
+            if predicate[0] in ARTICULATIONS:
+                ARTICULATIONS[predicate[0]](env=self.env, predicate=predicate)
         self.index = 0
         self.skill = self._skill(0)
 
@@ -427,8 +497,8 @@ class GoalExpert:
         if index >= len(self.subgoals):
             return None
         predicate = self.subgoals[index]
-        if predicate[0] == "close":
-            return CloseSlide(env=self.env, predicate=predicate)
+        if predicate[0] in ARTICULATIONS:
+            return ARTICULATIONS[predicate[0]](env=self.env, predicate=predicate)
         kind, obj, target = predicate
         return PickPlace(env=self.env, object=obj, kind=kind, target_name=target)
 
