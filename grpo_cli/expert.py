@@ -40,6 +40,9 @@ HAND_HALF_XY = np.array([0.032, 0.047])  # the hand's collision box around the g
 HAND_BELOW = 0.03  # ...which reaches this far below the grip site
 FINGER_OPENING = 0.075  # what fits between the open fingers (0.078 at most)
 RIM_GRASP_DEPTH = 0.025  # a mug is held this far below its rim
+SLOT_SPREAD = 0.6  # several objects on one surface region: the outer ones this far out, as a share of its half-size
+TIGHT_TOLERANCE = 0.002  # m: how closely the hand is aligned over a grasp with millimetres to spare
+FINGER_HALF_WIDTH = 0.0125  # the fingers' half width across their closing direction
 PLACEMENTS = ("in", "on")  # what `PickPlace` carries out; `ARTICULATIONS` (below) closes and turns on
 KNOB_LEAD = 0.3  # rad: the hand turns this far ahead of the knob's joint
 KNOB_MARGIN = 0.15  # rad: turned this far past the joint's "on" threshold, so noise cannot turn it back off
@@ -143,6 +146,35 @@ def finger_yaw(env: LiberoEnv, geoms: np.ndarray, grasp_z: float) -> float:
     return 0.0 if abs(yaw) < np.radians(15) else yaw
 
 
+def band_points(env: LiberoEnv, geoms: np.ndarray, grasp_z: float, per_side: int = 6) -> np.ndarray:
+    """(n, 2) xy of points filling the geoms' boxes within the fingers' band around `grasp_z`."""
+    model, data = env.sim.model._model, env.sim.data._data
+    steps = np.linspace(-1, 1, per_side)
+    grid = np.stack(np.meshgrid(steps, steps, steps), -1).reshape(-1, 3)
+    rotation = data.geom_xmat[geoms].reshape(-1, 3, 3)
+    local = model.geom_aabb[geoms, None, :3] + grid[None] * model.geom_aabb[geoms, None, 3:]
+    points = (data.geom_xpos[geoms, None] + np.einsum("nij,npj->npi", rotation, local)).reshape(-1, 3)
+    return points[(points[:, 2] > grasp_z - 0.01) & (points[:, 2] < grasp_z + 0.05), :2]
+
+
+def chord(points: np.ndarray, at: np.ndarray, yaw: float) -> tuple[float, np.ndarray]:
+    """What the fingers, turned `yaw` from closing along y and centred on `at`, close on: the width of the
+    points in their 2.5 cm wide strip, and that chord's middle (xy)."""
+    closing, across = np.array([-np.sin(yaw), np.cos(yaw)]), np.array([np.cos(yaw), np.sin(yaw)])
+    strip = (points - at)[np.abs((points - at) @ across) < FINGER_HALF_WIDTH] @ closing
+    if not len(strip):
+        return 0.0, np.array(at, dtype=np.float64)
+    return float(np.ptp(strip)), at + closing * (strip.max() + strip.min()) / 2
+
+
+def narrowest_grasp(points: np.ndarray, at: np.ndarray) -> tuple[float, np.ndarray, float]:
+    """(yaw, the chord's middle, its width) at the yaw, in 15 degree steps, where the chord through `at` is
+    narrowest: a moka pot's handle and spout stick out along one axis, and its body is 7 cm across the other."""
+    widths = [(chord(points, at, yaw), yaw) for yaw in np.radians(np.arange(-75, 91, 15))]
+    (width, middle), yaw = min(widths, key=lambda w: (round(w[0][0], 3), abs(w[1])))
+    return float(yaw), middle, width
+
+
 def plan_subgoals(goal: Sequence[tuple[str, ...]], satisfied: Sequence[bool]) -> list[tuple[str, ...]]:
     """The goal's predicates in an order that can be carried out, those already true left out: turning
     something on first (the knob before the pot goes on the stove), then placements in the file's order,
@@ -187,8 +219,10 @@ def clear_spot(env: LiberoEnv, centre: np.ndarray, half: np.ndarray, hand_z: flo
     return np.array(centre[:2])
 
 
-def place_target(env: LiberoEnv, kind: str, name: str, held: str) -> Target:
-    """The target of `(in OBJ name)` or `(on OBJ name)`: a region site (its box from the model) or an object."""
+def place_target(env: LiberoEnv, kind: str, name: str, held: str, slot: tuple[int, int] = (0, 1)) -> Target:
+    """The target of `(in OBJ name)` or `(on OBJ name)`: a region site (its box from the model) or an object.
+    `slot` (k, n): this is the k-th of n placements on one surface region, which get their own places along
+    the axis where the held object is narrower (two moka pots side by side on the stove)."""
     raw = env.raw_env
     model = raw.sim.model
     if name in raw.objects_dict or name in getattr(raw, "fixtures_dict", {}):
@@ -205,7 +239,13 @@ def place_target(env: LiberoEnv, kind: str, name: str, held: str) -> Target:
         skip |= {b for b in range(mj.nbody) if (mj.body(b).name or "").startswith(("robot0", "gripper0", "mount0"))}
         spot = clear_spot(env, centre, half, rim - RELEASE_BELOW_RIM, skip)
         return Target(spot, rim, rim - RELEASE_BELOW_RIM, slot_along_y=half[1] > 1.8 * half[0])
-    return Target(np.array(centre[:2]), float(centre[2]), None)  # a surface region: set down on it
+    xy = np.array(centre[:2])  # a surface region: set down on it
+    k, n = slot
+    if n > 1:
+        lo, hi = object_bbox(env, held)
+        axis = 0 if hi[0] - lo[0] < hi[1] - lo[1] else 1
+        xy[axis] += SLOT_SPREAD * half[axis] * (2 * k - (n - 1)) / (n - 1)
+    return Target(xy, float(centre[2]), None)
 
 
 @dataclass(kw_only=True)
@@ -213,12 +253,14 @@ class Skill:
     """What every skill shares: the hand's pose, a position-and-orientation servo, and a phase counter."""
 
     env: LiberoEnv
+    q0: Rotation | None = None  # the hand's orientation at the episode's start, fingers closing along y
     phase: str = "approach"
     counter: int = 0
     history: list[float] = field(default_factory=list)
 
     def __post_init__(self) -> None:
-        self.q0 = self._eef_rotation()
+        # yaws are turned from the start orientation, not from where the last skill left the hand
+        self.q0 = self.q0 if self.q0 is not None else self._eef_rotation()
         self.goal_rotation = self.q0  # turned about z by `finger_yaw` while approaching
 
     def _eef_rotation(self) -> Rotation:
@@ -242,6 +284,11 @@ class Skill:
 
     def _next(self, phase: str) -> None:
         self.phase, self.counter, self.history = phase, 0, []
+
+    @property
+    def steady(self) -> bool:
+        """No demo noise now (a grasp with millimetres to spare is being lowered onto)."""
+        return False
 
 
 def articulation_joint(env: LiberoEnv, name: str) -> int:
@@ -381,7 +428,9 @@ class PickPlace(Skill):
     object: str
     kind: str
     target_name: str
+    slot: tuple[int, int] = (0, 1)  # see `place_target`
     retries: int = 0
+    tight: bool = False  # a grasp with millimetres to spare: aligned closely, then lowered without noise
 
     @property
     def _hollow(self) -> bool:
@@ -402,19 +451,31 @@ class PickPlace(Skill):
             grasp_z = float(centre[2])
         self.counter += 1
         if self.phase == "approach":  # the grasp point is chosen while approaching (neighbours may still settle)
-            self.yaw = 0.0 if self._hollow else finger_yaw(env, _subtree_geoms(env, self.object), grasp_z)
+            geoms = _subtree_geoms(env, self.object)
+            self.yaw = 0.0 if self._hollow else finger_yaw(env, geoms, grasp_z)
+            self.shift = np.zeros(2)  # of the grasp from `centre`
+            self.tight = False
+            if not self.yaw and not self._hollow:
+                self.shift[0] = grasp_offset(lo, hi, grasp_z, self._neighbours())
+                points = band_points(env, geoms, grasp_z)
+                if chord(points, centre[:2], 0.0)[0] > FINGER_OPENING:  # a handle or spout under a finger
+                    self.yaw, grip, _ = narrowest_grasp(points, points.mean(0))
+                    self.shift, self.tight = grip - centre[:2], True
             self.goal_rotation = Rotation.from_euler("z", self.yaw) * self.q0
-            self.dx = 0.0 if self._hollow or self.yaw else grasp_offset(lo, hi, grasp_z, self._neighbours())
-            centre[0] += self.dx
+            centre[:2] += self.shift
             above = grasp_z + 0.10
             far = np.linalg.norm((centre - eef)[:2]) > 0.02  # travel level first: a diagonal drags what it passes
             target = np.array([centre[0], centre[1], max(eef[2], above) if far else above])
-            turned = (self.goal_rotation * self._eef_rotation().inv()).magnitude() < 0.1
-            if np.linalg.norm((target - eef)[:2]) < 0.01 and abs(above - eef[2]) < 0.02 and turned:
+            turned = (self.goal_rotation * self._eef_rotation().inv()).magnitude() < (0.03 if self.tight else 0.1)
+            near = TIGHT_TOLERANCE if self.tight else 0.01
+            if np.linalg.norm((target - eef)[:2]) < near and abs(above - eef[2]) < 0.02 and turned:
                 self._next("descend")
             return self._move(target, -1.0)
         if self.phase == "descend":
-            target = np.array([centre[0] + self.dx, centre[1], grasp_z])
+            target = np.array([*(centre[:2] + self.shift), grasp_z])
+            if self.tight and np.linalg.norm((target - eef)[:2]) > TIGHT_TOLERANCE and eef[2] - HAND_BELOW < hi[2]:
+                self.history = []  # the fingertips are at the object's top: align before going lower
+                return self._move(np.array([target[0], target[1], eef[2]]), -1.0)
             if abs(eef[2] - grasp_z) < GRASP_TOLERANCE or self._stalled(eef[2]) or self.counter > 40:
                 self._next("close")
                 self.grasp_bottom = float(lo[2])
@@ -422,7 +483,7 @@ class PickPlace(Skill):
         if self.phase == "close":
             if self.counter >= CLOSE_STEPS:
                 self._next("lift")
-                self.target = place_target(env, self.kind, self.target_name, self.object)
+                self.target = place_target(env, self.kind, self.target_name, self.object, self.slot)
                 self.hold = eef[2] - self.grasp_bottom  # the hand's height above the object's bottom
                 self.offset = eef[:2] - middle  # ...and its place over the object's middle
                 self.lift_z = max(self.grasp_bottom + LIFT_ABOVE_TABLE, self.hold + self.target.top + CLEARANCE)
@@ -469,6 +530,10 @@ class PickPlace(Skill):
     def done(self) -> bool:
         return self.phase == "retreat" and self.counter >= RETREAT_STEPS
 
+    @property
+    def steady(self) -> bool:
+        return self.tight and self.phase in ("descend", "close")
+
 
 ARTICULATIONS: dict[str, type[Skill]] = {"close": CloseSlide, "turnon": TurnKnob}
 
@@ -490,6 +555,7 @@ class GoalExpert:
         for predicate in self.subgoals:  # a hinged door is refused now, not halfway through the episode
             if predicate[0] in ARTICULATIONS:
                 ARTICULATIONS[predicate[0]](env=self.env, predicate=predicate)
+        self.q0 = Rotation.from_quat(self.env.raw_env._observables["robot0_eef_quat"].obs)
         self.index = 0
         self.skill = self._skill(0)
 
@@ -498,9 +564,11 @@ class GoalExpert:
             return None
         predicate = self.subgoals[index]
         if predicate[0] in ARTICULATIONS:
-            return ARTICULATIONS[predicate[0]](env=self.env, predicate=predicate)
+            return ARTICULATIONS[predicate[0]](env=self.env, q0=self.q0, predicate=predicate)
         kind, obj, target = predicate
-        return PickPlace(env=self.env, object=obj, kind=kind, target_name=target)
+        sharing = [p for p in self.env.goal if p[0] == "on" and p[-1] == target]  # the file's order: slots stay put
+        slot = (sharing.index(predicate), len(sharing)) if predicate in sharing else (0, 1)
+        return PickPlace(env=self.env, q0=self.q0, object=obj, kind=kind, target_name=target, slot=slot)
 
     def act(self) -> np.ndarray:
         if self.skill is not None and self.skill.done:
@@ -517,7 +585,7 @@ class GoalExpert:
     def noisy(self, action: np.ndarray) -> np.ndarray:
         """Gaussian noise on the pose dims (diversity for imitation), gripper untouched."""
         out = action.copy()
-        if self.noise_std > 0:
+        if self.noise_std > 0 and not (self.skill is not None and self.skill.steady):
             out[:6] = np.clip(out[:6] + self.rng.normal(0.0, self.noise_std, 6), -1, 1)
         return out
 
