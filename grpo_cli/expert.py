@@ -42,7 +42,9 @@ FINGER_OPENING = 0.075  # what fits between the open fingers (0.078 at most)
 RIM_GRASP_DEPTH = 0.025  # a mug is held this far below its rim
 SLOT_SPREAD = 0.6  # several objects on one surface region: the outer ones this far out, as a share of its half-size
 TIGHT_TOLERANCE = 0.002  # m: how closely the hand is aligned over a grasp with millimetres to spare
-FINGER_HALF_WIDTH = 0.0125  # the fingers' half width across their closing direction
+FINGER_HALF_WIDTH = 0.0125
+FINGERS_OPEN_HALF = np.array([0.013, 0.068])  # the open fingers' footprint about the grip site (closing along y)
+PALM_HALF, PALM_ABOVE = np.array([0.039, 0.105]), 0.024  # the palm: footprint, and its height over the grip
 PLACEMENTS = ("in", "on")  # what `PickPlace` carries out; `ARTICULATIONS` (below) closes and turns on
 KNOB_LEAD = 0.3  # rad: the hand turns this far ahead of the knob's joint
 KNOB_MARGIN = 0.15  # rad: turned this far past the joint's "on" threshold, so noise cannot turn it back off
@@ -173,6 +175,43 @@ def narrowest_grasp(points: np.ndarray, at: np.ndarray) -> tuple[float, np.ndarr
     widths = [(chord(points, at, yaw), yaw) for yaw in np.radians(np.arange(-75, 91, 15))]
     (width, middle), yaw = min(widths, key=lambda w: (round(w[0][0], 3), abs(w[1])))
     return float(yaw), middle, width
+
+
+def hand_hits(grip: np.ndarray, grasp_z: float, yaw: float, others: Sequence[tuple[np.ndarray, np.ndarray]]) -> int:
+    """How many points of the hand's footprint, its open fingers and its palm (21 cm long across the fingers,
+    from 2.4 cm above the grip site up), turned `yaw` with the grip site at (`grip`, `grasp_z`), fall inside
+    a neighbour's box that reaches above that part's bottom."""
+    turn = np.array([[np.cos(yaw), -np.sin(yaw)], [np.sin(yaw), np.cos(yaw)]])
+    hits = 0
+    for half, above in ((FINGERS_OPEN_HALF, -HAND_BELOW), (PALM_HALF, PALM_ABOVE)):
+        local = np.stack(np.meshgrid(np.linspace(-1, 1, 3), np.linspace(-1, 1, 9)), -1).reshape(-1, 2) * half
+        points = grip + local @ turn.T
+        for lo, hi in others:
+            if hi[2] > grasp_z + above:
+                hits += int(np.sum(np.all((points > lo[:2]) & (points < hi[:2]), axis=1)))
+    return hits
+
+
+def clear_grasp(points: np.ndarray, lo: np.ndarray, hi: np.ndarray, grasp_z: float,
+                others: Sequence[tuple[np.ndarray, np.ndarray]]) -> tuple[float, np.ndarray]:
+    """The grasp (yaw, grip xy) whose hand meets neighbours least (`hand_hits`; a carton beside a flat box
+    lies under the palm of the straight grasp) among those whose fingers still fit across the object
+    (`chord`): the hand turned up to 60 degrees either way, and moved along the object's x up to 1.5 cm
+    short of its ends. The least change wins a tie."""
+    centre = (lo[:2] + hi[:2]) / 2
+    reach = max(0.0, float(hi[0] - lo[0]) / 2 - 0.015)
+    moves = [(float(yaw), float(dx)) for yaw in np.radians([0, 15, -15, 30, -30, 45, -45, 60, -60])
+             for dx in np.linspace(-reach, reach, 9)]
+    best = None
+    for yaw, dx in sorted(moves, key=lambda m: abs(m[0]) / np.radians(15) + abs(m[1]) / 0.01):
+        width, middle = chord(points, centre + [dx, 0.0], yaw)
+        if width < FINGER_OPENING - 0.005:
+            hits = hand_hits(middle, grasp_z, yaw, others)
+            if best is None or hits < best[0]:
+                best = (hits, yaw, middle)
+            if hits == 0:
+                break
+    return (best[1], best[2]) if best is not None else (0.0, centre)
 
 
 def plan_subgoals(goal: Sequence[tuple[str, ...]], satisfied: Sequence[bool]) -> list[tuple[str, ...]]:
@@ -461,6 +500,9 @@ class PickPlace(Skill):
                 if chord(points, centre[:2], 0.0)[0] > FINGER_OPENING:  # a handle or spout under a finger
                     self.yaw, grip, _ = narrowest_grasp(points, points.mean(0))
                     self.shift, self.tight = grip - centre[:2], True
+                elif hand_hits(centre[:2] + self.shift, grasp_z, 0.0, self._neighbours()):
+                    self.yaw, grip = clear_grasp(points, lo, hi, grasp_z, self._neighbours())
+                    self.shift = grip - centre[:2]
             self.goal_rotation = Rotation.from_euler("z", self.yaw) * self.q0
             centre[:2] += self.shift
             above = grasp_z + 0.10
