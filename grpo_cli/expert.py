@@ -38,8 +38,14 @@ GRASP_TOLERANCE = 0.005  # descend until the hand is this close to the grasp hei
 CLOSE_STEPS, OPEN_STEPS, RETREAT_STEPS = 10, 15, 10
 HAND_HALF_XY = np.array([0.032, 0.047])  # the hand's collision box around the grip site (fingers close along y)
 HAND_BELOW = 0.03  # ...which reaches this far below the grip site
+HAND_BOXES = (  # (middle, half-size) about the grip site, fingers closing along y: the closed fingers, the palm
+    (np.array([0.0, 0.0, 0.018]), np.array([0.013, 0.025, 0.031])),
+    (np.array([0.0, 0.0, 0.075]), np.array([0.039, 0.105, 0.051])),
+)  # from robosuite's Panda gripper collision geoms
 FINGER_OPENING = 0.075  # what fits between the open fingers (0.078 at most)
 RIM_GRASP_DEPTH = 0.025  # a mug is held this far below its rim
+PUSH_TILT = 0.6  # rad: the hand's tilt, fingertips forward, while it pushes a drawer shut
+OPEN_AJAR = 0.05  # m short of its open limit: a drawer open at least this far, with room for the fingers inside
 SLOT_SPREAD = 0.6  # several objects on one surface region: the outer ones this far out, as a share of its half-size
 TIGHT_TOLERANCE = 0.002  # m: how closely the hand is aligned over a grasp with millimetres to spare
 FINGER_HALF_WIDTH = 0.0125
@@ -87,18 +93,66 @@ def object_bbox(env: LiberoEnv, name: str) -> tuple[np.ndarray, np.ndarray]:
     return lo.min(0), hi.max(0)
 
 
-def rim_grasp(env: LiberoEnv, name: str) -> tuple[np.ndarray, np.ndarray]:
+def rim_grasp(env: LiberoEnv, name: str, yaw: float = 0.0) -> tuple[np.ndarray, np.ndarray]:
     """Where to grasp a mug (x, y, z), and its ring's centre (x, y): on its rim, the wall across the fingers
-    (they close along y) on the side away from the handle, one finger inside the mug. The ring's centre is
-    the median of the geoms' positions (the handle is a few of them); the handle is the geom farthest from it."""
+    (they close along y, turned by `yaw`) on the side away from the handle, one finger inside the mug. The
+    ring's centre is the median of the geoms' positions (the handle is a few of them); the handle is the
+    geom farthest from it."""
     xy = env.sim.data._data.geom_xpos[_subtree_geoms(env, name), :2]
     centre = np.median(xy, axis=0)
     radial = np.linalg.norm(xy - centre, axis=1)
     handle = xy[np.argmax(radial)] - centre
     ring = float(np.median(radial[radial > 0.5 * radial.max()]))  # the walls' distance from the centre
-    side = -1.0 if handle[1] > 0 else 1.0
+    closing = np.array([-np.sin(yaw), np.cos(yaw)])
+    side = -1.0 if handle @ closing > 0 else 1.0
     _, hi = object_bbox(env, name)
-    return np.array([centre[0], centre[1] + side * ring, hi[2] - RIM_GRASP_DEPTH]), centre
+    return np.array([*(centre + side * ring * closing), hi[2] - RIM_GRASP_DEPTH]), centre
+
+
+def hand_boxes(grip: np.ndarray, yaw: float) -> list[tuple[np.ndarray, np.ndarray]]:
+    """World boxes (lo, hi) of the closed fingers and of the palm with the grip site at `grip`, turned `yaw`."""
+    c, s = abs(np.cos(yaw)), abs(np.sin(yaw))
+    boxes = []
+    for middle, half in HAND_BOXES:
+        turned = np.array([c * half[0] + s * half[1], s * half[0] + c * half[1], half[2]])
+        boxes.append((grip + middle - turned, grip + middle + turned))
+    return boxes
+
+
+def lowered_spot(env: LiberoEnv, centre: np.ndarray, half: np.ndarray, held: str, release_z: float, top: float,
+                 skip: set[int]) -> tuple[np.ndarray, float] | None:
+    """Where a rim-held object (`rim_grasp`) can be lowered into a container, and the hand's yaw for it: the
+    point of the region's box nearest its centre (2.5 mm grid) at which the object's geoms and the hand
+    (closed fingers and palm, the fingers closing along y or turned 90 degrees), moved straight down from
+    the carry height to the release height `release_z` of the hand, meet no colliding geom outside `skip`
+    (the held object, the robot). In a drawer under two closed ones a 10.7 cm bowl has 5 mm of such room,
+    between the drawer's front wall and the handles above. None if there is none."""
+    model = env.sim.model._model
+    geoms = np.flatnonzero(((model.geom_contype != 0) | (model.geom_conaffinity != 0))
+                           & ~np.isin(model.geom_bodyid, list(skip)))
+    o_lo, o_hi = geom_boxes(env, geoms)
+    reach = half[:2] + 0.2  # obstacles further than this from the region cannot meet what is lowered into it
+    near = np.all(o_lo[:, :2] < centre[:2] + reach, axis=1) & np.all(o_hi[:, :2] > centre[:2] - reach, axis=1)
+    o_lo, o_hi = o_lo[near], o_hi[near]
+    b_lo, b_hi = geom_boxes(env, _subtree_geoms(env, held))
+    steps = [np.arange(-h, h + 1e-9, 0.0025) if h > 0.0025 else np.zeros(1) for h in half[:2]]
+    grid = np.stack(np.meshgrid(*steps), -1).reshape(-1, 2) + centre[:2]
+    grid = grid[np.argsort(np.linalg.norm(grid - centre[:2], axis=1), kind="stable")]
+    for yaw in (0.0, np.pi / 2):
+        grip, ring = rim_grasp(env, held, yaw)
+        lift = max(float(b_lo[:, 2].min()) + LIFT_ABOVE_TABLE, grip[2] - float(b_lo[:, 2].min()) + top + CLEARANCE)
+        boxes = [(lo - grip, hi - grip) for lo, hi in zip(b_lo, b_hi, strict=True)] + hand_boxes(np.zeros(3), yaw)
+        rel_lo = np.array([lo for lo, _ in boxes]) + [0.0, 0.0, release_z]  # swept from the release height...
+        rel_hi = np.array([hi for _, hi in boxes]) + [0.0, 0.0, lift]  # ...up to the carry height
+        for start in range(0, len(grid), 256):
+            grips = grid[start:start + 256] + (grip[:2] - ring)  # (n, 2)
+            lo = rel_lo[None, :, :] + np.c_[grips, np.zeros(len(grips))][:, None, :]
+            hi = rel_hi[None, :, :] + np.c_[grips, np.zeros(len(grips))][:, None, :]
+            hit = np.all(lo[:, :, None] < o_hi[None, None], -1) & np.all(o_lo[None, None] < hi[:, :, None], -1)
+            free = np.flatnonzero(~hit.any(axis=(1, 2)))
+            if len(free):
+                return grid[start + free[0]], yaw
+    return None
 
 
 def grasp_offset(lo: np.ndarray, hi: np.ndarray, grasp_z: float, others: Sequence[tuple[np.ndarray, np.ndarray]],
@@ -223,6 +277,17 @@ def plan_subgoals(goal: Sequence[tuple[str, ...]], satisfied: Sequence[bool]) ->
     return sorted(todo, key=lambda p: rank.get(p[0], 1))  # sorted() is stable: the file's order within a rank
 
 
+def with_drawers_opened(subgoals: Sequence[tuple[str, ...]], drawers: set[str]) -> list[tuple[str, ...]]:
+    """Each placement into a drawer's region preceded by opening that drawer all the way (`OpenSlide`): a
+    bowl fits between a half-open drawer's front wall and the handles above only once it is fully open."""
+    out: list[tuple[str, ...]] = []
+    for predicate in subgoals:
+        if predicate[0] == "in" and predicate[-1] in drawers and ("open", predicate[-1]) not in out:
+            out.append(("open", predicate[-1]))
+        out.append(tuple(predicate))
+    return out
+
+
 @dataclass
 class Target:
     """Where a carried object goes: over `xy`, its bottom cleared above `top` while carried, and the hand
@@ -233,6 +298,7 @@ class Target:
     top: float
     release_z: float | None
     slot_along_y: bool = False  # a narrow container long in y (a caddy's compartment): thin objects go in edgewise
+    yaw: float | None = None  # where a rim-held object goes in with the hand turned (`lowered_spot`)
 
 
 def body_top(env: LiberoEnv, body: int) -> float:
@@ -258,10 +324,12 @@ def clear_spot(env: LiberoEnv, centre: np.ndarray, half: np.ndarray, hand_z: flo
     return np.array(centre[:2])
 
 
-def place_target(env: LiberoEnv, kind: str, name: str, held: str, slot: tuple[int, int] = (0, 1)) -> Target:
+def place_target(env: LiberoEnv, kind: str, name: str, held: str, slot: tuple[int, int] = (0, 1),
+                 rim_held: bool = False) -> Target:
     """The target of `(in OBJ name)` or `(on OBJ name)`: a region site (its box from the model) or an object.
     `slot` (k, n): this is the k-th of n placements on one surface region, which get their own places along
-    the axis where the held object is narrower (two moka pots side by side on the stove)."""
+    the axis where the held object is narrower (two moka pots side by side on the stove). A `rim_held` object
+    (a mug, a bowl) goes into a container where it and the hand can be lowered (`lowered_spot`)."""
     raw = env.raw_env
     model = raw.sim.model
     if name in raw.objects_dict or name in getattr(raw, "fixtures_dict", {}):
@@ -276,6 +344,11 @@ def place_target(env: LiberoEnv, kind: str, name: str, held: str, slot: tuple[in
         rim = min(float(centre[2] + half[2]) + RIM_ABOVE_REGION, body_top(env, int(mj.site_bodyid[site])))
         skip = {int(mj.site_bodyid[site]), *(int(mj.geom_bodyid[g]) for g in _subtree_geoms(env, held))}
         skip |= {b for b in range(mj.nbody) if (mj.body(b).name or "").startswith(("robot0", "gripper0", "mount0"))}
+        if rim_held:
+            found = lowered_spot(env, centre, half, held, rim - RELEASE_BELOW_RIM, rim,
+                                 skip - {int(mj.site_bodyid[site])})
+            if found is not None:
+                return Target(found[0], rim, rim - RELEASE_BELOW_RIM, yaw=found[1])
         spot = clear_spot(env, centre, half, rim - RELEASE_BELOW_RIM, skip)
         return Target(spot, rim, rim - RELEASE_BELOW_RIM, slot_along_y=half[1] > 1.8 * half[0])
     xy = np.array(centre[:2])  # a surface region: set down on it
@@ -374,7 +447,9 @@ class CloseSlide(Skill):
         if self.phase == "approach":  # level first, then down in front of the face
             # the hand's thin side (2 x 3.2 cm, across the fingers) leads, so it can push flush with a
             # drawer above without its palm (2 x 4.7 cm along the fingers) meeting that drawer's face
-            self.goal_rotation = Rotation.from_euler("z", np.pi / 2 if abs(axis[1]) > abs(axis[0]) else 0.0) * self.q0
+            turn = Rotation.from_euler("z", np.pi / 2 if abs(axis[1]) > abs(axis[0]) else 0.0) * self.q0
+            # ...and the fingertips lead, the palm tilted back: it passes under a handle above the face
+            self.goal_rotation = Rotation.from_rotvec(np.cross(axis, [0.0, 0.0, 1.0]) * PUSH_TILT) * turn
             above = np.array([start[0], start[1], max(eef[2], face[2] + 0.15)])
             turned = (self.goal_rotation * self._eef_rotation().inv()).magnitude() < 0.1
             if np.linalg.norm((above - eef)[:2]) < 0.01 and turned:
@@ -391,6 +466,66 @@ class CloseSlide(Skill):
         if self.phase == "back":
             return self._move(eef - axis * 0.05 + np.array([0, 0, 0.03]), 1.0)
         return self._move(eef, 1.0)
+
+    @property
+    def done(self) -> bool:
+        return self.phase == "back" and self.counter >= RETREAT_STEPS
+
+
+@dataclass(kw_only=True)
+class OpenSlide(Skill):
+    """Open an ajar drawer all the way: the closed fingers come down inside it, just behind its front wall,
+    the hand's thin side leading, and push the wall out along the joint's axis until the joint is within
+    2 mm of its limit, then rise."""
+
+    predicate: tuple[str, ...]
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        model = self.env.sim.model._model
+        self.joint = articulation_joint(self.env, self.predicate[1])
+        if model.jnt_type[self.joint] != 2 or self._position() > OPEN_AJAR + model.jnt_range[self.joint][0]:
+            raise cannot(self.env, self.predicate, "it opens drawers that are already open part of the way only")
+        self.limit = float(model.jnt_range[self.joint][0])  # opening lowers the position
+
+    def _position(self) -> float:
+        return float(self.env.sim.data._data.qpos[self.env.sim.model._model.jnt_qposadr[self.joint]])
+
+    def _inside(self) -> tuple[np.ndarray, np.ndarray, float]:
+        """(the closing direction, the point just behind the front wall's inner face, the drawer floor's top)."""
+        model, data = self.env.sim.model._model, self.env.sim.data._data
+        axis = data.xaxis[self.joint] / np.linalg.norm(data.xaxis[self.joint])
+        lo, hi = geom_boxes(self.env, colliding_geoms(self.env, model.jnt_bodyid[self.joint]))
+        across = np.abs(np.cross(axis, [0.0, 0.0, 1.0]))  # the drawer's width direction
+        walls = np.flatnonzero((hi - lo) @ across > 0.8 * np.ptp(np.r_[lo, hi] @ across))  # not the handle
+        front = walls[np.argmin(((lo + hi) / 2)[walls] @ axis)]  # the wall farthest out
+        inner = float(max(lo[front] @ axis, hi[front] @ axis))
+        middle = (lo.min(0) + hi.max(0)) / 2
+        point = middle + axis * (inner - middle @ axis + FINGERS_OPEN_HALF[0] + 0.01)
+        floor = float(np.min(hi[walls, 2]))  # the lowest-topped wide box: the floor
+        return axis, point, floor
+
+    def act(self) -> np.ndarray:
+        eef = self._eef()
+        axis, point, floor = self._inside()
+        start = np.array([point[0], point[1], floor + 0.03])
+        self.counter += 1
+        if self.phase == "approach":  # level first, turned so the hand's thin side (across the fingers) leads
+            self.goal_rotation = Rotation.from_euler("z", np.pi / 2 if abs(axis[1]) > abs(axis[0]) else 0.0) * self.q0
+            above = np.array([start[0], start[1], max(eef[2], start[2] + 0.15)])
+            turned = (self.goal_rotation * self._eef_rotation().inv()).magnitude() < 0.1
+            if np.linalg.norm((above - eef)[:2]) < 0.01 and turned:
+                self._next("descend")
+            return self._move(above, 1.0)
+        if self.phase == "descend":
+            if abs(eef[2] - start[2]) < 0.01 or self._stalled(eef[2]) or self.counter > 40:
+                self._next("pull")
+            return self._move(start, 1.0)
+        if self.phase == "pull":
+            if self._position() < self.limit + 0.002 or self.counter > 40:
+                self._next("back")
+            return self._move(start - axis * 0.03, 1.0)
+        return self._move(np.array([eef[0], eef[1], start[2] + 0.15]), 1.0)  # back: straight up
 
     @property
     def done(self) -> bool:
@@ -469,6 +604,7 @@ class PickPlace(Skill):
     target_name: str
     slot: tuple[int, int] = (0, 1)  # see `place_target`
     retries: int = 0
+    target: Target | None = None
     tight: bool = False  # a grasp with millimetres to spare: aligned closely, then lowered without noise
 
     @property
@@ -485,13 +621,17 @@ class PickPlace(Skill):
         centre = (lo + hi) / 2
         grasp_z = max(float(centre[2]), float(lo[2]) + 0.01)
         middle = centre[:2]  # the xy that goes over the target
+        if self._hollow and self.kind == "in" and self.phase == "approach" and self.counter == 0:
+            # which side of the rim to hold depends on how the hand fits into the container
+            self.target = place_target(env, self.kind, self.target_name, self.object, self.slot, rim_held=True)
+        lowered = self._hollow and self.kind == "in" and self.target is not None and self.target.yaw is not None
         if self._hollow:  # held by the rim
-            centre, middle = rim_grasp(env, self.object)
+            centre, middle = rim_grasp(env, self.object, self.target.yaw if lowered else 0.0)
             grasp_z = float(centre[2])
         self.counter += 1
         if self.phase == "approach":  # the grasp point is chosen while approaching (neighbours may still settle)
             geoms = _subtree_geoms(env, self.object)
-            self.yaw = 0.0 if self._hollow else finger_yaw(env, geoms, grasp_z)
+            self.yaw = (self.target.yaw if lowered else 0.0) if self._hollow else finger_yaw(env, geoms, grasp_z)
             self.shift = np.zeros(2)  # of the grasp from `centre`
             self.tight = False
             if not self.yaw and not self._hollow:
@@ -525,7 +665,8 @@ class PickPlace(Skill):
         if self.phase == "close":
             if self.counter >= CLOSE_STEPS:
                 self._next("lift")
-                self.target = place_target(env, self.kind, self.target_name, self.object, self.slot)
+                if not lowered:  # (a lowered rim-held object's target was chosen before the grasp)
+                    self.target = place_target(env, self.kind, self.target_name, self.object, self.slot)
                 self.hold = eef[2] - self.grasp_bottom  # the hand's height above the object's bottom
                 self.offset = eef[:2] - middle  # ...and its place over the object's middle
                 self.lift_z = max(self.grasp_bottom + LIFT_ABOVE_TABLE, self.hold + self.target.top + CLEARANCE)
@@ -558,6 +699,8 @@ class PickPlace(Skill):
                          else self.target.top + ON_RELEASE_GAP + self.hold)
             if self.target.slot_along_y:  # ~1 cm to spare: steer by where the object is, not where it was held
                 self.offset = eef[:2] - env.position(self.object)[:2]
+            if lowered:  # millimetres to spare: steer by where the ring is
+                self.offset = eef[:2] - middle
             target = np.array([*(self.target.xy + self.offset), release_z])
             if eef[2] < release_z + 0.01 or self._stalled(eef[2]) or self.counter > 30:
                 self._next("open")
@@ -574,10 +717,11 @@ class PickPlace(Skill):
 
     @property
     def steady(self) -> bool:
-        return self.tight and self.phase in ("descend", "close")
+        lowered = self.target is not None and self.target.yaw is not None
+        return (self.tight and self.phase in ("descend", "close")) or (lowered and self.phase in ("carry", "lower"))
 
 
-ARTICULATIONS: dict[str, type[Skill]] = {"close": CloseSlide, "turnon": TurnKnob}
+ARTICULATIONS: dict[str, type[Skill]] = {"close": CloseSlide, "open": OpenSlide, "turnon": TurnKnob}
 
 
 @dataclass
@@ -590,7 +734,7 @@ class GoalExpert:
     rng: np.random.Generator = field(default_factory=np.random.default_rng)
 
     def __post_init__(self) -> None:
-        self.subgoals = plan_subgoals(self.env.goal, self.env.goal_flags())
+        self.subgoals = with_drawers_opened(plan_subgoals(self.env.goal, self.env.goal_flags()), self._drawers())
         unknown = [p for p in self.subgoals if not ((p[0] in PLACEMENTS and len(p) == 3) or p[0] in ARTICULATIONS)]
         if unknown:
             raise cannot(self.env, unknown[0], "it places objects in or on targets, closes drawers and turns knobs")
@@ -600,6 +744,13 @@ class GoalExpert:
         self.q0 = Rotation.from_quat(self.env.raw_env._observables["robot0_eef_quat"].obs)
         self.index = 0
         self.skill = self._skill(0)
+
+    def _drawers(self) -> set[str]:
+        """The goal's regions that are drawers (on a slide joint)."""
+        raw, model = self.env.raw_env, self.env.sim.model._model
+        names = {p[-1] for p in self.env.goal if p[0] == "in" and p[-1] in raw.object_sites_dict}
+        return {n for n in names if raw.object_sites_dict[n].joints
+                and model.jnt_type[model.joint(raw.object_sites_dict[n].joints[0]).id] == 2}
 
     def _skill(self, index: int) -> Skill | None:
         if index >= len(self.subgoals):

@@ -14,7 +14,7 @@ import pytest
 
 from grpo_cli.envs.libero import PRIVILEGED_STATE_DIM, LiberoEnv, task_spec
 from grpo_cli.errors import UserError
-from grpo_cli.expert import GoalExpert, grasp_offset, plan_subgoals, run_expert
+from grpo_cli.expert import GoalExpert, grasp_offset, plan_subgoals, run_expert, with_drawers_opened
 from grpo_cli.storage import read_demos, write_demos
 
 
@@ -149,6 +149,9 @@ def test_subgoals_follow_an_order_that_can_be_carried_out() -> None:
     task2 = [("turnon", "flat_stove_1"), ("on", "moka_pot_1", "flat_stove_1_cook_region")]
     assert plan_subgoals(task2[::-1], [False, False]) == task2
     assert plan_subgoals(task8, [True, False, True]) == [task8[1]]
+    drawer = "white_cabinet_1_bottom_region"  # a placement into a drawer is preceded by opening it fully
+    assert with_drawers_opened(task3[::-1], {drawer}) == [("open", drawer), *task3[::-1]]
+    assert with_drawers_opened(task8[:2], {drawer}) == task8[:2]
 
 
 def test_grasp_offset_moves_the_hand_off_a_tall_neighbour() -> None:
@@ -161,14 +164,16 @@ def test_grasp_offset_moves_the_hand_off_a_tall_neighbour() -> None:
     assert -0.025 <= dx < 0  # away from it, and no further than 1.5 cm short of the box's end
 
 
-@pytest.mark.parametrize(("task", "episodes"), [(7, 2), (5, 1), (2, 1)],
-                         ids=["two_objects_in_basket", "book_in_caddy", "stove_knob_then_pot"])
+@pytest.mark.parametrize(("task", "episodes"), [(7, 2), (5, 1), (2, 1), (3, 1)],
+                         ids=["two_objects_in_basket", "book_in_caddy", "stove_knob_then_pot", "bowl_in_drawer_shut"])
 def test_expert_carries_out_libero10_placements(task: int, episodes: int) -> None:
     """LIBERO-10 task 7 (alphabet soup and cream cheese into the basket): two sub-goals read from the BDDL
     goal, one after the other, on a table 43 cm higher than LIBERO-Object's. Task 5 (the book into the
     caddy's back compartment): the hand turns to hold the diagonal book across its spine, then turns it
     edgewise over the narrow compartment and steers it in by where it is. Task 2 (an articulated task): the
-    hand grips the stove's knob and turns it past its "on" angle, then sets the moka pot on the stove."""
+    hand grips the stove's knob and turns it past its "on" angle, then sets the moka pot on the stove. Task 3
+    (articulated): the ajar drawer pushed fully open from inside, the bowl lowered into the 5 mm where it
+    passes both the drawer's front wall and the handles above, the drawer pushed shut with the hand tilted."""
     env = LiberoEnv(task_spec("libero_10", task), image_size=64, images=False, privileged_state=True)
     try:
         demos = [run_expert(env, i, noise_std=0.1, seed=0) for i in range(episodes)]
