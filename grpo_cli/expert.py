@@ -397,6 +397,18 @@ class Skill:
     def _next(self, phase: str) -> None:
         self.phase, self.counter, self.history = phase, 0, []
 
+    def _let_go(self, eef: np.ndarray) -> np.ndarray:
+        """A grasping skill's last phases: "open" the hand where it is, then "retreat" upwards."""
+        if self.phase == "open":
+            if self.counter >= OPEN_STEPS:
+                self._next("retreat")
+            return self._move(eef, -1.0)
+        return self._move(eef + np.array([0, 0, 0.05]), -1.0)
+
+    @property
+    def done(self) -> bool:
+        return self.phase == "retreat" and self.counter >= RETREAT_STEPS
+
     @property
     def steady(self) -> bool:
         """No demo noise now (a grasp with millimetres to spare is being lowered onto)."""
@@ -584,15 +596,7 @@ class TurnKnob(Skill):
             if self._angle() >= self.on_at or self.counter > 60:
                 self._next("open")
             return self._move(grasp, 1.0)
-        if self.phase == "open":
-            if self.counter >= OPEN_STEPS:
-                self._next("retreat")
-            return self._move(eef, -1.0)
-        return self._move(eef + np.array([0, 0, 0.05]), -1.0)  # retreat
-
-    @property
-    def done(self) -> bool:
-        return self.phase == "retreat" and self.counter >= RETREAT_STEPS
+        return self._let_go(eef)
 
 
 @dataclass(kw_only=True)
@@ -705,15 +709,7 @@ class PickPlace(Skill):
             if eef[2] < release_z + 0.01 or self._stalled(eef[2]) or self.counter > 30:
                 self._next("open")
             return self._move(target, 1.0)
-        if self.phase == "open":
-            if self.counter >= OPEN_STEPS:
-                self._next("retreat")
-            return self._move(eef, -1.0)
-        return self._move(eef + np.array([0, 0, 0.05]), -1.0)  # retreat
-
-    @property
-    def done(self) -> bool:
-        return self.phase == "retreat" and self.counter >= RETREAT_STEPS
+        return self._let_go(eef)
 
     @property
     def steady(self) -> bool:

@@ -408,3 +408,29 @@ def test_slurm_steer_array_requeues_past_submitits_default_timeout_limit(slurm, 
         torch.testing.assert_close(a["params"][name], b["params"][name], rtol=0, atol=0)
     for name in a["arrays"]:
         assert (a["arrays"][name] == b["arrays"][name]).all()
+
+
+@pytest.mark.memory_heavy
+def test_slurm_array_runs_the_seeds_six_experiments(slurm, tmp_path: Path) -> None:
+    """`train --exp all --executor slurm --wait`: E1-E6 as one array job on LIBERO-10 (a tiny policy, one step
+    each), each run with its own preset (E1's three horizons, E5's fallback, E6's replay pool)."""
+    sweep = tmp_path / "all"
+    proc = cli("train", "--exp", "all", "--run-dir", str(sweep), "--steps", "1", "--set", "policy=tiny",
+               "--set", "tasks=5", "--set", "init_states=0", "--set", "max_steps=10", "--set", "n_action_steps=5",
+               "--set", "image_size=64", "--set", "num_envs=1", "--set", "save_every=1", "--set", "fallback_steps=4",
+               "--executor", "slurm", "--cpus", "1", "--mem-gb", "3", "--time-min", "20", "--wait")
+    assert proc.returncode == 0, proc.stderr
+    jobs = dict(line.split(" ", 1)[1].split(": ", 1)[::-1] for line in proc.stdout.splitlines()
+                if line.startswith("job "))
+    arms = [f"e{i}" for i in range(1, 7)]
+    assert len({jobs[str(sweep / e)].split("_")[0] for e in arms}) == 1  # one array job...
+    assert [jobs[str(sweep / e)].split("_")[1] for e in arms] == [str(i) for i in range(6)]  # ...of six tasks
+    for exp in arms:
+        config = json.loads((sweep / exp / "config.json").read_text())
+        assert config["exp"] == exp and config["suite"] == "libero_10" and config["tasks"] == [5]
+        assert [json.loads(x)["step"] for x in (sweep / exp / "metrics.jsonl").read_text().splitlines()] == [1]
+        assert [p.name for p in (sweep / exp / "checkpoints").glob("*.h5")] == ["step_000001.h5"]
+    configs = {e: json.loads((sweep / e / "config.json").read_text()) for e in arms}
+    assert configs["e1"]["num_generations"] == 3 and configs["e2"]["num_generations"] == 6
+    assert configs["e3"]["beta"] == 0.04 and configs["e4"]["beta"] == 0.0
+    assert configs["e5"]["fallback_steps"] == 4 and configs["e6"]["replay_pool"] and not configs["e5"]["replay_pool"]

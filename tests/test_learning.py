@@ -14,7 +14,17 @@ import pytest
 
 from grpo_cli.envs.libero import PRIVILEGED_STATE_DIM, LiberoEnv, task_spec
 from grpo_cli.errors import UserError
-from grpo_cli.expert import GoalExpert, grasp_offset, plan_subgoals, run_expert, with_drawers_opened
+from grpo_cli.expert import (
+    GoalExpert,
+    chord,
+    clear_grasp,
+    grasp_offset,
+    hand_hits,
+    narrowest_grasp,
+    plan_subgoals,
+    run_expert,
+    with_drawers_opened,
+)
 from grpo_cli.storage import read_demos, write_demos
 
 
@@ -162,6 +172,37 @@ def test_grasp_offset_moves_the_hand_off_a_tall_neighbour() -> None:
     tall = (np.array([0.07, -0.05, 0.0]), np.array([0.15, 0.09, 0.15]))  # a carton just past the +x end
     dx = grasp_offset(box_lo, box_hi, 0.01, [tall])
     assert -0.025 <= dx < 0  # away from it, and no further than 1.5 cm short of the box's end
+
+
+def box_points(lo: tuple[float, float], hi: tuple[float, float]) -> np.ndarray:
+    grid = np.stack(np.meshgrid(np.linspace(lo[0], hi[0], 15), np.linspace(lo[1], hi[1], 15)), -1)
+    return grid.reshape(-1, 2)
+
+
+def test_narrowest_grasp_passes_a_handle_and_a_spout() -> None:
+    """A moka pot seen from above: a 7 x 6.6 cm body, a handle and a spout sticking out along y. Straight, the
+    fingers (closing along y) would close on 14.7 cm; turned 90 degrees, on the body's 7 cm."""
+    pot = np.concatenate([box_points((-0.035, -0.033), (0.035, 0.033)), box_points((-0.006, -0.089), (0.006, -0.033)),
+                          box_points((-0.008, 0.033), (0.008, 0.058))])
+    assert chord(pot, np.zeros(2), 0.0)[0] == pytest.approx(0.147)
+    yaw, middle, width = narrowest_grasp(pot, pot.mean(0))
+    assert abs(yaw) == pytest.approx(np.pi / 2) and width == pytest.approx(0.07)
+    assert abs(middle[1]) < 0.0125  # on the body's middle line, whatever the handle does to the points' mean
+
+
+def test_a_grasp_turns_its_palm_off_a_carton() -> None:
+    """A flat box 8 x 4.3 cm long in x, a carton 13 cm tall beside its +y side, under the straight grasp's
+    palm (21 cm across the fingers): `clear_grasp` turns and slides the hand to a grasp that misses it,
+    the fingers still closing across the box."""
+    lo, hi = np.array([0.0, 0.0, 0.0]), np.array([0.08, 0.043, 0.018])
+    carton = (np.array([-0.01, 0.06, 0.0]), np.array([0.045, 0.11, 0.13]))
+    grasp_z = 0.009
+    centre = (lo[:2] + hi[:2]) / 2
+    low = (carton[0], carton[1] * [1, 1, 0] + [0, 0, 0.03])  # 3 cm: below the palm, not below the open fingers
+    assert hand_hits(centre, grasp_z, 0.0, [carton]) > hand_hits(centre, grasp_z, 0.0, [low]) > 0
+    yaw, grip = clear_grasp(box_points(lo[:2], hi[:2]), lo, hi, grasp_z, [carton])
+    assert hand_hits(grip, grasp_z, yaw, [carton]) == 0 and yaw != 0.0
+    assert chord(box_points(lo[:2], hi[:2]), grip, yaw)[0] < 0.07
 
 
 @pytest.mark.parametrize(("task", "episodes"), [(7, 2), (5, 1), (2, 1), (3, 1)],
