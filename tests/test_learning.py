@@ -443,3 +443,32 @@ def test_tuning_script_sees_only_task_0s_training_init_states(tmp_path, split: s
     assert other.returncode != 0 and "another protocol" in other.stderr and "Traceback" not in other.stderr
     bad = learning_script("tune.py", "--name", "x", "--set", "lr_head")
     assert bad.returncode != 0 and "KEY=VALUE" in bad.stderr and "Traceback" not in bad.stderr
+
+
+def test_libero10_pipeline_runs_the_array_and_records_each_arm(tmp_path) -> None:
+    """benchmarks/learning/libero10.py --quick: LIBERO-10 demos -> SFT -> its eval -> E1-E6 as one array ->
+    their evals -> the report beside the seed's counts, each arm written to the results file with its
+    per-episode outcomes (paired with SFT's), E-signatures and the seed's numbers; a second run records nothing
+    new. The E-runs wait for a committed preregistration entry (not needed by --quick)."""
+    results = tmp_path / "libero10.json"
+    args = ["--quick", "--out", str(tmp_path / "out"), "--results", str(results)]
+    first = learning_script("libero10.py", *args)
+    assert first.returncode == 0, first.stderr[-3000:]
+    data = json.loads(results.read_text())
+    arms = [f"e{i}" for i in range(1, 7)]
+    assert list(data["arms"]) == ["sft", *arms] and data["commit"] and data["protocol"]["tasks"] == [5]
+    for arm in arms:
+        value = data["arms"][arm]
+        assert value["episode_keys"] == data["arms"]["sft"]["episode_keys"] == [[5, 30, value["episode_keys"][0][2]]]
+        assert value["seed"]["label"] == arm.upper() and value["seed"]["tasks"]["5"][1] == 20  # the seed's Table 1
+        assert value["train_steps"] >= 1 and {"clip_ratio_mean", "kl_max", "reward_composition"} <= set(value)
+        config = json.loads((tmp_path / "out" / "array" / arm / "config.json").read_text())
+        assert config["exp"] == arm and config["init_states"] == [0] and config["env_step_budget"] == 40
+    assert data["arms"]["sft"]["seed"]["label"] == "Base" and data["arms"]["sft"]["scene"] == "lean"
+    assert (tmp_path / "out" / "report" / "report.md").exists()
+    second = learning_script("libero10.py", *args)
+    assert second.returncode == 0 and all(f"[{a}] recorded" in second.stdout for a in arms), second.stderr[-2000:]
+    sys.path.insert(0, str(Path(__file__).parents[1] / "benchmarks" / "learning"))
+    import libero10
+
+    assert libero10.preregistered("steer") and not libero10.preregistered("no such entry, anywhere")
