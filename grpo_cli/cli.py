@@ -483,7 +483,8 @@ def steer(config_file: str | None, sets: tuple[str, ...], policy: str | None, st
 @click.option("--overwrite", is_flag=True, help="replace an existing --out")
 def demos(suite: str, tasks: str, init_states: str, repeats: int, noise_std: float, image_size: int,
           privileged_state: bool, workers: int, seed: int, out: str, overwrite: bool) -> None:
-    """Scripted expert demonstrations ("pick up the X and place it in the basket" tasks), LIBERO layout."""
+    """Scripted expert demonstrations, LIBERO layout: the goals of LIBERO-Object and LIBERO-10 tasks 0-8
+    (placements, a stove's knob, a drawer); a task it cannot carry out is refused in one line."""
     import json
 
     from grpo_cli.envs.libero import num_tasks, scene_mode, task_spec

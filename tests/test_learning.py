@@ -445,6 +445,7 @@ def test_tuning_script_sees_only_task_0s_training_init_states(tmp_path, split: s
     assert bad.returncode != 0 and "KEY=VALUE" in bad.stderr and "Traceback" not in bad.stderr
 
 
+@pytest.mark.timeout(1800)  # ~7 minutes alone: 13 processes each build a LIBERO-10 scene
 def test_libero10_pipeline_runs_the_array_and_records_each_arm(tmp_path) -> None:
     """benchmarks/learning/libero10.py --quick: LIBERO-10 demos -> SFT -> its eval -> E1-E6 as one array ->
     their evals -> the report beside the seed's counts, each arm written to the results file with its
