@@ -78,6 +78,19 @@ def code_commit() -> str:
         return "unknown (not a git checkout)"
 
 
+def commit_file(path: Path, message: str) -> None:
+    """Commit one results file alone, in the repository that holds it (it may be another checkout)."""
+    where, name = path.resolve().parent, path.name
+    for attempt in range(5):  # someone else's commit may hold the index lock for a moment
+        try:
+            git(where, "add", name)
+            git(where, "commit", "-q", "-m", message, "--", name)
+            return
+        except subprocess.CalledProcessError as err:
+            print(f"git commit failed ({err.stderr.strip()[:200]}); retry {attempt + 1}", flush=True)
+            time.sleep(10)
+
+
 def write_json(path: Path, data: dict[str, Any]) -> None:
     tmp = path.with_suffix(".json.tmp")
     tmp.write_text(json.dumps(data, indent=1) + "\n")
@@ -225,18 +238,9 @@ def main() -> None:
         write_json(results_path, results)
         print(f"[task {task} seed {seed}] {arm} {value['successes']}/{value['episodes']} vs SFT "
               f"{sft['successes']}/{sft['episodes']}; wrote {results_path}", flush=True)
-        if args.commit:  # in the repository that holds the results file (it may be another checkout)
-            where, name = results_path.resolve().parent, results_path.name
-            message = (f"heldout: task {task} RL seed {seed} {arm} {value['successes']}/{value['episodes']} "
-                       f"(SFT {sft['successes']}/{sft['episodes']})")
-            for attempt in range(5):  # someone else's commit may hold the index lock for a moment
-                try:
-                    git(where, "add", name)
-                    git(where, "commit", "-q", "-m", message, "--", name)
-                    break
-                except subprocess.CalledProcessError as err:
-                    print(f"git commit failed ({err.stderr.strip()[:200]}); retry {attempt + 1}", flush=True)
-                    time.sleep(10)
+        if args.commit:
+            commit_file(results_path, f"heldout: task {task} RL seed {seed} {arm} {value['successes']}/"
+                                      f"{value['episodes']} (SFT {sft['successes']}/{sft['episodes']})")
 
     # Every task's `recommended` units first, then the e2 arms: the headline's units finish earliest.
     passes = [(task, [(s, args.method) for s in seeds]) for task in [int(t) for t in args.tasks.split(",")]]

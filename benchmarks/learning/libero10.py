@@ -35,7 +35,7 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from heldout import code_commit, git, write_json  # noqa: E402 - run.py (imported by heldout) sets the env first
+from heldout import code_commit, commit_file, git, write_json  # noqa: E402 - run.py (imported by heldout) sets the env first
 from run import CLI, stage, train_stage  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -147,9 +147,7 @@ def main() -> None:
         write_json(results_path, results)
         print(f"[{arm}] {value['successes']}/{value['episodes']}; wrote {results_path}", flush=True)
         if args.commit:
-            where, name = results_path.resolve().parent, results_path.name
-            git(where, "add", name)
-            git(where, "commit", "-q", "-m", f"libero10: {arm} {value['successes']}/{value['episodes']}", "--", name)
+            commit_file(results_path, f"libero10: {arm} {value['successes']}/{value['episodes']}")
 
     # 1. demos, one file per task (a stopped collection resumes at the task it was in), then SFT on all
     demo_files = []
