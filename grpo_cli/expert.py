@@ -397,6 +397,21 @@ class Skill:
     def _next(self, phase: str) -> None:
         self.phase, self.counter, self.history = phase, 0, []
 
+    def _thin_side_leading(self, axis: np.ndarray) -> Rotation:
+        """The hand turned so its thin side (2 x 3.2 cm, across the fingers) leads along `axis`: it pushes a
+        drawer flush with the one above without its palm (2 x 4.7 cm along the fingers) meeting that face."""
+        return Rotation.from_euler("z", np.pi / 2 if abs(axis[1]) > abs(axis[0]) else 0.0) * self.q0
+
+    def _come_over(self, point: np.ndarray, rotation: Rotation) -> np.ndarray:
+        """Travel level, at least 15 cm above `point`, turning to `rotation`; "descend" once over it and turned."""
+        eef = self._eef()
+        self.goal_rotation = rotation
+        above = np.array([point[0], point[1], max(eef[2], point[2] + 0.15)])
+        turned = (self.goal_rotation * self._eef_rotation().inv()).magnitude() < 0.1
+        if np.linalg.norm((above - eef)[:2]) < 0.01 and turned:
+            self._next("descend")
+        return self._move(above, 1.0)
+
     def _let_go(self, eef: np.ndarray) -> np.ndarray:
         """A grasping skill's last phases: "open" the hand where it is, then "retreat" upwards."""
         if self.phase == "open":
@@ -457,16 +472,9 @@ class CloseSlide(Skill):
         start = face - axis * 0.06
         self.counter += 1
         if self.phase == "approach":  # level first, then down in front of the face
-            # the hand's thin side (2 x 3.2 cm, across the fingers) leads, so it can push flush with a
-            # drawer above without its palm (2 x 4.7 cm along the fingers) meeting that drawer's face
-            turn = Rotation.from_euler("z", np.pi / 2 if abs(axis[1]) > abs(axis[0]) else 0.0) * self.q0
-            # ...and the fingertips lead, the palm tilted back: it passes under a handle above the face
-            self.goal_rotation = Rotation.from_rotvec(np.cross(axis, [0.0, 0.0, 1.0]) * PUSH_TILT) * turn
-            above = np.array([start[0], start[1], max(eef[2], face[2] + 0.15)])
-            turned = (self.goal_rotation * self._eef_rotation().inv()).magnitude() < 0.1
-            if np.linalg.norm((above - eef)[:2]) < 0.01 and turned:
-                self._next("descend")
-            return self._move(above, 1.0)
+            # the fingertips lead, the palm tilted back: it passes under a handle above the face
+            tilt = Rotation.from_rotvec(np.cross(axis, [0.0, 0.0, 1.0]) * PUSH_TILT)
+            return self._come_over(start, tilt * self._thin_side_leading(axis))
         if self.phase == "descend":
             if abs(eef[2] - start[2]) < 0.01 or self.counter > 40:
                 self._next("push")
@@ -522,13 +530,8 @@ class OpenSlide(Skill):
         axis, point, floor = self._inside()
         start = np.array([point[0], point[1], floor + 0.03])
         self.counter += 1
-        if self.phase == "approach":  # level first, turned so the hand's thin side (across the fingers) leads
-            self.goal_rotation = Rotation.from_euler("z", np.pi / 2 if abs(axis[1]) > abs(axis[0]) else 0.0) * self.q0
-            above = np.array([start[0], start[1], max(eef[2], start[2] + 0.15)])
-            turned = (self.goal_rotation * self._eef_rotation().inv()).magnitude() < 0.1
-            if np.linalg.norm((above - eef)[:2]) < 0.01 and turned:
-                self._next("descend")
-            return self._move(above, 1.0)
+        if self.phase == "approach":  # level first, then down inside, behind the front wall
+            return self._come_over(start, self._thin_side_leading(axis))
         if self.phase == "descend":
             if abs(eef[2] - start[2]) < 0.01 or self._stalled(eef[2]) or self.counter > 40:
                 self._next("pull")
